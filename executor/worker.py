@@ -1,0 +1,383 @@
+"""The executor daemon: one process serving one app.
+
+Roles (each an asyncio task):
+  heartbeat  pings every ping_interval on the executors zset (never on a work stream)
+  fetch      reads the app stream through the consumer group, as many entries as free slots,
+             and claims them in one pipelined round trip (the claim acknowledges the entry)
+  runner     one per claimed task: runs stages from the current one, committing each result
+             with a fenced script; the commit also decides what comes next
+Shutdown is two-phase: quiet (stop fetching), then wait up to the grace period for runners,
+then hand unfinished runs back (SUSPENDED -> QUEUED at their current stage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.exceptions import ResponseError
+
+from executor.app import App, Ctx, ParamsError
+from shared import log as slog
+from shared.config import Settings
+from shared.errors import StageError, stage_error
+from shared.keys import GROUP, Keys
+from shared.models import command_kind
+from shared.policy import next_retry_delay
+from shared.scripting import Scripts
+from shared.store import results_of
+from shared.templates import TemplateError, check, fill
+
+_J = partial(json.dumps, separators=(",", ":"))
+
+
+class Failure(Exception):
+    """A stage attempt failed with a stored error."""
+
+    def __init__(self, error: dict[str, Any], outcome: str = "error") -> None:
+        self.error = error
+        self.outcome = outcome
+
+
+class Run:
+    """One claimed run of a task on this executor."""
+
+    __slots__ = ("task_id", "keys", "job_id", "lease", "h", "aio")
+
+    def __init__(self, task_id: str, keys: Keys, h: dict[str, str], lease: str) -> None:
+        self.task_id, self.keys, self.h, self.lease = task_id, keys, h, lease
+        self.job_id = h["job_id"]
+        self.aio: asyncio.Task[None] | None = None
+
+
+class Executor:
+    def __init__(self, app: App, settings: Settings, concurrency: int = 8) -> None:
+        self.app = app
+        self.settings = settings
+        self.concurrency = concurrency
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
+        self.r: Any = aredis.Redis.from_url(
+            settings.redis_url, decode_responses=True, max_connections=concurrency + 8
+        )
+        self.scripts = Scripts(self.r)
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="handler")
+        self.runs: dict[str, Run] = {}
+        self.slots = asyncio.Semaphore(concurrency)
+        self.quiet = asyncio.Event()  # stop fetching
+        self.log = slog.get(app=app.name, executor_id=self.id)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        info = [
+            "app",
+            self.app.name,
+            "host",
+            socket.gethostname(),
+            "pid",
+            os.getpid(),
+            "concurrency",
+            self.concurrency,
+        ]
+        for k in self.parts:
+            await self.r.sadd(k.apps(), self.app.name)
+            try:  # group at 0 before reading: what was queued before us is delivered too
+                await self.r.xgroup_create(k.stream(self.app.name), GROUP, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+            await self.scripts.run(
+                "ping", [k.executors(), k.executor(self.id)], [k.prefix, self.id, 1, *info]
+            )
+        self.log.info("executor_started", concurrency=self.concurrency)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        await self.start()
+        roles = [
+            asyncio.create_task(self.heartbeat(), name="heartbeat"),
+            asyncio.create_task(self.fetch(), name="fetch"),
+        ]
+        await stop.wait()
+        await self.shutdown(roles, stop)
+
+    async def shutdown(self, roles: list[asyncio.Task[Any]], stop: asyncio.Event) -> None:
+        self.log.info("executor_stopping", running=len(self.runs), grace=self.settings.grace)
+        self.quiet.set()
+        roles[1].cancel()
+        pending = [r.aio for r in self.runs.values() if r.aio]
+        if pending:
+            await asyncio.wait(pending, timeout=self.settings.grace)
+        for run in list(self.runs.values()):  # past the grace period: hand back, not lose
+            if run.aio and not run.aio.done():
+                run.aio.cancel()
+            res = await self.scripts.run(
+                "handback",
+                [run.keys.task(run.task_id)],
+                [run.keys.prefix, run.task_id, run.job_id, run.lease],
+            )
+            self.log.info("run_handed_back", task_id=run.task_id, job_id=run.job_id, result=res[0])
+        roles[0].cancel()
+        for k in self.parts:  # leave the registry: nothing of ours is running any more
+            pipe = self.r.pipeline(transaction=False)
+            pipe.zrem(k.executors(), self.id)
+            pipe.delete(k.executor(self.id), k.running(self.id))
+            pipe.xgroup_delconsumer(k.stream(self.app.name), GROUP, self.id)
+            await pipe.execute()
+        await self.r.aclose()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.log.info("executor_stopped")
+
+    # ------------------------------------------------------------------ heartbeat
+    async def heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ping_interval)
+            try:
+                for k in self.parts:
+                    ok = await self.scripts.run(
+                        "ping", [k.executors(), k.executor(self.id)], [k.prefix, self.id, 0]
+                    )
+                    if not ok:
+                        await self.declared_dead(k)
+            except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
+                self.log.warning("ping_failed", error=str(e))
+
+    async def declared_dead(self, k: Keys) -> None:
+        """The manager gave our runs to others: drop them (their writes would be rejected
+        anyway) and register again as a fresh consumer."""
+        self.log.warning("declared_dead", running=len(self.runs))
+        for run in list(self.runs.values()):
+            if run.aio:
+                run.aio.cancel()
+        info = [
+            "app",
+            self.app.name,
+            "host",
+            socket.gethostname(),
+            "pid",
+            os.getpid(),
+            "concurrency",
+            self.concurrency,
+        ]
+        await self.scripts.run("ping", [k.executors(), k.executor(self.id)], [k.prefix, self.id, 1, *info])
+
+    # ------------------------------------------------------------------ fetch
+    async def fetch(self) -> None:
+        streams = {k.stream(self.app.name): ">" for k in self.parts}
+        by_stream = {k.stream(self.app.name): k for k in self.parts}
+        while not self.quiet.is_set():
+            await self.slots.acquire()
+            free = 1
+            while not self.slots.locked():  # take every free slot: one read for all of them
+                await self.slots.acquire()
+                free += 1
+            try:
+                got = await self.r.xreadgroup(GROUP, self.id, streams, count=free, block=1000)
+            except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
+                self.log.warning("fetch_failed", error=str(e))
+                got = []
+                await asyncio.sleep(0.5)
+            entries = [(by_stream[s], eid, f) for s, items in got for eid, f in items]
+            for _ in range(free - len(entries)):
+                self.slots.release()
+            if entries:
+                await self.claim(entries)
+
+    async def claim(self, entries: list[tuple[Keys, str, dict[str, str]]]) -> None:
+        leases = [uuid.uuid4().hex for _ in entries]
+        delay = 0.1
+        while True:
+            pipe = self.r.pipeline(transaction=False)
+            for (k, eid, f), lease in zip(entries, leases, strict=True):
+                await self.scripts.queue(
+                    pipe,
+                    "claim",
+                    [
+                        k.task(f["t"]),
+                        k.stream(self.app.name),
+                        k.executors(),
+                        k.running(self.id),
+                        k.deadlines(),
+                    ],
+                    [k.prefix, f["t"], eid, f["j"], self.id, lease],
+                )
+            try:
+                results = await pipe.execute()
+                break
+            except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
+                # The entries stay pending on us; a replay with the same leases is safe
+                # (claim.lua answers a replay like the original), so try until it lands.
+                self.log.warning("claim_failed", error=str(e), entries=len(entries))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        for (k, _eid, f), lease, res in zip(entries, leases, results, strict=True):
+            if res[0] != "OK":
+                self.slots.release()
+                if res[0] == "DEAD":
+                    self.log.warning("claim_refused_dead", task_id=f["t"])
+                continue
+            h = dict(zip(res[1::2], res[2::2], strict=True))
+            run = Run(f["t"], k, h, lease)
+            self.runs[run.task_id] = run
+            run.aio = asyncio.create_task(self.run(run))
+
+    # ------------------------------------------------------------------ run
+    async def run(self, run: Run) -> None:
+        try:
+            await self._run(run)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a bug of ours: leave the lease; the task is handed back or reaped
+            self.log.exception("run_crashed", task_id=run.task_id, job_id=run.job_id)
+        finally:
+            self.runs.pop(run.task_id, None)
+            self.slots.release()
+
+    async def _run(self, run: Run) -> None:
+        h, k = run.h, run.keys
+        doc = json.loads(h["doc"])
+        commands: list[dict[str, Any]] = doc["commands"]
+        kws = json.loads(h["kws"]) if h.get("kws") else {}
+        results = results_of(h)
+        stage = int(h["stage"])
+        attempt = int(h["attempt"])
+        task_env = {"id": run.task_id, "job_id": run.job_id, "attempt": attempt, "group": doc.get("group")}
+        env = {"kws": kws, "results": results, "task": task_env}
+        exec_deadline = float(h["exec_deadline"])
+        tkey, akey = k.task(run.task_id), k.attempts(run.task_id)
+        log = self.log.bind(task_id=run.task_id, job_id=run.job_id)
+        while True:
+            cmd = commands[stage]
+            if command_kind(cmd) != "call":
+                res = await self.scripts.run(
+                    "commit", [tkey, akey], [k.prefix, run.task_id, run.job_id, run.lease, stage, 0, "", ""]
+                )
+            else:
+                t0 = time.monotonic()
+                try:
+                    outcome, result = await self.call(cmd, env, run, stage, attempt, exec_deadline)
+                except Failure as f:
+                    retries = int(h.get("retries") or 0)
+                    delay = next_retry_delay(retries + 1, float(doc.get("retry_backoff", 1.0)))
+                    res = await self.scripts.run(
+                        "fail",
+                        [tkey, akey, k.due()],
+                        [k.prefix, run.task_id, run.job_id, run.lease, stage, _J(f.error), delay, f.outcome],
+                    )
+                    log.info(
+                        "stage",
+                        stage=stage,
+                        method=cmd["method"],
+                        outcome=f.outcome,
+                        error=f.error["code"],
+                        ms=round((time.monotonic() - t0) * 1000, 3),
+                        next=res[0],
+                    )
+                    return
+                res = await self.scripts.run(
+                    "commit",
+                    [tkey, akey],
+                    [k.prefix, run.task_id, run.job_id, run.lease, stage, 1, result, outcome],
+                )
+                log.info(
+                    "stage",
+                    stage=stage,
+                    method=cmd["method"],
+                    outcome=outcome,
+                    ms=round((time.monotonic() - t0) * 1000, 3),
+                    next=res[0],
+                )
+                results.append(json.loads(result))
+            match res[0]:
+                case "RUN":
+                    stage = int(res[1])
+                    for i in range(2, len(res), 2):  # messages taken from the inbox on the way
+                        results.append(json.loads(res[i + 1]))
+                case "STALE":
+                    log.warning("run_abandoned", stage=stage, reason="stale")
+                    return
+                case _:  # WAITING / FINISHED: the task is no longer ours
+                    return
+
+    async def call(
+        self,
+        cmd: dict[str, Any],
+        env: dict[str, Any],
+        run: Run,
+        stage: int,
+        attempt: int,
+        exec_deadline: float,
+    ) -> tuple[str, str]:
+        """Runs one call stage; returns (outcome, result JSON) or raises Failure."""
+        name = cmd["method"]
+        method = self.app.methods.get(name)
+        if method is None:
+            raise Failure(
+                stage_error(
+                    StageError.METHOD_NOT_FOUND,
+                    f"method {name!r} is not registered in app {self.app.name!r}",
+                    stage,
+                )
+            )
+        try:
+            if "if" in cmd and not check(cmd["if"], env):
+                return "skipped", "null"
+            params = fill(cmd.get("params") or {}, env)
+        except TemplateError as e:
+            raise Failure(stage_error(StageError.TEMPLATE_ERROR, str(e), stage)) from None
+        try:
+            kwargs = method.convert(params)
+        except ParamsError as e:
+            raise Failure(stage_error(StageError.INVALID_PARAMS, str(e), stage)) from None
+        timeout = cmd.get("timeout")
+        wall = time.time()
+        deadline = min(exec_deadline, wall + timeout) if timeout else exec_deadline
+        if method.takes_ctx:
+            kwargs["ctx"] = Ctx(
+                task_id=run.task_id,
+                job_id=run.job_id,
+                stage=stage,
+                attempt=attempt,
+                app=self.app.name,
+                executor_id=self.id,
+                deadline=deadline,
+            )
+        try:
+            async with asyncio.timeout(max(deadline - wall, 0)):
+                if method.is_async:
+                    value = await method.fn(**kwargs)
+                else:
+                    loop = asyncio.get_running_loop()
+                    value = await loop.run_in_executor(self.pool, partial(method.fn, **kwargs))
+        except TimeoutError:
+            if timeout and wall + timeout <= exec_deadline:
+                raise Failure(
+                    stage_error(StageError.STAGE_TIMEOUT, f"call exceeded its timeout of {timeout} s", stage),
+                    "timeout",
+                ) from None
+            raise Failure(
+                stage_error(StageError.EXEC_TIMEOUT, "max_exec_timeout exceeded", stage), "timeout"
+            ) from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the handler raised: that is the stage's error, not ours
+            raise Failure(
+                stage_error(
+                    StageError.STAGE_ERROR, str(e)[:2000] or type(e).__name__, stage, type(e).__name__
+                )
+            ) from None
+        try:
+            return "ok", _J(value)
+        except (TypeError, ValueError) as e:
+            raise Failure(
+                stage_error(
+                    StageError.STAGE_ERROR, f"result is not JSON-serialisable: {e}", stage, type(e).__name__
+                )
+            ) from None

@@ -1,0 +1,78 @@
+"""The manager's HTTP server (aiohttp): POST /rpc and the views of SPEC §8."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from manager.rpc import Dispatcher
+from shared import errors
+from shared.errors import RpcError
+from shared.status import HTTP_CODE, Status
+from shared.store import Store
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(body, separators=(",", ":")), status=status, content_type="application/json"
+    )
+
+
+def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
+    limit = store.settings.body_limit
+
+    async def rpc(request: web.Request) -> web.StreamResponse:
+        if request.content_length is not None and request.content_length > limit:
+            return _too_large(limit)
+        try:
+            body = await request.content.read(limit + 1)
+        except ValueError:
+            return _too_large(limit)
+        if len(body) > limit:
+            return _too_large(limit)
+        out = await dispatcher.handle_body(body)
+        if out is None:
+            return web.Response(status=204)
+        return _json(out)
+
+    async def task_view(request: web.Request) -> web.Response:
+        tid = request.match_info["id"]
+        try:
+            return _json(await store.get(tid))
+        except RpcError as e:
+            return _json(e.to_dict(), 404 if e.code == errors.TASK_NOT_FOUND else 400)
+
+    async def task_status(request: web.Request) -> web.Response:
+        tid = request.match_info["id"]
+        h = await store.raw(tid) if len(tid) <= 128 else None
+        if h is None:
+            return _json({"error": "not found", "id": tid}, 404)
+        status = Status(h["status"])
+        return _json(
+            {"status": status, "stage": int(h["stage"]), "stages": int(h["stages"])}, HTTP_CODE[status]
+        )
+
+    async def healthz(request: web.Request) -> web.Response:
+        try:
+            await store.r.ping()
+        except Exception as e:  # any failure to reach Redis is "unhealthy", not a 500
+            return _json({"ok": False, "error": str(e)}, 503)
+        return _json({"ok": True})
+
+    app = web.Application(client_max_size=limit)
+    app.router.add_post("/rpc", rpc)
+    app.router.add_get("/tasks/{id}", task_view)
+    app.router.add_get("/tasks/{id}/status", task_status)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def _too_large(limit: int) -> web.Response:
+    err = RpcError(
+        errors.INVALID_REQUEST,
+        f"request body exceeds {limit} bytes",
+        {"field": "body", "reason": f"larger than {limit} bytes"},
+    )
+    return _json({"jsonrpc": "2.0", "id": None, "error": err.to_dict()}, 413)

@@ -1,0 +1,50 @@
+"""The manager daemon: JSON-RPC server + scheduler, until SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from importlib.metadata import PackageNotFoundError, version
+
+import redis.asyncio as aredis
+from aiohttp import web
+
+from manager.http import make_app
+from manager.rpc import Api, Dispatcher
+from manager.scheduler import Scheduler
+from shared import log as slog
+from shared.config import Settings
+from shared.store import Store
+
+
+def _version() -> str:
+    try:
+        return version("stagewise")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+async def serve(settings: Settings) -> None:
+    log = slog.get(role="manager")
+    r = aredis.Redis.from_url(settings.redis_url, decode_responses=True, max_connections=64)
+    store = Store(r, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(make_app(store, Dispatcher(Api(store, _version()))), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+    await site.start()
+    sched = Scheduler(r, store.scripts, settings)
+    loop_task = asyncio.create_task(sched.run(stop))
+    log.info(
+        "manager_started", http=settings.http, namespace=settings.namespace, partitions=settings.partitions
+    )
+    await stop.wait()
+    log.info("manager_stopping")
+    # The scheduler finishes the step it is in (each step is one atomic script), then stops.
+    await loop_task
+    await runner.cleanup()
+    await r.aclose()
+    log.info("manager_stopped")

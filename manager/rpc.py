@@ -1,0 +1,196 @@
+"""JSON-RPC 2.0 over HTTP (SPEC §7): envelope checks, params decoding, dispatch.
+
+Every method declares its params as a msgspec Struct; decoding it is the whole validation, so
+a bad request fails before anything touches Redis and the error names the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from shared import errors
+from shared import log as slog
+from shared.errors import RpcError
+from shared.models import AppName, TaskId, convert, parse_task
+from shared.status import HTTP_CODE, Status
+from shared.store import Store
+
+MAX_BATCH = 100
+
+
+class CreateParams(Struct, forbid_unknown_fields=True):
+    task: Any
+    on_conflict: Literal["error", "ignore", "replace"] = "error"
+
+
+class GetParams(Struct, forbid_unknown_fields=True):
+    id: TaskId
+    include_results: bool = True
+
+
+class IdParams(Struct, forbid_unknown_fields=True):
+    id: TaskId
+
+
+class SendParams(Struct, forbid_unknown_fields=True):
+    id: TaskId
+    data: Any = None
+
+
+class ListParams(Struct, forbid_unknown_fields=True):
+    status: Status | None = None
+    app: AppName | None = None
+    sort: Literal["desc", "asc"] = "desc"
+    max_results: Annotated[int, Meta(ge=1, le=1000)] = 100
+    cursor: Annotated[str, Meta(max_length=512)] | None = None
+    include_results: bool = False
+
+
+class NoParams(Struct, forbid_unknown_fields=True):
+    pass
+
+
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+class Api:
+    """The methods; each takes its decoded params Struct."""
+
+    def __init__(self, store: Store, version: str) -> None:
+        self.store = store
+        self.version = version
+        self.methods: dict[str, tuple[type[Struct], Handler]] = {
+            "tasks.create": (CreateParams, self.create),
+            "tasks.get": (GetParams, self.get),
+            "tasks.list": (ListParams, self.list),
+            "tasks.status": (IdParams, self.status),
+            "tasks.send": (SendParams, self.send),
+            "tasks.attempts": (IdParams, self.attempts),
+            "executors.list": (NoParams, self.executors),
+            "system.info": (NoParams, self.info),
+        }
+
+    async def create(self, p: CreateParams) -> Any:
+        task = parse_task(p.task)
+        await self.store.create(task, p.on_conflict)
+        return await self.store.get(task.id)
+
+    async def get(self, p: GetParams) -> Any:
+        return await self.store.get(p.id, p.include_results)
+
+    async def list(self, p: ListParams) -> Any:
+        return await self.store.list_tasks(
+            p.status, p.app, p.sort, p.max_results, p.cursor, p.include_results
+        )
+
+    async def status(self, p: IdParams) -> Any:
+        v = await self.store.get(p.id, include_results=False)
+        return {
+            "id": p.id,
+            "status": v["status"],
+            "stage": v["stage"],
+            "stages": v["stages"],
+            "http_code": HTTP_CODE[Status(v["status"])],
+        }
+
+    async def send(self, p: SendParams) -> Any:
+        await self.store.send(p.id, p.data)
+        return await self.store.get(p.id)
+
+    async def attempts(self, p: IdParams) -> Any:
+        return await self.store.attempts(p.id)
+
+    async def executors(self, p: NoParams) -> Any:
+        return await self.store.executors()
+
+    async def info(self, p: NoParams) -> Any:
+        server = await self.store.r.info("server")
+        s = self.store.settings
+        return {
+            "version": self.version,
+            "redis_version": server.get("redis_version"),
+            "namespace": s.namespace,
+            "partitions": s.partitions,
+        }
+
+
+class Dispatcher:
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.log = slog.get(role="rpc")
+
+    async def handle_body(self, body: bytes) -> Any:
+        """The response document for a request body, or None when nothing is to be answered."""
+        try:
+            doc = msgspec.json.decode(body)
+        except msgspec.DecodeError as e:
+            return _error(None, RpcError(errors.PARSE_ERROR, f"Parse error: {e}"))
+        if isinstance(doc, list):
+            if not doc:
+                return _error(None, RpcError(errors.INVALID_REQUEST, "Invalid Request: empty batch"))
+            if len(doc) > MAX_BATCH:
+                return _error(
+                    None,
+                    RpcError(
+                        errors.LIMIT_EXCEEDED,
+                        f"a batch holds at most {MAX_BATCH} requests",
+                        {"field": "batch", "reason": f"more than {MAX_BATCH} requests"},
+                    ),
+                )
+            out = [r for r in [await self.handle_one(d) for d in doc] if r is not None]
+            return out or None
+        return await self.handle_one(doc)
+
+    async def handle_one(self, req: Any) -> Any:
+        if not isinstance(req, dict):
+            return _error(None, _bad_request("request", "must be an object"))
+        rid = req.get("id")
+        has_id = "id" in req
+        if has_id and not (
+            rid is None
+            or isinstance(rid, str)
+            or (isinstance(rid, int | float) and not isinstance(rid, bool))
+        ):
+            return _error(None, _bad_request("id", "must be a string, a number or null"))
+        if req.get("jsonrpc") != "2.0":
+            return _error(rid, _bad_request("jsonrpc", 'must be "2.0"'))
+        method = req.get("method")
+        if not isinstance(method, str):
+            return _error(rid, _bad_request("method", "must be a string"))
+        extra = set(req) - {"jsonrpc", "method", "params", "id"}
+        if extra:
+            return _error(rid, _bad_request(sorted(extra)[0], "unknown member of a request"))
+        try:
+            result = await self.call(method, req.get("params"))
+        except RpcError as e:
+            return _error(rid, e) if has_id else None
+        except Exception:
+            self.log.exception("rpc_internal_error", method=method)
+            return _error(rid, RpcError(errors.INTERNAL_ERROR)) if has_id else None
+        return {"jsonrpc": "2.0", "id": rid, "result": result} if has_id else None
+
+    async def call(self, method: str, params: Any) -> Any:
+        entry = self.api.methods.get(method)
+        if entry is None:
+            raise RpcError(errors.METHOD_NOT_FOUND, f"Method not found: {method}", {"method": method})
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise errors.invalid_params("params", "must be an object (by-name parameters)")
+        struct, handler = entry
+        decoded = convert(params, struct, "")
+        return await handler(decoded)
+
+
+def _bad_request(field: str, reason: str) -> RpcError:
+    return RpcError(
+        errors.INVALID_REQUEST, f"Invalid Request: {field}: {reason}", {"field": field, "reason": reason}
+    )
+
+
+def _error(rid: Any, e: RpcError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rid, "error": e.to_dict()}

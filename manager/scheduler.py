@@ -1,0 +1,145 @@
+"""The manager's periodic work.  Each job reads only what is due from a sorted set (never all
+tasks) and acts through one fenced, idempotent script per task, so any number of managers
+can run these loops at once: of two managers racing for an entry, one acts, the other gets
+NOT_DUE / SKIP.
+
+  due        IDLE run_at / cron fire, timer end, message timeout, retry time -> wake.lua
+  deadlines  RUNNING past exec_deadline -> expire.lua (EXEC_TIMEOUT)
+  reaper     executors whose heartbeat lapsed: their RUNNING tasks -> reap.lua (re-queued),
+             their unclaimed pending entries -> redeliver.lua, then they leave the registry
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis.asyncio as aredis
+
+from shared import log as slog
+from shared.config import Settings
+from shared.keys import GROUP, Keys, split_member
+from shared.scripting import Scripts
+
+
+class Scheduler:
+    def __init__(self, r: aredis.Redis, scripts: Scripts, settings: Settings) -> None:
+        self.r: Any = r  # decode_responses=True: replies are str
+        self.scripts = scripts
+        self.settings = settings
+        self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
+        self.log = slog.get(role="scheduler")
+        self.stats: dict[str, int] = {}
+
+    def _count(self, what: str, n: int = 1) -> None:
+        self.stats[what] = self.stats.get(what, 0) + n
+
+    async def server_time(self) -> float:
+        sec, usec = await self.r.time()
+        return sec + usec / 1e6
+
+    async def run(self, stop: asyncio.Event) -> None:
+        reap_every = max(self.settings.ping_interval / 2, self.settings.tick)
+        last_reap = 0.0
+        while not stop.is_set():
+            try:
+                now = await self.server_time()
+                for k in self.parts:
+                    await self.due(k, now)
+                    await self.deadlines(k, now)
+                if now - last_reap >= reap_every:
+                    last_reap = now
+                    for k in self.parts:
+                        await self.reap(k, now)
+            except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
+                self.log.warning("tick_failed", error=str(e))
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.tick)
+            except TimeoutError:
+                pass
+
+    async def due(self, k: Keys, now: float) -> int:
+        members = await self.r.zrangebyscore(k.due(), "-inf", now, start=0, num=self.settings.batch)
+        if not members:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for m in members:
+            app, tid = split_member(m)
+            await self.scripts.queue(pipe, "wake", [k.task(tid), k.due(), k.stream(app)], [k.prefix, tid, m])
+        results = await pipe.execute()
+        for m, res in zip(members, results, strict=True):
+            if res[0] not in ("NOT_DUE", "SKIP", "GONE"):
+                self._count("woken")
+                self.log.debug("woken", member=m, status=res[0])
+        return len(members)
+
+    async def deadlines(self, k: Keys, now: float) -> int:
+        members = await self.r.zrangebyscore(k.deadlines(), "-inf", now, start=0, num=self.settings.batch)
+        if not members:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for m in members:
+            _, tid = split_member(m)
+            await self.scripts.queue(pipe, "expire", [k.task(tid), k.deadlines()], [k.prefix, tid, m])
+        for m, res in zip(members, await pipe.execute(), strict=True):
+            if res[0] == "FAILED":
+                self._count("exec_timeouts")
+                self.log.info("exec_timeout", member=m)
+        return len(members)
+
+    async def reap(self, k: Keys, now: float) -> None:
+        dead = await self.r.zrangebyscore(k.executors(), "-inf", now - self.settings.dead_seconds)
+        for eid in dead:
+            await self.reap_executor(k, eid)
+
+    async def reap_executor(self, k: Keys, eid: str) -> None:
+        info: dict[str, Any] = await self.r.hgetall(k.executor(eid))
+        members = await self.r.smembers(k.running(eid))
+        pipe = self.r.pipeline(transaction=False)
+        for m in members:
+            _, tid = split_member(m)
+            await self.scripts.queue(
+                pipe,
+                "reap",
+                [k.task(tid), k.running(eid)],
+                [k.prefix, tid, eid, self.settings.max_interruptions],
+            )
+        outcomes = await pipe.execute() if members else []
+        app = info.get("app")
+        redelivered = 0
+        if app:
+            stream = k.stream(app)
+            while True:  # entries it read but never claimed: still QUEUED, deliver them again
+                pending = await self.r.xpending_range(stream, GROUP, "-", "+", 100, consumername=eid)
+                if not pending:
+                    break
+                ids = [p["message_id"] for p in pending]
+                bodies = {e[0]: e[1] for e in await self.r.xrange(stream, ids[0], ids[-1]) if e[1]}
+                pipe = self.r.pipeline(transaction=False)
+                for mid in ids:
+                    body = bodies.get(mid)
+                    if body is None:  # trimmed: ack it; the reconciler owns such tasks
+                        pipe.xack(stream, GROUP, mid)
+                        continue
+                    await self.scripts.queue(
+                        pipe, "redeliver", [k.task(body["t"]), stream], [k.prefix, body["t"], mid, body["j"]]
+                    )
+                    redelivered += 1
+                await pipe.execute()
+            await self.r.xgroup_delconsumer(stream, GROUP, eid)
+        # Leave the registry last: a manager that dies before this line repeats the work,
+        # which is harmless (every script above is fenced).
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrem(k.executors(), eid)
+        pipe.delete(k.executor(eid), k.running(eid))
+        await pipe.execute()
+        requeued = sum(1 for o in outcomes if o[0] == "QUEUED")
+        self._count("executors_reaped")
+        self.log.warning(
+            "executor_dead",
+            executor_id=eid,
+            app=app,
+            requeued=requeued,
+            failed=sum(1 for o in outcomes if o[0] == "FAILED"),
+            redelivered=redelivered,
+        )

@@ -1,0 +1,101 @@
+"""Configuration from the environment and an optional TOML file (SPEC §10).
+
+Precedence: defaults < TOML file (``--config``) < environment.  The file uses the same names
+as the environment (``STAGEWISE_REDIS_URL = "..."``) or their short lower-case form
+(``redis_url = "..."``); any other key is an error, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+PREFIX = "STAGEWISE_"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    namespace: str = "stagewise"
+    http: str = "127.0.0.1:8765"
+    api_tokens: tuple[str, ...] = ()
+    ping_interval: float = 5.0  # s between executor heartbeats
+    dead_after: int = 3  # missed pings before an executor is declared dead
+    max_interruptions: int = 5  # executor losses on one stage before EXECUTOR_LOST
+    partitions: int = 1
+    # Beyond SPEC §10 (documented in the README):
+    body_limit: int = 1 << 20  # bytes of a JSON-RPC request body
+    grace: float = 30.0  # s an executor waits for running stages on SIGTERM
+    tick: float = 0.1  # s between manager scheduling passes
+    batch: int = 500  # due entries handled per partition per pass
+    log_level: str = "info"
+    _sources: tuple[str, ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def host(self) -> str:
+        return self.http.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.http.rsplit(":", 1)[1])
+
+    @property
+    def dead_seconds(self) -> float:
+        return self.ping_interval * self.dead_after
+
+
+_NAMES = {f.name for f in fields(Settings) if not f.name.startswith("_")}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    try:
+        if kind == "tuple[str, ...]":
+            items = raw if isinstance(raw, list) else str(raw).split(",")
+            return tuple(s.strip() for s in items if str(s).strip())
+        if kind == "float":
+            value: Any = float(raw)
+        elif kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError
+            value = int(raw)
+        else:
+            value = str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{PREFIX}{name.upper()}: expected {kind}, got {raw!r}") from None
+    if kind in ("float", "int") and value <= 0:
+        raise ConfigError(f"{PREFIX}{name.upper()}: must be > 0, got {raw!r}")
+    return value
+
+
+def _validate(s: Settings) -> Settings:
+    host, sep, port = s.http.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"{PREFIX}HTTP: expected host:port, got {s.http!r}")
+    return s
+
+
+def load(path: str | None = None, env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    values: dict[str, Any] = {}
+    if path:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        for key, raw in data.items():
+            name = key[len(PREFIX) :].lower() if key.startswith(PREFIX) else key
+            if name not in _NAMES:
+                raise ConfigError(f"{path}: unknown key {key!r}")
+            values[name] = _coerce(name, raw)
+    for name in _NAMES:
+        raw = env.get(PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(name, raw)
+        elif name == "api_tokens" and raw == "":
+            values[name] = ()
+    return _validate(replace(Settings(), **values))

@@ -1,0 +1,78 @@
+"""Error codes, in one place: JSON-RPC codes (SPEC §7), application codes, and the codes of
+stage and run errors stored on a task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+TASK_NOT_FOUND = 1001
+TASK_EXISTS = 1002
+INVALID_TRANSITION = 1003
+NOT_WAITING_FOR_MESSAGE = 1004
+LIMIT_EXCEEDED = 1005
+
+MESSAGES = {
+    PARSE_ERROR: "Parse error",
+    INVALID_REQUEST: "Invalid Request",
+    METHOD_NOT_FOUND: "Method not found",
+    INVALID_PARAMS: "Invalid params",
+    INTERNAL_ERROR: "Internal error",
+    TASK_NOT_FOUND: "TASK_NOT_FOUND",
+    TASK_EXISTS: "TASK_EXISTS",
+    INVALID_TRANSITION: "INVALID_TRANSITION",
+    NOT_WAITING_FOR_MESSAGE: "NOT_WAITING_FOR_MESSAGE",
+    LIMIT_EXCEEDED: "LIMIT_EXCEEDED",
+}
+
+
+class RpcError(Exception):
+    """An error answered to a JSON-RPC caller."""
+
+    def __init__(self, code: int, message: str | None = None, data: Any = None) -> None:
+        super().__init__(message or MESSAGES.get(code, "error"))
+        self.code = code
+        self.message = message or MESSAGES.get(code, "error")
+        self.data = data
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            out["data"] = self.data
+        return out
+
+
+def invalid_params(field: str, reason: str) -> RpcError:
+    return RpcError(INVALID_PARAMS, f"Invalid params: {field}: {reason}", {"field": field, "reason": reason})
+
+
+def not_found(task_id: str) -> RpcError:
+    return RpcError(TASK_NOT_FOUND, f"task {task_id!r} not found", {"id": task_id})
+
+
+def invalid_transition(src: str, dst: str) -> RpcError:
+    return RpcError(INVALID_TRANSITION, f"cannot go from {src} to {dst}", {"from": src, "to": dst})
+
+
+# Codes of the errors stored on a task ({code, message, stage, type?}, SPEC §7).
+class StageError:
+    METHOD_NOT_FOUND = "METHOD_NOT_FOUND"
+    INVALID_PARAMS = "INVALID_PARAMS"
+    TEMPLATE_ERROR = "TEMPLATE_ERROR"
+    STAGE_ERROR = "STAGE_ERROR"
+    STAGE_TIMEOUT = "STAGE_TIMEOUT"
+    EXEC_TIMEOUT = "EXEC_TIMEOUT"
+    MESSAGE_TIMEOUT = "MESSAGE_TIMEOUT"
+    EXECUTOR_LOST = "EXECUTOR_LOST"
+    CANCELED = "CANCELED"
+
+
+def stage_error(code: str, message: str, stage: int, type_: str | None = None) -> dict[str, Any]:
+    err: dict[str, Any] = {"code": code, "message": message, "stage": stage}
+    if type_:
+        err["type"] = type_
+    return err

@@ -1,0 +1,113 @@
+"""Every Redis key name of stagewise, in one place.
+
+All keys of a namespace partition share the Redis Cluster hash tag ``{namespace:partition}``,
+so one Lua script can touch all keys of a task (its hash, its app stream, the indexes) and a
+namespace can still be spread over a cluster partition by partition (SPEC §10).
+
+The Lua scripts derive a few keys themselves from the same prefix (status/app indexes, an
+executor's running set); those derivations are in ``scripts/_lib.lua`` and mirror the
+functions below, which the tests check against each other.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+GROUP = "executors"  # the one consumer group on every app stream
+
+
+def partition_of(task_id: str, partitions: int) -> int:
+    """The partition a task lives in: stable across processes and restarts."""
+    if partitions <= 1:
+        return 0
+    return zlib.crc32(task_id.encode()) % partitions
+
+
+def member(app: str, task_id: str) -> str:
+    """Member of the scheduling sorted sets: the app rides along so that the manager can name
+    the app stream in KEYS without reading the task first ('/' is in neither alphabet)."""
+    return f"{app}/{task_id}"
+
+
+def split_member(m: str) -> tuple[str, str]:
+    app, _, task_id = m.partition("/")
+    return app, task_id
+
+
+class Keys:
+    """Key names of one namespace partition."""
+
+    __slots__ = ("namespace", "partition", "prefix")
+
+    def __init__(self, namespace: str, partition: int = 0) -> None:
+        self.namespace = namespace
+        self.partition = partition
+        self.prefix = f"{{{namespace}:{partition}}}"
+
+    # --- per task
+    def task(self, task_id: str) -> str:
+        """Hash: the task document, its state and its results (fields r.0, r.1, ...)."""
+        return f"{self.prefix}:t:{task_id}"
+
+    def attempts(self, task_id: str) -> str:
+        """List of JSON attempt records (one per stage execution)."""
+        return f"{self.prefix}:at:{task_id}"
+
+    def inbox(self, task_id: str) -> str:
+        """List of messages sent before the task reached its message stage."""
+        return f"{self.prefix}:in:{task_id}"
+
+    # --- dispatch
+    def stream(self, app: str) -> str:
+        """The app's work stream; entries are dispatch hints {t: task id, j: job id}."""
+        return f"{self.prefix}:q:{app}"
+
+    def apps(self) -> str:
+        """Set of apps that have a stream (and so a consumer group) in this partition."""
+        return f"{self.prefix}:apps"
+
+    # --- scheduling (members are member(app, id))
+    def due(self) -> str:
+        """ZSET member -> time the manager must look at it: run_at, cron fire, timer end,
+        message timeout, retry time."""
+        return f"{self.prefix}:due"
+
+    def deadlines(self) -> str:
+        """ZSET member -> exec_deadline, for RUNNING tasks only."""
+        return f"{self.prefix}:dl"
+
+    # --- executors
+    def executors(self) -> str:
+        """ZSET executor id -> last ping (server time)."""
+        return f"{self.prefix}:ex"
+
+    def executor(self, executor_id: str) -> str:
+        """Hash: app, host, pid, started."""
+        return f"{self.prefix}:ex:{executor_id}"
+
+    def running(self, executor_id: str) -> str:
+        """Set of members leased by the executor."""
+        return f"{self.prefix}:run:{executor_id}"
+
+    def control(self, executor_id: str) -> str:
+        """List of control messages to an executor (cancel requests)."""
+        return f"{self.prefix}:ctl:{executor_id}"
+
+    # --- indexes (ZSET task id -> updated)
+    def idx_all(self) -> str:
+        return f"{self.prefix}:i:all"
+
+    def idx_status(self, status: str) -> str:
+        return f"{self.prefix}:i:s:{status}"
+
+    def idx_app(self, app: str) -> str:
+        return f"{self.prefix}:i:a:{app}"
+
+    def idx_app_status(self, app: str, status: str) -> str:
+        return f"{self.prefix}:i:as:{app}:{status}"
+
+    # --- manager coordination
+    def lock(self, name: str) -> str:
+        """Short-lived lock so that one manager at a time runs a periodic job that is not
+        itself idempotent (stream trimming)."""
+        return f"{self.prefix}:lock:{name}"

@@ -1,0 +1,190 @@
+"""The task document and commands (SPEC §2, §3) as msgspec Structs, decoded from JSON-RPC
+params with errors that name the field (``task.commands[2].timer``) and the reason."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+from shared import templates
+from shared.errors import RpcError, invalid_params
+from shared.policy import cron_valid
+
+TaskId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+AppName = Annotated[str, Meta(pattern=r"^[a-z0-9_.-]{1,64}$")]
+Tag = Annotated[str, Meta(min_length=1, max_length=64)]
+Seconds30d = Annotated[float, Meta(gt=0, le=30 * 86400)]
+
+MANAGED = frozenset(
+    {
+        "status",
+        "stage",
+        "stages",
+        "results",
+        "job_id",
+        "attempt",
+        "retries",
+        "executor_id",
+        "created",
+        "updated",
+        "queued_at",
+        "next_run",
+        "wait_deadline",
+        "exec_deadline",
+        "exit_code",
+        "error",
+        "cleaned",
+        "locked",
+        "lease",
+    }
+)
+
+
+class CallCommand(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    method: Annotated[str, Meta(min_length=1, max_length=256)]
+    params: dict[str, Any] | None = None
+    timeout: Annotated[float, Meta(gt=0, le=86400)] | None = None
+    if_: Any = field(name="if", default=None)
+
+
+class MessageSpec(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    timeout: Seconds30d | None = None
+    on_timeout: Literal["continue", "fail"] = "continue"
+
+
+class TimerCommand(Struct, frozen=True, forbid_unknown_fields=True):
+    timer: Seconds30d
+
+
+class MessageCommand(Struct, frozen=True, forbid_unknown_fields=True):
+    message: MessageSpec
+
+
+Command = CallCommand | TimerCommand | MessageCommand
+
+
+class TaskDoc(Struct, frozen=True, forbid_unknown_fields=True):
+    app: AppName
+    commands: Annotated[list[dict[str, Any]], Meta(min_length=1, max_length=100)]
+    id: TaskId | None = None
+    kws: dict[str, Any] = {}
+    tags: Annotated[list[Tag], Meta(max_length=32)] = []
+    group: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    description: Annotated[str, Meta(max_length=4096)] | None = None
+    meta: dict[str, Any] = {}
+    run_at: Annotated[float, Meta(ge=0)] | None = None
+    cron: str | None = None
+    tz: str = "UTC"
+    priority: Annotated[int, Meta(ge=0, le=9)] = 0
+    max_exec_timeout: Annotated[float, Meta(ge=1, le=86400)] = 300.0
+    max_retries: Annotated[int, Meta(ge=0, le=20)] = 0
+    retry_backoff: Annotated[float, Meta(ge=0, le=3600)] = 1.0
+    restart_policy: Literal["current", "first"] = "current"
+    next_task: TaskId | None = None
+    notify: bool = False
+    system: bool = False
+    enabled: bool = True
+
+
+T = TypeVar("T")
+_AT = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]*)`$")
+
+
+def convert(obj: Any, type_: type[T], where: str) -> T:
+    """msgspec.convert with the error turned into invalid_params(field, reason)."""
+    try:
+        return msgspec.convert(obj, type_, strict=True)
+    except msgspec.ValidationError as e:
+        raise validation_error(str(e), where) from None
+
+
+def validation_error(text: str, where: str) -> RpcError:
+    m = _AT.match(text)
+    reason, path = (m["reason"], m["path"] or "") if m else (text, "")
+    field_ = (where + path).lstrip(".")
+    if u := _UNKNOWN.match(reason):
+        name = u["name"]
+        return invalid_params(
+            _join(field_, name), "managed field, set by stagewise" if name in MANAGED else "unknown field"
+        )
+    if u := _MISSING.match(reason):
+        return invalid_params(_join(field_, u["name"]), "required field is missing")
+    return invalid_params(field_ or "params", reason)
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base}.{name}" if base else name
+
+
+def parse_command(obj: Any, where: str) -> Command:
+    if not isinstance(obj, dict):
+        raise invalid_params(where, "a command must be an object")
+    kinds = [k for k in ("method", "timer", "message") if k in obj]
+    if len(kinds) != 1:
+        raise invalid_params(where, "a command needs exactly one of 'method', 'timer', 'message'")
+    if kinds[0] == "timer":
+        return convert(obj, TimerCommand, where)
+    if kinds[0] == "message":
+        return convert(obj, MessageCommand, where)
+    cmd = convert(obj, CallCommand, where)
+    try:
+        if cmd.params is not None:
+            templates.validate_template(cmd.params, f"{where}.params")
+        if "if" in obj:
+            templates.validate_condition(cmd.if_, f"{where}.if")
+    except ValueError as e:
+        loc, _, reason = str(e).partition(": ")
+        raise invalid_params(loc if reason else where, reason or str(e)) from None
+    return cmd
+
+
+class Task(Struct, frozen=True):
+    """A validated task: the document, its commands parsed, and the per-stage plan that the
+    Lua scripts read ("c" call, ["t", s] timer, ["m", timeout or -1, on_timeout])."""
+
+    doc: TaskDoc
+    id: str
+    commands: list[Command]
+
+    def plan(self) -> list[Any]:
+        out: list[Any] = []
+        for c in self.commands:
+            if isinstance(c, TimerCommand):
+                out.append(["t", c.timer])
+            elif isinstance(c, MessageCommand):
+                t = c.message.timeout
+                out.append(["m", t if t is not None else -1, c.message.on_timeout])
+            else:
+                out.append("c")
+        return out
+
+
+def parse_task(obj: Any, where: str = "task") -> Task:
+    if not isinstance(obj, dict):
+        raise invalid_params(where, "must be an object")
+    for name in obj:
+        if name in MANAGED:
+            raise invalid_params(f"{where}.{name}", "managed field, set by stagewise")
+    doc = convert(obj, TaskDoc, where)
+    commands = [parse_command(c, f"{where}.commands[{i}]") for i, c in enumerate(doc.commands)]
+    if doc.cron is not None and not cron_valid(doc.cron):
+        raise invalid_params(f"{where}.cron", "not a valid 5-field cron expression")
+    try:
+        ZoneInfo(doc.tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise invalid_params(f"{where}.tz", f"unknown time zone {doc.tz!r}") from None
+    return Task(doc=doc, id=doc.id or uuid.uuid4().hex, commands=commands)
+
+
+def command_kind(cmd: dict[str, Any]) -> str:
+    """'call', 'timer' or 'message' of a stored (already validated) command."""
+    if "method" in cmd:
+        return "call"
+    return "timer" if "timer" in cmd else "message"

@@ -1,0 +1,32 @@
+"""Pure scheduling policy: no I/O, ``now`` and randomness passed in, tested with tables."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+MAX_RETRY_DELAY = 3600.0
+JITTER = 0.2
+
+
+def next_retry_delay(retry: int, backoff: float, rand: float | None = None) -> float:
+    """Delay before retry number ``retry`` (1-based): backoff x 2^(retry-1), jittered by
+    +-20 % and capped at an hour (SPEC §2).  ``rand`` in [0, 1) replaces the random draw."""
+    if rand is None:
+        rand = random.random()
+    base = backoff * 2 ** max(retry - 1, 0)
+    return min(max(base * (1 - JITTER + 2 * JITTER * rand), 0.0), MAX_RETRY_DELAY)
+
+
+def cron_valid(expr: str) -> bool:
+    return len(expr.split()) == 5 and croniter.is_valid(expr)
+
+
+def next_cron(expr: str, tz: str, after: float) -> float:
+    """The first fire time of ``expr`` in zone ``tz`` strictly after ``after`` (UNIX s).
+    Computed from the previous scheduled fire, not from the clock, so fires never drift."""
+    start = datetime.fromtimestamp(after, UTC).astimezone(ZoneInfo(tz))
+    return float(croniter(expr, start).get_next(float))

@@ -1,0 +1,154 @@
+-- _lib.lua: helpers prepended to every script of this folder (see shared/scripting.py).
+--
+-- Conventions of every script:
+--   ARGV[1] is the key prefix "{namespace:partition}"; every key a script touches carries it,
+--   so all of them hash to one cluster slot.  Keys that depend on data read inside the script
+--   (status and app indexes, the running set of the task's executor) are derived here from
+--   that prefix with the same names as shared/keys.py.
+--   Times are the server's clock (TIME), in seconds with microseconds, so that hosts with
+--   skewed clocks agree.
+--   Every script validates first and writes after: a script that errors mid-way keeps its
+--   earlier writes (Redis has no rollback), so nothing after the first write may fail.
+local PREFIX = ARGV[1]
+local GROUP = 'executors'
+
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function fmt(x)
+  return string.format('%.6f', x)
+end
+
+local function k_task(id) return PREFIX .. ':t:' .. id end
+local function k_attempts(id) return PREFIX .. ':at:' .. id end
+local function k_inbox(id) return PREFIX .. ':in:' .. id end
+local function k_stream(app) return PREFIX .. ':q:' .. app end
+local function k_running(eid) return PREFIX .. ':run:' .. eid end
+local function k_due() return PREFIX .. ':due' end
+local function k_deadlines() return PREFIX .. ':dl' end
+
+local TERMINAL = {FINISHED = true, FAILED = true, CANCELED = true}
+
+-- Index maintenance: every task is in i:all, i:a:<app>, i:s:<status>, i:as:<app>:<status>,
+-- each scored by `updated`, so lists filtered by app and/or status are range reads.
+local function reindex(id, app, old, new, ts)
+  if old and old ~= '' and old ~= new then
+    redis.call('ZREM', PREFIX .. ':i:s:' .. old, id)
+    redis.call('ZREM', PREFIX .. ':i:as:' .. app .. ':' .. old, id)
+  end
+  redis.call('ZADD', PREFIX .. ':i:s:' .. new, ts, id)
+  redis.call('ZADD', PREFIX .. ':i:as:' .. app .. ':' .. new, ts, id)
+  redis.call('ZADD', PREFIX .. ':i:all', ts, id)
+  redis.call('ZADD', PREFIX .. ':i:a:' .. app, ts, id)
+end
+
+local function unindex(id, app, status)
+  redis.call('ZREM', PREFIX .. ':i:s:' .. status, id)
+  redis.call('ZREM', PREFIX .. ':i:as:' .. app .. ':' .. status, id)
+  redis.call('ZREM', PREFIX .. ':i:all', id)
+  redis.call('ZREM', PREFIX .. ':i:a:' .. app, id)
+end
+
+local function set_status(tkey, id, app, old, new, ts)
+  redis.call('HSET', tkey, 'status', new, 'updated', fmt(ts))
+  reindex(id, app, old, new, ts)
+end
+
+-- Puts a dispatch hint on the app stream.  The task hash stays the source of truth: a hint
+-- whose task is no longer QUEUED with that job id is dropped by the claim.
+local function enqueue(tkey, id, app, old, ts)
+  local job = redis.call('HGET', tkey, 'job_id')
+  redis.call('XADD', k_stream(app), '*', 't', id, 'j', job)
+  redis.call('HSET', tkey, 'queued_at', fmt(ts), 'next_run', '', 'wait_deadline', '')
+  set_status(tkey, id, app, old, 'QUEUED', ts)
+end
+
+-- Ends the executor's hold on a RUNNING task: lease, running set, deadline; and banks the
+-- RUNNING time of this stretch (max_exec_timeout counts RUNNING time only).
+local function release(tkey, id, app, ts)
+  local h = redis.call('HMGET', tkey, 'executor_id', 'run_started', 'exec_used')
+  local m = app .. '/' .. id
+  if h[1] and h[1] ~= '' then
+    redis.call('SREM', k_running(h[1]), m)
+  end
+  redis.call('ZREM', k_deadlines(), m)
+  local used = tonumber(h[3] or '0') or 0
+  local started = tonumber(h[2] or '')
+  if started then used = used + (ts - started) end
+  redis.call('HSET', tkey, 'executor_id', '', 'lease', '', 'run_started', '',
+    'exec_deadline', '', 'exec_used', fmt(used))
+end
+
+local function record_attempt(id, entry)
+  local k = k_attempts(id)
+  redis.call('RPUSH', k, cjson.encode(entry))
+  redis.call('LTRIM', k, -1000, -1)
+end
+
+-- Walks forward from stage s over the stages that need no executor: a message already in
+-- the inbox is taken at once.  Leaves the task at the first stage that needs something:
+--   'RUN'      plan[s] is a call: an executor must run it
+--   'WAITING'  plan[s] is a timer or a message with an empty inbox (due entry set)
+--   'FINISHED' s == #plan
+-- Writes stage, results of consumed messages and the wait fields; status is the caller's.
+local function advance(tkey, id, app, s, plan, ts)
+  local taken = {}
+  while true do
+    if s >= #plan then
+      redis.call('HSET', tkey, 'stage', s)
+      return 'FINISHED', s, taken
+    end
+    local p = plan[s + 1]
+    if p == 'c' then
+      redis.call('HSET', tkey, 'stage', s, 'stage_started', fmt(ts))
+      return 'RUN', s, taken
+    end
+    local m = app .. '/' .. id
+    if p[1] == 't' then
+      local at = ts + p[2]
+      redis.call('HSET', tkey, 'stage', s, 'wait_deadline', fmt(at))
+      redis.call('ZADD', k_due(), at, m)
+      return 'WAITING', s, taken
+    end
+    local msg = redis.call('LPOP', k_inbox(id))
+    if msg then
+      redis.call('HSET', tkey, 'r.' .. s, msg)
+      taken[#taken + 1] = s
+      taken[#taken + 1] = msg
+      s = s + 1
+    else
+      if p[2] >= 0 then
+        local at = ts + p[2]
+        redis.call('HSET', tkey, 'stage', s, 'wait_deadline', fmt(at))
+        redis.call('ZADD', k_due(), at, m)
+      else
+        redis.call('HSET', tkey, 'stage', s, 'wait_deadline', '')
+      end
+      return 'WAITING', s, taken
+    end
+  end
+end
+
+local function finish(tkey, id, app, old, ts)
+  redis.call('HSET', tkey, 'exit_code', 0, 'error', '', 'next_run', '', 'wait_deadline', '')
+  set_status(tkey, id, app, old, 'FINISHED', ts)
+end
+
+local function fail(tkey, id, app, old, ts, err)
+  redis.call('HSET', tkey, 'exit_code', 1, 'error', err, 'next_run', '', 'wait_deadline', '')
+  set_status(tkey, id, app, old, 'FAILED', ts)
+end
+
+-- Task is then WAITING/QUEUED/FINISHED according to advance()'s verdict; used when no
+-- executor holds the task (timer due, message received, manager wake-ups).
+local function settle(tkey, id, app, old, verdict, ts)
+  if verdict == 'RUN' then
+    enqueue(tkey, id, app, old, ts)
+  elseif verdict == 'WAITING' then
+    set_status(tkey, id, app, old, 'WAITING', ts)
+  else
+    finish(tkey, id, app, old, ts)
+  end
+end

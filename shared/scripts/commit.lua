@@ -1,0 +1,42 @@
+-- commit.lua: an executor commits the result of the stage it ran.
+-- RUNNING -> RUNNING (next stage is a call) | WAITING (timer/message) | FINISHED.
+-- Fenced: the write is applied only if the task is RUNNING under this job id, this lease
+-- and this stage; so a result is committed exactly once and a stale run writes nothing.
+-- KEYS[1] task hash   KEYS[2] attempts list
+-- ARGV[1] prefix  ARGV[2] task id  ARGV[3] job id  ARGV[4] lease  ARGV[5] stage
+-- ARGV[6] '1' a result follows | '0' no result: the current stage is a timer/message stage
+--         the executor cannot run (a run resumed at a wait stage)
+-- ARGV[7] result (JSON)  ARGV[8] outcome of the attempt ('ok' | 'skipped')
+-- Returns {'RUN', stage, taken_stage, taken_json, ...}   go on with `stage` (messages that
+--            were waiting in the inbox became the results of the message stages passed)
+--         {'WAITING', stage} | {'FINISHED', stage}   the executor lets go of the task
+--         {'STALE'}  the run no longer holds the task: abandon it
+local tkey, id = KEYS[1], ARGV[2]
+local h = redis.call('HMGET', tkey, 'status', 'job_id', 'lease', 'stage', 'app', 'plan',
+  'executor_id', 'stage_started')
+if h[1] ~= 'RUNNING' or h[2] ~= ARGV[3] or h[3] ~= ARGV[4] or h[4] ~= ARGV[5] then
+  return {'STALE'}
+end
+local ts = now()
+local app, s = h[5], tonumber(ARGV[5])
+local plan = cjson.decode(h[6])
+if ARGV[6] == '1' then
+  redis.call('HSET', tkey, 'r.' .. s, ARGV[7])
+  record_attempt(id, {job_id = ARGV[3], stage = s, executor_id = h[7],
+    started = tonumber(h[8]), ended = ts, outcome = ARGV[8], error = cjson.null})
+  s = s + 1
+end
+local verdict, stage, taken = advance(tkey, id, app, s, plan, ts)
+if verdict == 'RUN' then
+  redis.call('HSET', tkey, 'updated', fmt(ts))
+  local out = {'RUN', stage}
+  for i = 1, #taken do out[#out + 1] = taken[i] end
+  return out
+end
+release(tkey, id, app, ts)
+if verdict == 'WAITING' then
+  set_status(tkey, id, app, 'RUNNING', 'WAITING', ts)
+else
+  finish(tkey, id, app, 'RUNNING', ts)
+end
+return {verdict, stage}

@@ -1,0 +1,35 @@
+-- fail.lua: an attempt of the current stage failed.
+-- RUNNING -> SUSPENDED (retries left; re-queued at next_run) | FAILED (none left).
+-- Fenced like commit.lua.  The retry delay is computed by the caller (policy.py), which
+-- knows the retry number from the claim.
+-- KEYS[1] task hash   KEYS[2] attempts list   KEYS[3] due zset
+-- ARGV[1] prefix  ARGV[2] task id  ARGV[3] job id  ARGV[4] lease  ARGV[5] stage
+-- ARGV[6] error (JSON {code, message, stage, type?})  ARGV[7] retry delay (s)
+-- ARGV[8] outcome of the attempt ('error' | 'timeout')
+-- Returns {'RETRY', next_run} | {'FAILED'} | {'STALE'}
+local tkey, id = KEYS[1], ARGV[2]
+local h = redis.call('HMGET', tkey, 'status', 'job_id', 'lease', 'stage', 'app', 'retries',
+  'max_retries', 'restart_policy', 'stages', 'executor_id', 'stage_started')
+if h[1] ~= 'RUNNING' or h[2] ~= ARGV[3] or h[3] ~= ARGV[4] or h[4] ~= ARGV[5] then
+  return {'STALE'}
+end
+local ts = now()
+local app, s = h[5], tonumber(ARGV[5])
+record_attempt(id, {job_id = ARGV[3], stage = s, executor_id = h[10],
+  started = tonumber(h[11]), ended = ts, outcome = ARGV[8], error = cjson.decode(ARGV[6])})
+release(tkey, id, app, ts)
+local retries = tonumber(h[6]) or 0
+if retries < (tonumber(h[7]) or 0) then
+  local at = ts + tonumber(ARGV[7])
+  if h[8] == 'first' then
+    -- "first" restarts the run from stage 0 with no results, so results[i] stays stage i's.
+    for i = 0, tonumber(h[9]) - 1 do redis.call('HDEL', tkey, 'r.' .. i) end
+    redis.call('HSET', tkey, 'stage', 0)
+  end
+  redis.call('HSET', tkey, 'retries', retries + 1, 'next_run', fmt(at), 'error', ARGV[6])
+  redis.call('ZADD', KEYS[3], at, app .. '/' .. id)
+  set_status(tkey, id, app, 'RUNNING', 'SUSPENDED', ts)
+  return {'RETRY', fmt(at)}
+end
+fail(tkey, id, app, 'RUNNING', ts, ARGV[6])
+return {'FAILED'}

@@ -1,0 +1,17 @@
+-- ping.lua: executor heartbeat.  Pings travel on their own keys, never on a work stream, so
+-- a backlog of work cannot make a live executor look dead.
+-- KEYS[1] executors zset   KEYS[2] this executor's info hash
+-- ARGV[1] prefix  ARGV[2] executor id  ARGV[3] '1' register (start) | '0' ping
+-- ARGV[4..] info field, value pairs (register only)
+-- Returns 1 | 0 (unknown: it was declared dead; the executor must drop its runs)
+local ts = now()
+if ARGV[3] == '1' then
+  local info = {}
+  for i = 4, #ARGV do info[#info + 1] = ARGV[i] end
+  redis.call('HSET', KEYS[2], 'started', fmt(ts), unpack(info))
+elseif not redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ts, ARGV[2])
+redis.call('HSET', KEYS[2], 'last_ping', fmt(ts))
+return 1

@@ -1,0 +1,30 @@
+-- reap.lua: the manager takes a task back from an executor declared dead (its heartbeat
+-- lapsed).  RUNNING -> SUSPENDED -> QUEUED at the current stage, in one step; or
+-- RUNNING -> FAILED (EXECUTOR_LOST) once the run lost its executor on the same stage more
+-- than max_interruptions times, so a stage that crashes its process cannot loop forever.
+-- KEYS[1] task hash   KEYS[2] running set of the dead executor
+-- ARGV[1] prefix  ARGV[2] task id  ARGV[3] dead executor id  ARGV[4] max interruptions
+-- Returns {'QUEUED'} | {'FAILED'} | {'SKIP'} (the task is no longer held by that executor)
+local tkey, id = KEYS[1], ARGV[2]
+local h = redis.call('HMGET', tkey, 'status', 'executor_id', 'app', 'stage', 'interruptions',
+  'int_stage', 'job_id', 'stage_started')
+if h[1] ~= 'RUNNING' or h[2] ~= ARGV[3] then
+  if h[3] then redis.call('SREM', KEYS[2], h[3] .. '/' .. id) end
+  return {'SKIP'}
+end
+local ts = now()
+local app, s = h[3], tonumber(h[4])
+local n = 1
+if h[6] == h[4] then n = (tonumber(h[5]) or 0) + 1 end
+record_attempt(id, {job_id = h[7], stage = s, executor_id = ARGV[3], started = tonumber(h[8]),
+  ended = ts, outcome = 'lost', error = cjson.null})
+release(tkey, id, app, ts)
+redis.call('HSET', tkey, 'interruptions', n, 'int_stage', s)
+if n > tonumber(ARGV[4]) then
+  fail(tkey, id, app, 'RUNNING', ts, cjson.encode({code = 'EXECUTOR_LOST', stage = s,
+    message = 'executor lost ' .. n .. ' times on this stage'}))
+  return {'FAILED'}
+end
+set_status(tkey, id, app, 'RUNNING', 'SUSPENDED', ts)
+enqueue(tkey, id, app, 'SUSPENDED', ts)
+return {'QUEUED'}

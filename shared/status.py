@@ -1,0 +1,54 @@
+"""Task statuses and the transition table of SPEC §6, kept as data.
+
+The Lua scripts enforce the same table (each script checks the one `from` status it
+accepts); this module is what Python code and the tests read.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    IDLE = "IDLE"  # not yet queued for this run
+    QUEUED = "QUEUED"  # an entry for it is on the app stream
+    RUNNING = "RUNNING"  # leased by an executor
+    WAITING = "WAITING"  # timer or message stage
+    SUSPENDED = "SUSPENDED"  # interrupted, will be re-queued
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+
+TERMINAL: frozenset[Status] = frozenset({Status.FINISHED, Status.FAILED, Status.CANCELED})
+ACTIVE: frozenset[Status] = frozenset(Status) - TERMINAL
+
+# (from, to) -> what causes it.  Anything not listed is refused with INVALID_TRANSITION.
+TRANSITIONS: dict[tuple[Status, Status], str] = {
+    (Status.IDLE, Status.QUEUED): "due (now >= run_at / next cron fire)",
+    (Status.QUEUED, Status.RUNNING): "an executor claims it",
+    (Status.RUNNING, Status.RUNNING): "stage committed, next stage starts",
+    (Status.RUNNING, Status.WAITING): "timer or message stage reached",
+    (Status.RUNNING, Status.FINISHED): "last stage committed",
+    (Status.RUNNING, Status.SUSPENDED): "executor dead or stopping, unlock, retry pending",
+    (Status.RUNNING, Status.FAILED): "failed attempt without retries left, execution deadline",
+    (Status.WAITING, Status.QUEUED): "timer due, message received, message timeout (continue)",
+    (Status.WAITING, Status.FAILED): "message timeout (fail)",
+    (Status.SUSPENDED, Status.QUEUED): "due",
+    (Status.QUEUED, Status.SUSPENDED): "lost delivery detected",
+    **{(s, Status.CANCELED): "tasks.cancel" for s in ACTIVE},
+    **{(s, Status.IDLE): "restart, cron's next fire, next_task chaining" for s in TERMINAL},
+}
+
+
+def allowed(src: Status, dst: Status) -> bool:
+    return (src, dst) in TRANSITIONS
+
+
+# HTTP code of GET /tasks/{id}/status (SPEC §8).
+HTTP_CODE: dict[Status, int] = {
+    **{s: 202 for s in ACTIVE},
+    Status.FINISHED: 201,
+    Status.FAILED: 500,
+    Status.CANCELED: 410,
+}
