@@ -33,7 +33,7 @@ from shared.keys import GROUP, Keys
 from shared.models import command_kind
 from shared.policy import next_retry_delay
 from shared.scripting import Scripts
-from shared.store import results_of
+from shared.store import redeliver_pending, results_of
 from shared.templates import TemplateError, check, fill
 
 _J = partial(json.dumps, separators=(",", ":"))
@@ -73,6 +73,7 @@ class Executor:
         self.runs: dict[str, Run] = {}
         self.slots = asyncio.Semaphore(concurrency)
         self.quiet = asyncio.Event()  # stop fetching
+        self.reading = False  # between XREADGROUP and the end of the claims of what it read
         self.log = slog.get(app=app.name, executor_id=self.id)
 
     # ------------------------------------------------------------------ lifecycle
@@ -111,7 +112,11 @@ class Executor:
     async def shutdown(self, roles: list[asyncio.Task[Any]], stop: asyncio.Event) -> None:
         self.log.info("executor_stopping", running=len(self.runs), grace=self.settings.grace)
         self.quiet.set()
-        roles[1].cancel()
+        # fetch notices `quiet` within its 1 s block; it is not cancelled, so no entry is ever
+        # cut off between its read and its claim.
+        if not self.reading:  # waiting for a free slot: safe to stop right there
+            roles[1].cancel()
+        await asyncio.wait([roles[1]], timeout=5)
         pending = [r.aio for r in self.runs.values() if r.aio]
         if pending:
             await asyncio.wait(pending, timeout=self.settings.grace)
@@ -125,7 +130,9 @@ class Executor:
             )
             self.log.info("run_handed_back", task_id=run.task_id, job_id=run.job_id, result=res[0])
         roles[0].cancel()
+        roles[2].cancel()
         for k in self.parts:  # leave the registry: nothing of ours is running any more
+            await redeliver_pending(self.r, self.scripts, k, self.app.name, self.id)
             pipe = self.r.pipeline(transaction=False)
             pipe.zrem(k.executors(), self.id)
             pipe.delete(k.executor(self.id), k.running(self.id))
@@ -168,16 +175,40 @@ class Executor:
         ]
         await self.scripts.run("ping", [k.executors(), k.executor(self.id)], [k.prefix, self.id, 1, *info])
 
+    # ------------------------------------------------------------------ control
+    async def control(self) -> None:
+        """Cancel requests (tasks.cancel, execution deadline) for runs of ours.  A blocking
+        pop with a 1 s timeout keeps a cancel within the 2 s promise of SPEC §6."""
+        keys = [k.control(self.id) for k in self.parts]
+        while True:
+            try:
+                got = await self.r.blpop(keys, timeout=1)
+            except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
+                self.log.warning("control_failed", error=str(e))
+                await asyncio.sleep(0.5)
+                continue
+            if not got:
+                continue
+            msg = json.loads(got[1])
+            run = self.runs.get(msg.get("cancel", ""))
+            if run and run.job_id == msg.get("job_id") and run.aio:
+                self.log.info("run_cancelled", task_id=run.task_id, job_id=run.job_id)
+                run.aio.cancel()
+
     # ------------------------------------------------------------------ fetch
     async def fetch(self) -> None:
         streams = {k.stream(self.app.name): ">" for k in self.parts}
         by_stream = {k.stream(self.app.name): k for k in self.parts}
         while not self.quiet.is_set():
             await self.slots.acquire()
+            if self.quiet.is_set():
+                self.slots.release()
+                return
             free = 1
             while not self.slots.locked():  # take every free slot: one read for all of them
                 await self.slots.acquire()
                 free += 1
+            self.reading = True
             try:
                 got = await self.r.xreadgroup(GROUP, self.id, streams, count=free, block=1000)
             except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
@@ -189,6 +220,7 @@ class Executor:
                 self.slots.release()
             if entries:
                 await self.claim(entries)
+            self.reading = False
 
     async def claim(self, entries: list[tuple[Keys, str, dict[str, str]]]) -> None:
         leases = [uuid.uuid4().hex for _ in entries]

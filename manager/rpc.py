@@ -50,6 +50,11 @@ class ListParams(Struct, forbid_unknown_fields=True):
     include_results: bool = False
 
 
+class BatchParams(Struct, forbid_unknown_fields=True):
+    ids: Annotated[list[TaskId], Meta(min_length=1, max_length=1000)]
+    dry_run: bool = True
+
+
 class NoParams(Struct, forbid_unknown_fields=True):
     pass
 
@@ -70,6 +75,7 @@ class Api:
             "tasks.status": (IdParams, self.status),
             "tasks.send": (SendParams, self.send),
             "tasks.attempts": (IdParams, self.attempts),
+            "tasks.cancel": (BatchParams, self.cancel),
             "executors.list": (NoParams, self.executors),
             "system.info": (NoParams, self.info),
         }
@@ -100,6 +106,9 @@ class Api:
     async def send(self, p: SendParams) -> Any:
         await self.store.send(p.id, p.data)
         return await self.store.get(p.id)
+
+    async def cancel(self, p: BatchParams) -> Any:
+        return await self.store.cancel(list(dict.fromkeys(p.ids)), p.dry_run)
 
     async def attempts(self, p: IdParams) -> Any:
         return await self.store.attempts(p.id)

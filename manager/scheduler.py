@@ -7,6 +7,8 @@ NOT_DUE / SKIP.
   deadlines  RUNNING past exec_deadline -> expire.lua (EXEC_TIMEOUT)
   reaper     executors whose heartbeat lapsed: their RUNNING tasks -> reap.lua (re-queued),
              their unclaimed pending entries -> redeliver.lua, then they leave the registry
+  trim       app streams lose the entries every consumer is done with, so Redis memory
+             stays bounded under a steady load
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ from shared import log as slog
 from shared.config import Settings
 from shared.keys import GROUP, Keys, split_member
 from shared.scripting import Scripts
+from shared.store import redeliver_pending
+
+TRIM_EVERY = 2.0  # s
+
+
+def _older(a: str, b: str) -> str:
+    """The smaller of two stream ids."""
+    pa, pb = tuple(map(int, a.split("-"))), tuple(map(int, b.split("-")))
+    return a if pa <= pb else b
 
 
 class Scheduler:
@@ -40,7 +51,7 @@ class Scheduler:
 
     async def run(self, stop: asyncio.Event) -> None:
         reap_every = max(self.settings.ping_interval / 2, self.settings.tick)
-        last_reap = 0.0
+        last_reap = last_trim = 0.0
         while not stop.is_set():
             try:
                 now = await self.server_time()
@@ -51,6 +62,10 @@ class Scheduler:
                     last_reap = now
                     for k in self.parts:
                         await self.reap(k, now)
+                if now - last_trim >= TRIM_EVERY:
+                    last_trim = now
+                    for k in self.parts:
+                        await self.trim(k)
             except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
                 self.log.warning("tick_failed", error=str(e))
             try:
@@ -106,27 +121,7 @@ class Scheduler:
             )
         outcomes = await pipe.execute() if members else []
         app = info.get("app")
-        redelivered = 0
-        if app:
-            stream = k.stream(app)
-            while True:  # entries it read but never claimed: still QUEUED, deliver them again
-                pending = await self.r.xpending_range(stream, GROUP, "-", "+", 100, consumername=eid)
-                if not pending:
-                    break
-                ids = [p["message_id"] for p in pending]
-                bodies = {e[0]: e[1] for e in await self.r.xrange(stream, ids[0], ids[-1]) if e[1]}
-                pipe = self.r.pipeline(transaction=False)
-                for mid in ids:
-                    body = bodies.get(mid)
-                    if body is None:  # trimmed: ack it; the reconciler owns such tasks
-                        pipe.xack(stream, GROUP, mid)
-                        continue
-                    await self.scripts.queue(
-                        pipe, "redeliver", [k.task(body["t"]), stream], [k.prefix, body["t"], mid, body["j"]]
-                    )
-                    redelivered += 1
-                await pipe.execute()
-            await self.r.xgroup_delconsumer(stream, GROUP, eid)
+        redelivered = await redeliver_pending(self.r, self.scripts, k, app, eid) if app else 0
         # Leave the registry last: a manager that dies before this line repeats the work,
         # which is harmless (every script above is fenced).
         pipe = self.r.pipeline(transaction=False)
@@ -143,3 +138,25 @@ class Scheduler:
             failed=sum(1 for o in outcomes if o[0] == "FAILED"),
             redelivered=redelivered,
         )
+
+    async def trim(self, k: Keys) -> int:
+        """Drops stream entries below the oldest one still needed: the oldest pending entry
+        and the group's last delivered id (entries past it were never read).  Safe without
+        Redis 8.2's trim modes, and idempotent, so managers need not take turns."""
+        removed = 0
+        for app in await self.r.smembers(k.apps()):
+            stream = k.stream(app)
+            try:
+                groups = await self.r.xinfo_groups(stream)
+                summary = await self.r.xpending(stream, GROUP)
+            except aredis.ResponseError:
+                continue
+            last = next((g["last-delivered-id"] for g in groups if g["name"] == GROUP), None)
+            if last is None or last == "0-0":
+                continue
+            floor = _older(summary["min"], last) if summary.get("pending") else last
+            # MINID keeps entries >= floor: the last delivered entry itself stays, harmlessly.
+            removed += await self.r.xtrim(stream, minid=floor, approximate=False)
+        if removed:
+            self._count("trimmed", removed)
+        return removed

@@ -13,10 +13,11 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aredis
+from redis.exceptions import ResponseError
 
 from shared import errors
 from shared.config import Settings
-from shared.keys import Keys, member, partition_of
+from shared.keys import GROUP, Keys, member, partition_of
 from shared.models import Task
 from shared.policy import next_cron
 from shared.scripting import Scripts
@@ -219,6 +220,23 @@ class Store:
         items = await self.views([m for _, m, _ in page], include_results)
         return {"items": items, "next_cursor": next_cursor}
 
+    # ------------------------------------------------------------------ batch operations
+    async def cancel(self, ids: list[str], dry_run: bool) -> list[dict[str, Any]]:
+        """tasks.cancel: one BatchResult per id; a bad id never fails the batch."""
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            k = self.keys(i)
+            await self.scripts.queue(pipe, "cancel", [k.task(i), k.due()], [k.prefix, i, int(dry_run)])
+        out = []
+        for i, res in zip(ids, await pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(res, Exception):
+                out.append({"id": i, "status": None, "changed": False, "error": f"internal: {res}"})
+            elif res[0] == "NOT_FOUND":
+                out.append({"id": i, "status": None, "changed": False, "error": "TASK_NOT_FOUND"})
+            else:
+                out.append({"id": i, "status": res[0], "changed": res[1] == "1", "error": res[2] or None})
+        return out
+
     # ------------------------------------------------------------------ attempts, executors
     async def attempts(self, task_id: str) -> list[dict[str, Any]]:
         k = self.keys(task_id)
@@ -256,6 +274,35 @@ class Store:
                 e["running"] += running
                 e["last_ping"] = max(e["last_ping"], last)
         return sorted(out.values(), key=lambda e: e["id"])
+
+
+async def redeliver_pending(r: Any, scripts: Scripts, k: Keys, app: str, consumer: str) -> int:
+    """Entries a consumer read but never claimed are still QUEUED work: put a fresh hint on
+    the stream for each (redeliver.lua checks the task is still QUEUED for that job), then
+    drop the consumer from the group.  Returns how many were re-queued."""
+    stream, n = k.stream(app), 0
+    while True:
+        pending = await r.xpending_range(stream, GROUP, "-", "+", 100, consumername=consumer)
+        if not pending:
+            break
+        ids = [p["message_id"] for p in pending]
+        bodies = {e[0]: e[1] for e in await r.xrange(stream, ids[0], ids[-1]) if e[1]}
+        pipe = r.pipeline(transaction=False)
+        for mid in ids:
+            body = bodies.get(mid)
+            if body is None:  # trimmed away: nothing to re-send, just stop it pending
+                pipe.xack(stream, GROUP, mid)
+                continue
+            await scripts.queue(
+                pipe, "redeliver", [k.task(body["t"]), stream], [k.prefix, body["t"], mid, body["j"]]
+            )
+            n += 1
+        await pipe.execute()
+    try:
+        await r.xgroup_delconsumer(stream, GROUP, consumer)
+    except ResponseError:  # no such stream/group: nothing was pending either
+        pass
+    return n
 
 
 def _encode_cursor(score: float, skips: list[int]) -> str:

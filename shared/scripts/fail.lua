@@ -6,6 +6,7 @@
 -- ARGV[1] prefix  ARGV[2] task id  ARGV[3] job id  ARGV[4] lease  ARGV[5] stage
 -- ARGV[6] error (JSON {code, message, stage, type?})  ARGV[7] retry delay (s)
 -- ARGV[8] outcome of the attempt ('error' | 'timeout')
+-- ARGV[9] '1' the run fails whatever retries are left (EXEC_TIMEOUT: the run's budget is spent)
 -- Returns {'RETRY', next_run} | {'FAILED'} | {'STALE'}
 local tkey, id = KEYS[1], ARGV[2]
 local h = redis.call('HMGET', tkey, 'status', 'job_id', 'lease', 'stage', 'app', 'retries',
@@ -19,7 +20,7 @@ record_attempt(id, {job_id = ARGV[3], stage = s, executor_id = h[10],
   started = tonumber(h[11]), ended = ts, outcome = ARGV[8], error = cjson.decode(ARGV[6])})
 release(tkey, id, app, ts)
 local retries = tonumber(h[6]) or 0
-if retries < (tonumber(h[7]) or 0) then
+if ARGV[9] ~= '1' and retries < (tonumber(h[7]) or 0) then
   local at = ts + tonumber(ARGV[7])
   if h[8] == 'first' then
     -- "first" restarts the run from stage 0 with no results, so results[i] stays stage i's.

@@ -1,0 +1,42 @@
+# stagewise developer entry points.  `make run` shows a demo, `make test` runs the suite.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+# sudo only when we are not root and it exists
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo)
+
+.DEFAULT_GOAL := test
+.PHONY: venv redis test run lint bench chaos clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+redis:
+	@command -v redis-server >/dev/null || { \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
+
+test: venv redis
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+run: venv redis
+	$(BIN)/python examples/run.py
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: venv redis
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+chaos: venv redis
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
+
+clean:
+	rm -rf run/ .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -1,0 +1,362 @@
+"""Helpers shared by the test suite (and the chaos / bench scripts).
+
+- `wait_for(pred, ...)`: the only sanctioned way to wait for something in a test.
+- `RedisServer`: a private, throw-away redis-server process.
+- `Daemons`: starts manager / executor processes (`python -m shared.cli ...`) with logs in a
+  temp dir, and stops them all (SIGTERM, then SIGKILL) at the end.
+
+Import as `from tests.helpers import ...` (conftest makes the repo root importable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_for(
+    pred: Callable[[], Any],
+    timeout: float = 10.0,  # noqa: ASYNC109 - a deadline is the point of this helper
+    interval: float = 0.02,
+    what: str = "condition",
+) -> Any:
+    """Await `pred()` (sync or async) until it returns something truthy; return that value.
+
+    Raises AssertionError when `timeout` seconds pass first.  Exceptions from `pred` propagate.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def _tail(path: Path, n: int) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "(no log file)"
+    return "\n".join(lines[-n:])
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw.strip() else None
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- redis
+
+
+class RedisServer:
+    """A redis-server child process on a free port with its own temp dir (no persistence)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, dir: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.dir = dir
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    @classmethod
+    def start(cls, timeout: float = 10.0, attempts: int = 3) -> RedisServer:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not on PATH: run `make test` (it installs redis-server)")
+        last = ""
+        for _ in range(attempts):  # retry: the free port may be taken between probe and bind
+            port = free_port()
+            tmp = Path(tempfile.mkdtemp(prefix="stagewise-redis-"))
+            argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            argv += ["--dir", str(tmp), "--daemonize", "no"]
+            with open(tmp / "redis.log", "wb") as log:
+                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            server = cls(proc, port, tmp)
+            if server._wait_ready(timeout):
+                return server
+            last = _tail(tmp / "redis.log", 20)
+            server.stop()
+        raise RuntimeError(f"redis-server did not start after {attempts} attempts; last log:\n{last}")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    if client.ping():
+                        return True
+                except redis.RedisError:
+                    pass
+                time.sleep(0.02)  # poll interval inside a deadline loop
+            return False
+        finally:
+            client.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- daemons
+
+
+class RpcError(Exception):
+    """A JSON-RPC error reply: `.code`, `.message`, `.data`."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"{code} {message} {data!r}")
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class Proc:
+    """A daemon child process with its output in `log_path`."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = env
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def __repr__(self) -> str:
+        return f"<{self.name} pid={self.pid} rc={self.returncode}>"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def terminate(self) -> None:
+        """SIGTERM: a graceful stop."""
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash."""
+        if self.alive:
+            self.proc.send_signal(signal.SIGKILL)
+
+    async def wait_exit(self, timeout: float = 10.0) -> int:  # noqa: ASYNC109
+        """Wait until the process has exited; return its exit code."""
+        try:
+            await wait_for(
+                lambda: not self.alive, timeout=timeout, what=f"{self.name} (pid {self.pid}) to exit"
+            )
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- {self.log_path} ---\n{self.log_tail()}") from None
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
+    def log_tail(self, n: int = 50) -> str:
+        return _tail(self.log_path, n)
+
+
+class ManagerProc(Proc):
+    """A manager process; `rpc` / `get` speak to its HTTP server."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str],
+        log_path: Path,
+        http: str,
+        session: Callable[[], aiohttp.ClientSession],
+    ) -> None:
+        super().__init__(name, argv, env, log_path)
+        self.url = f"http://{http}"
+        self._session = session
+        self._next_id = 0
+        tokens = [t.strip() for t in env.get("STAGEWISE_API_TOKENS", "").split(",") if t.strip()]
+        # rpc() and get() send this bearer token (the first configured one); raw() never adds it.
+        self.token: str | None = tokens[0] if tokens else None
+
+    def _auth(self, headers: dict[str, str] | None) -> dict[str, str]:
+        out = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        out.update(headers or {})
+        return out
+
+    async def rpc(self, method: str, params: Any = None, headers: dict[str, str] | None = None) -> Any:
+        """Call `method`; return its result or raise RpcError."""
+        self._next_id += 1
+        body: dict[str, Any] = {"jsonrpc": "2.0", "id": self._next_id, "method": method}
+        if params is not None:
+            body["params"] = params
+        status, reply = await self.raw(json.dumps(body), self._auth(headers))
+        if not isinstance(reply, dict):
+            raise AssertionError(f"{method}: HTTP {status}, not a JSON-RPC reply: {reply!r}")
+        if "error" in reply:
+            err = reply["error"]
+            raise RpcError(err.get("code"), err.get("message"), err.get("data"))
+        if reply.get("id") != self._next_id or "result" not in reply:
+            raise AssertionError(f"{method}: malformed reply {reply!r}")
+        return reply["result"]
+
+    async def raw(self, body: bytes | str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """POST `body` to /rpc as is; return (HTTP status, parsed JSON or None)."""
+        hdrs = {"Content-Type": "application/json"}
+        hdrs.update(headers or {})
+        data = body.encode() if isinstance(body, str) else body
+        async with self._session().post(f"{self.url}/rpc", data=data, headers=hdrs) as resp:
+            return resp.status, _json_or_none(await resp.read())
+
+    async def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """GET `path` (e.g. "/tasks/x/status"); return (HTTP status, parsed JSON or None)."""
+        async with self._session().get(f"{self.url}{path}", headers=self._auth(headers)) as resp:
+            return resp.status, _json_or_none(await resp.read())
+
+
+class Daemons:
+    """Starts manager / executor processes for one test and stops them all in `aclose`."""
+
+    def __init__(self, redis_url: str, namespace: str, log_dir: Path) -> None:
+        self.redis_url = redis_url
+        self.namespace = namespace
+        self.log_dir = log_dir
+        self.procs: list[Proc] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._counts: dict[str, int] = {}
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        return self._session
+
+    def env(self, **overrides: Any) -> dict[str, str]:
+        """The environment of a daemon; an override of None removes the variable."""
+        env = dict(os.environ)
+        env.update(
+            STAGEWISE_REDIS_URL=self.redis_url,
+            STAGEWISE_NAMESPACE=self.namespace,
+            STAGEWISE_PING_INTERVAL="0.5",
+            STAGEWISE_DEAD_AFTER="3",
+            PYTHONPATH=str(REPO_ROOT),
+            PYTHONUNBUFFERED="1",
+        )
+        for key, value in overrides.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = str(value)
+        return env
+
+    def _log_path(self, kind: str) -> Path:
+        self._counts[kind] = n = self._counts.get(kind, 0) + 1
+        return self.log_dir / f"{kind}-{n}.log"
+
+    async def manager(self, args: Sequence[str] = (), ready_timeout: float = 20.0, **env: Any) -> ManagerProc:
+        """Start a manager on a free port and wait until GET /healthz answers 200."""
+        env.setdefault("STAGEWISE_HTTP", f"127.0.0.1:{free_port()}")
+        full_env = self.env(**env)
+        argv = [sys.executable, "-m", "shared.cli", "manager", *args]
+        log_path = self._log_path("manager")
+        m = ManagerProc(log_path.stem, argv, full_env, log_path, full_env["STAGEWISE_HTTP"], self.session)
+        self.procs.append(m)
+
+        async def healthy() -> bool:
+            if not m.alive:
+                raise AssertionError(f"{m.name} exited with code {m.returncode} before /healthz answered")
+            try:
+                status, _ = await m.get("/healthz")
+            except (TimeoutError, aiohttp.ClientError):
+                return False
+            return status == 200
+
+        try:
+            await wait_for(healthy, timeout=ready_timeout, interval=0.05, what=f"{m.name} /healthz")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- {m.log_path} ---\n{m.log_tail()}") from None
+        return m
+
+    async def executor(
+        self, app: str = "examples.app:app", concurrency: int = 8, args: Sequence[str] = (), **env: Any
+    ) -> Proc:
+        """Start `stagewise executor APP --concurrency N` (does not wait for registration)."""
+        argv = [sys.executable, "-m", "shared.cli", "executor", app, "--concurrency", str(concurrency), *args]
+        log_path = self._log_path("executor")
+        p = Proc(log_path.stem, argv, self.env(**env), log_path)
+        self.procs.append(p)
+        return p
+
+    async def stop_all(self, grace: float = 5.0) -> None:
+        """SIGTERM every live process, SIGKILL what is left after `grace` seconds."""
+        for p in self.procs:
+            p.terminate()
+        try:
+            await wait_for(lambda: not any(p.alive for p in self.procs), timeout=grace, interval=0.05)
+        except AssertionError:
+            pass
+        for p in self.procs:
+            if p.alive:
+                p.kill()
+        for p in self.procs:
+            try:
+                await asyncio.to_thread(p.proc.wait, 5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def log_tails(self, n: int = 50) -> str:
+        return "\n".join(
+            f"===== {p.name} {p.argv[3:]} rc={p.returncode} ({p.log_path}) =====\n{p.log_tail(n)}"
+            for p in self.procs
+        )
+
+    async def aclose(self) -> None:
+        try:
+            await self.stop_all()
+        finally:
+            if self._session is not None:
+                await self._session.close()

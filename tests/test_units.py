@@ -1,0 +1,126 @@
+"""Pure pieces: retry and cron policy, configuration, status table, keys, handler params."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from executor.app import App, ParamsError
+from shared import config
+from shared.keys import Keys, member, partition_of, split_member
+from shared.policy import next_cron, next_retry_delay
+from shared.status import ACTIVE, HTTP_CODE, TERMINAL, Status, allowed
+
+
+@pytest.mark.parametrize(
+    ("retry", "backoff", "rand", "expected"),
+    [
+        (1, 1.0, 0.5, 1.0),  # no jitter at the middle of the draw
+        (2, 1.0, 0.5, 2.0),
+        (3, 1.0, 0.5, 4.0),
+        (1, 1.0, 0.0, 0.8),  # -20 %
+        (1, 1.0, 0.999999, 1.2),  # +20 %
+        (4, 2.5, 0.5, 20.0),
+        (20, 1.0, 0.5, 3600.0),  # capped at an hour
+        (1, 0.0, 0.7, 0.0),
+    ],
+)
+def test_next_retry_delay(retry: int, backoff: float, rand: float, expected: float) -> None:
+    assert next_retry_delay(retry, backoff, rand) == pytest.approx(expected, rel=1e-5)
+
+
+def _ts(s: str, tz: str = "UTC") -> float:
+    return datetime.fromisoformat(s).replace(tzinfo=ZoneInfo(tz)).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("expr", "tz", "after", "expected"),
+    [
+        ("*/5 * * * *", "UTC", "2026-01-01T00:00:00", "2026-01-01T00:05:00"),  # strictly after
+        ("*/5 * * * *", "UTC", "2026-01-01T00:03:10", "2026-01-01T00:05:00"),
+        ("0 9 * * *", "Europe/Berlin", "2026-06-01T10:00:00", "2026-06-02T09:00:00"),
+        ("0 9 * * 1", "UTC", "2026-11-23T09:00:00", "2026-11-30T09:00:00"),  # a Monday
+    ],
+)
+def test_next_cron(expr: str, tz: str, after: str, expected: str) -> None:
+    assert next_cron(expr, tz, _ts(after, tz)) == _ts(expected, tz)
+
+
+def test_status_table() -> None:
+    assert TERMINAL == {Status.FINISHED, Status.FAILED, Status.CANCELED}
+    assert all(allowed(s, Status.CANCELED) for s in ACTIVE)
+    assert not any(allowed(s, Status.CANCELED) for s in TERMINAL)
+    assert allowed(Status.QUEUED, Status.RUNNING) and not allowed(Status.IDLE, Status.RUNNING)
+    assert not allowed(Status.FINISHED, Status.QUEUED) and allowed(Status.FINISHED, Status.IDLE)
+    assert HTTP_CODE[Status.FINISHED] == 201 and HTTP_CODE[Status.FAILED] == 500
+    assert HTTP_CODE[Status.CANCELED] == 410 and HTTP_CODE[Status.WAITING] == 202
+
+
+def test_keys_share_one_hash_tag() -> None:
+    k = Keys("ns", 3)
+    names = [k.task("a"), k.stream("app"), k.due(), k.deadlines(), k.idx_status("QUEUED"), k.running("e")]
+    assert all(n.startswith("{ns:3}:") for n in names)
+    assert split_member(member("billing", "t:1")) == ("billing", "t:1")
+    assert partition_of("abc", 1) == 0
+    assert {partition_of(f"t{i}", 4) for i in range(100)} == {0, 1, 2, 3}
+    assert partition_of("same", 8) == partition_of("same", 8)
+
+
+def test_config_env_and_toml(tmp_path: Any) -> None:
+    s = config.load(
+        env={"STAGEWISE_NAMESPACE": "x", "STAGEWISE_PING_INTERVAL": "0.5", "STAGEWISE_API_TOKENS": "a, b"}
+    )
+    assert s.namespace == "x" and s.ping_interval == 0.5 and s.api_tokens == ("a", "b")
+    assert s.dead_seconds == 1.5 and s.host == "127.0.0.1" and s.port == 8765
+    f = tmp_path / "c.toml"
+    f.write_text('STAGEWISE_NAMESPACE = "fromfile"\npartitions = 4\n')
+    s = config.load(str(f), env={})
+    assert s.namespace == "fromfile" and s.partitions == 4
+    assert config.load(str(f), env={"STAGEWISE_NAMESPACE": "env"}).namespace == "env"  # env wins
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "needle"),
+    [
+        ("bogus = 1\n", {}, "unknown key 'bogus'"),
+        ("", {"STAGEWISE_PARTITIONS": "two"}, "STAGEWISE_PARTITIONS"),
+        ("", {"STAGEWISE_PING_INTERVAL": "-1"}, "must be > 0"),
+        ("", {"STAGEWISE_HTTP": "nohost"}, "host:port"),
+    ],
+)
+def test_config_errors(tmp_path: Any, text: str, env: dict[str, str], needle: str) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(config.ConfigError, match=needle):
+        config.load(str(f), env=env)
+
+
+def test_handler_params_are_converted_to_annotations() -> None:
+    app = App("t")
+
+    @app.method("t.f")
+    def f(a: int, b: list[str], c: float = 1.5, ctx: Any = None) -> None: ...
+
+    @app.method("t.kw")
+    def kw(a: int, **rest: Any) -> None: ...
+
+    m = app.methods["t.f"]
+    assert m.takes_ctx and not m.is_async
+    assert m.convert({"a": 1, "b": ["x"]}) == {"a": 1, "b": ["x"], "c": 1.5}
+    assert m.convert({"a": 1, "b": [], "c": 2}) == {"a": 1, "b": [], "c": 2.0}
+    for bad, needle in [
+        ({"a": "1", "b": []}, "params.a"),
+        ({"b": []}, "missing parameter `a`"),
+        ({"a": 1, "b": [1]}, "params.b[0]"),
+        ({"a": 1, "b": [], "z": 0}, "unexpected"),
+    ]:
+        with pytest.raises(ParamsError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+            m.convert(bad)
+    assert app.methods["t.kw"].convert({"a": 1, "z": 2}) == {"a": 1, "z": 2}
+    with pytest.raises(ValueError):
+        App("Bad Name")
+    with pytest.raises(ValueError):
+        app.method("t.f")(f)
