@@ -1,0 +1,267 @@
+"""Chaos run: many three-stage tasks while executors are SIGKILLed at random and restarted,
+and the manager is SIGKILLed and restarted; then every task must be FINISHED with exactly the
+expected results, and no stage committed twice.
+
+    python -m tests.chaos --tasks 2000 --duration 300      (make chaos CHAOS_ARGS="...")
+
+The pytest test (tests/test_chaos.py) runs a bounded version of the same function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aredis
+
+from tests.chaos_app import exec_key
+from tests.helpers import Daemons, Proc, RedisServer, free_port, wait_for
+
+APP = "tests.chaos_app:app"
+
+
+@dataclass
+class Summary:
+    tasks: int
+    finished: int = 0
+    failed: int = 0
+    lost: int = 0  # not terminal at the end, or missing
+    wrong_results: int = 0
+    double_committed: int = 0  # stages with more than one committed attempt in a run
+    stage_executions: int = 0
+    repeated_executions: int = 0
+    executor_kills: int = 0
+    manager_kills: int = 0
+    recovery_s: list[float] = field(default_factory=list)  # executor SIGKILL -> its runs re-queued
+    chaos_s: float = 0.0
+    drain_s: float = 0.0
+
+    def ok(self) -> bool:
+        return (
+            self.finished == self.tasks
+            and not self.failed
+            and not self.lost
+            and not self.wrong_results
+            and not self.double_committed
+        )
+
+    def lines(self) -> str:
+        rec = sorted(self.recovery_s)
+        rec_txt = (
+            f"median {statistics.median(rec):.2f} s, max {rec[-1]:.2f} s over {len(rec)} kills"
+            if rec
+            else "no runs were in flight at the kills"
+        )
+        return "\n".join(
+            [
+                f"chaos: {self.tasks} tasks x 3 stages, {self.chaos_s:.0f} s of kills, drained in {self.drain_s:.1f} s",
+                f"  executor SIGKILLs {self.executor_kills}, manager SIGKILLs {self.manager_kills}",
+                f"  finished {self.finished}, failed {self.failed}, lost {self.lost}, wrong results {self.wrong_results}",
+                f"  double-committed stages {self.double_committed}",
+                f"  stage executions started {self.stage_executions} (repeated {self.repeated_executions})",
+                f"  recovery from an executor SIGKILL (kill -> its runs re-queued): {rec_txt}",
+            ]
+        )
+
+
+async def run_chaos(
+    redis_url: str,
+    namespace: str,
+    log_dir: Path,
+    tasks: int = 300,
+    duration: float = 25.0,
+    kill_min: float = 1.0,
+    kill_max: float = 3.0,
+    executors: int = 2,
+    concurrency: int = 16,
+    manager_kills: int = 2,
+    drain_timeout: float = 120.0,
+    seed: int | None = None,
+    echo: bool = False,
+) -> Summary:
+    rnd = random.Random(seed)
+    d = Daemons(redis_url, namespace, log_dir)
+    r = aredis.Redis.from_url(redis_url, decode_responses=True)
+    summary = Summary(tasks=tasks)
+    http = f"127.0.0.1:{free_port()}"
+    # A stage killed many times in a row is what chaos is made of here, not a poison task.
+    menv = {"STAGEWISE_HTTP": http, "STAGEWISE_MAX_INTERRUPTIONS": 1000, "STAGEWISE_LOG_LEVEL": "warning"}
+    eenv = {"STAGEWISE_LOG_LEVEL": "warning"}
+    kills: list[tuple[float, int]] = []  # (time, pid)
+    try:
+        m = await d.manager(**menv)
+        live: list[Proc] = [await d.executor(APP, concurrency, **eenv) for _ in range(executors)]
+        ids = [f"c{i}" for i in range(tasks)]
+        batches = [ids[i : i + 25] for i in range(0, tasks, 25)]
+        # Work arrives through the first 70 % of the run, so kills keep landing on live work.
+        feed_at = [duration * 0.7 * n / len(batches) for n in range(len(batches))]
+        t0 = time.monotonic()
+        manager_at = [duration * f + rnd.uniform(-0.05, 0.05) * duration for f in (0.25, 0.55)][
+            :manager_kills
+        ]
+        next_kill = t0 + rnd.uniform(kill_min, kill_max)
+        while time.monotonic() - t0 < duration:
+            now = time.monotonic()
+            while feed_at and now - t0 >= feed_at[0]:
+                feed_at.pop(0)
+                await _create(m, batches.pop(0), ids)
+            if manager_at and now - t0 >= manager_at[0]:
+                manager_at.pop(0)
+                m.kill()
+                await m.wait_exit(10)
+                summary.manager_kills += 1
+                m = await d.manager(**menv)
+            if now >= next_kill:
+                victim = rnd.choice(live)
+                victim.kill()
+                kills.append((time.time(), victim.pid))
+                await victim.wait_exit(10)
+                summary.executor_kills += 1
+                live.remove(victim)
+                live.append(await d.executor(APP, concurrency, **eenv))
+                next_kill = now + rnd.uniform(kill_min, kill_max)
+            await asyncio.sleep(0.05)  # pacing of the kill schedule, not synchronisation
+            if not batches and not manager_at and await _all_terminal(r, namespace, tasks):
+                break
+        summary.chaos_s = time.monotonic() - t0
+        t1 = time.monotonic()
+        try:
+            await wait_for(
+                lambda: _all_terminal(r, namespace, tasks),
+                timeout=drain_timeout,
+                interval=0.2,
+                what="every task to end",
+            )
+        except AssertionError:
+            pass
+        summary.drain_s = time.monotonic() - t1
+        await _check(r, m, namespace, ids, summary, kills)
+        if echo:
+            print(summary.lines(), flush=True)
+        return summary
+    finally:
+        await d.aclose()
+        await r.aclose()
+
+
+async def _create(m: Any, batch: list[str], ids: list[str]) -> None:
+    reqs = []
+    for tid in batch:
+        n = ids.index(tid)
+        step = {"method": "chaos.step", "params": {"value": "", "min_ms": 100, "max_ms": 500}}
+        reqs.append(
+            {
+                "jsonrpc": "2.0",
+                "id": n,
+                "method": "tasks.create",
+                "params": {
+                    "task": {
+                        "id": tid,
+                        "app": "chaos",
+                        "kws": {"v": n * 10},
+                        "commands": [
+                            {**step, "params": {**step["params"], "value": "{{ kws.v }}"}},
+                            {**step, "params": {**step["params"], "value": "{{ results.0 }}"}},
+                            {**step, "params": {**step["params"], "value": "{{ results.1 }}"}},
+                        ],
+                    }
+                },
+            }
+        )
+    status, reply = await m.raw(json.dumps(reqs))
+    assert status == 200 and all("result" in x for x in reply), reply
+
+
+async def _all_terminal(r: aredis.Redis, namespace: str, n: int) -> bool:
+    k = "{" + namespace + ":0}:i:s:"
+    pipe = r.pipeline(transaction=False)
+    for s in ("FINISHED", "FAILED", "CANCELED"):
+        pipe.zcard(k + s)
+    return sum(await pipe.execute()) >= n
+
+
+async def _check(
+    r: aredis.Redis, m: Any, namespace: str, ids: list[str], s: Summary, kills: list[tuple[float, int]]
+) -> None:
+    executions = await r.hgetall(exec_key(namespace))
+    s.stage_executions = sum(int(v) for v in executions.values())
+    s.repeated_executions = s.stage_executions - sum(1 for _ in executions)
+    lost_marks: list[tuple[str, float]] = []
+    for n, tid in enumerate(ids):
+        try:
+            v = await m.rpc("tasks.get", {"id": tid})
+        except Exception:  # noqa: BLE001 - a missing task is what we count
+            s.lost += 1
+            continue
+        if v["status"] == "FINISHED":
+            s.finished += 1
+        elif v["status"] == "FAILED":
+            s.failed += 1
+        else:
+            s.lost += 1
+        if v["status"] == "FINISHED" and v["results"] != [n * 10 + 1, n * 10 + 2, n * 10 + 3]:
+            s.wrong_results += 1
+        attempts = await m.rpc("tasks.attempts", {"id": tid})
+        ok: dict[tuple[str, int], int] = {}
+        for a in attempts:
+            if a["outcome"] == "ok":
+                key = (a["job_id"], a["stage"])
+                ok[key] = ok.get(key, 0) + 1
+            elif a["outcome"] == "lost":
+                lost_marks.append((a["executor_id"], a["ended"]))
+        s.double_committed += sum(1 for c in ok.values() if c > 1)
+    for t_kill, pid in kills:  # a killed executor's runs were re-queued when the reaper saw it
+        ends = [end for eid, end in lost_marks if f"-{pid}-" in eid and end >= t_kill]
+        if ends:
+            s.recovery_s.append(min(ends) - t_kill)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", type=int, default=2000)
+    p.add_argument("--duration", type=float, default=300.0, help="seconds of kills")
+    p.add_argument("--kill-min", type=float, default=1.0)
+    p.add_argument("--kill-max", type=float, default=3.0)
+    p.add_argument("--executors", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--manager-kills", type=int, default=2)
+    p.add_argument("--seed", type=int, default=None)
+    a = p.parse_args(argv)
+    server = RedisServer.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="stagewise-chaos-") as tmp:
+            s = asyncio.run(
+                run_chaos(
+                    server.url,
+                    "chaos" + uuid.uuid4().hex[:6],
+                    Path(tmp),
+                    a.tasks,
+                    a.duration,
+                    a.kill_min,
+                    a.kill_max,
+                    a.executors,
+                    a.concurrency,
+                    a.manager_kills,
+                    drain_timeout=max(120.0, a.tasks / 10),
+                    seed=a.seed,
+                    echo=True,
+                )
+            )
+            print(json.dumps(asdict(s)), flush=True)
+            return 0 if s.ok() else 1
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
