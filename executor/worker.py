@@ -105,6 +105,7 @@ class Executor:
         roles = [
             asyncio.create_task(self.heartbeat(), name="heartbeat"),
             asyncio.create_task(self.fetch(), name="fetch"),
+            asyncio.create_task(self.control(), name="control"),
         ]
         await stop.wait()
         await self.shutdown(roles, stop)
@@ -301,7 +302,17 @@ class Executor:
                     res = await self.scripts.run(
                         "fail",
                         [tkey, akey, k.due()],
-                        [k.prefix, run.task_id, run.job_id, run.lease, stage, _J(f.error), delay, f.outcome],
+                        [
+                            k.prefix,
+                            run.task_id,
+                            run.job_id,
+                            run.lease,
+                            stage,
+                            _J(f.error),
+                            delay,
+                            f.outcome,
+                            int(f.error["code"] == StageError.EXEC_TIMEOUT),
+                        ],
                     )
                     log.info(
                         "stage",
