@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 from typing import Any, NoReturn
 
-from executor import App
+from executor import App, Ctx
 
 app = App("demo")
 
@@ -26,7 +26,7 @@ def greet(name: str, greeting: str = "hello") -> str:
 
 
 @app.method("demo.charge")
-async def charge(ctx, amount: int, currency: str = "EUR") -> dict[str, Any]:
+async def charge(ctx: Ctx, amount: int, currency: str = "EUR") -> dict[str, Any]:
     # Stages run at least once, so a side effect should be idempotent: the charge id is derived
     # from the task id, and a re-run of this stage produces the same charge.
     charge_id = "ch_" + hashlib.sha256(f"{ctx.task_id}:charge".encode()).hexdigest()[:16]

@@ -122,6 +122,7 @@ class Demo:
             self.headers["Authorization"] = f"Bearer {tokens[0]}"
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
         self._id = 0
+        self.grace = float(os.environ.get("STAGEWISE_GRACE", "30"))  # the executor's stop grace period
 
     # ------------------------------------------------------------------ processes
 
@@ -184,7 +185,7 @@ class Demo:
             for child in reversed(self.children):
                 if child.alive:
                     print(f"stopping {child.name} ...")
-                child.stop(timeout=15 if child.name == "executor" else 10)
+                child.stop(timeout=self.grace + 5 if child.name == "executor" else 10)
         except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
             for child in self.children:
                 if child.alive:
@@ -280,6 +281,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     RUN_DIR.mkdir(exist_ok=True)
     demo = Demo()
     code = 0
