@@ -210,13 +210,13 @@ class Executor:
                 await self.slots.acquire()
                 free += 1
             self.reading = True
+            entries: list[tuple[Keys, str, dict[str, str]]] = []
             try:
                 got = await self.r.xreadgroup(GROUP, self.id, streams, count=free, block=1000)
-            except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
+                entries = [(by_stream[s], eid, f) for s, items in got for eid, f in items]
+            except Exception as e:  # noqa: BLE001 - a fetch loop that dies would strand the executor
                 self.log.warning("fetch_failed", error=str(e))
-                got = []
                 await asyncio.sleep(0.5)
-            entries = [(by_stream[s], eid, f) for s, items in got for eid, f in items]
             for _ in range(free - len(entries)):
                 self.slots.release()
             if entries:
@@ -250,16 +250,24 @@ class Executor:
                 self.log.warning("claim_failed", error=str(e), entries=len(entries))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        dead: set[int] = set()
         for (k, _eid, f), lease, res in zip(entries, leases, results, strict=True):
             if res[0] != "OK":
                 self.slots.release()
                 if res[0] == "DEAD":
-                    self.log.warning("claim_refused_dead", task_id=f["t"])
+                    dead.add(k.partition)
                 continue
             h = dict(zip(res[1::2], res[2::2], strict=True))
             run = Run(f["t"], k, h, lease)
             self.runs[run.task_id] = run
             run.aio = asyncio.create_task(self.run(run))
+        for p in dead:
+            # Reaped while we were reading: what we read is still QUEUED work but pending on
+            # us, and the manager has already swept our entries.  Put it back ourselves.
+            k = self.parts[p]
+            n = await redeliver_pending(self.r, self.scripts, k, self.app.name, self.id)
+            self.log.warning("claim_refused_dead", redelivered=n)
+            await self.declared_dead(k)
 
     # ------------------------------------------------------------------ run
     async def run(self, run: Run) -> None:
@@ -267,11 +275,23 @@ class Executor:
             await self._run(run)
         except asyncio.CancelledError:
             pass
-        except Exception:  # a bug of ours: leave the lease; the task is handed back or reaped
+        except Exception as e:  # a bug of ours, not of the handler: fail the attempt, don't strand it
             self.log.exception("run_crashed", task_id=run.task_id, job_id=run.job_id)
+            await self._crashed(run, e)
         finally:
             self.runs.pop(run.task_id, None)
             self.slots.release()
+
+    async def _crashed(self, run: Run, e: Exception) -> None:
+        k, stage = run.keys, int(run.h["stage"])
+        raw = await self.r.hget(k.task(run.task_id), "stage")
+        stage = int(raw) if raw is not None else stage
+        err = stage_error(StageError.STAGE_ERROR, f"executor error: {e}"[:2000], stage, type(e).__name__)
+        await self.scripts.run(
+            "fail",
+            [k.task(run.task_id), k.attempts(run.task_id), k.due()],
+            [k.prefix, run.task_id, run.job_id, run.lease, stage, _J(err), 1.0, "error", 0],
+        )
 
     async def _run(self, run: Run) -> None:
         h, k = run.h, run.keys
