@@ -26,13 +26,12 @@ def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
     async def rpc(request: web.Request) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > limit:
             return _too_large(limit)
-        try:
-            body = await request.content.read(limit + 1)
-        except ValueError:
-            return _too_large(limit)
-        if len(body) > limit:
-            return _too_large(limit)
-        out = await dispatcher.handle_body(body)
+        body = bytearray()
+        async for chunk in request.content.iter_any():  # chunked bodies arrive in pieces
+            body += chunk
+            if len(body) > limit:
+                return _too_large(limit)
+        out = await dispatcher.handle_body(bytes(body))
         if out is None:
             return web.Response(status=204)
         return _json(out)

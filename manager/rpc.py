@@ -136,7 +136,7 @@ class Dispatcher:
         """The response document for a request body, or None when nothing is to be answered."""
         try:
             doc = msgspec.json.decode(body)
-        except msgspec.DecodeError as e:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
             return _error(None, RpcError(errors.PARSE_ERROR, f"Parse error: {e}"))
         if isinstance(doc, list):
             if not doc:

@@ -4,6 +4,7 @@ params with errors that name the field (``task.commands[2].timer``) and the reas
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -13,7 +14,7 @@ from msgspec import Meta, Struct, field
 
 from shared import templates
 from shared.errors import RpcError, invalid_params
-from shared.policy import cron_valid
+from shared.policy import cron_valid, next_cron
 
 TaskId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
 AppName = Annotated[str, Meta(pattern=r"^[a-z0-9_.-]{1,64}$")]
@@ -79,7 +80,7 @@ class TaskDoc(Struct, frozen=True, forbid_unknown_fields=True):
     meta: dict[str, Any] = {}
     run_at: Annotated[float, Meta(ge=0)] | None = None
     cron: str | None = None
-    tz: str = "UTC"
+    tz: Annotated[str, Meta(min_length=1, max_length=64)] = "UTC"
     priority: Annotated[int, Meta(ge=0, le=9)] = 0
     max_exec_timeout: Annotated[float, Meta(ge=1, le=86400)] = 300.0
     max_retries: Annotated[int, Meta(ge=0, le=20)] = 0
@@ -139,9 +140,8 @@ def parse_command(obj: Any, where: str) -> Command:
             templates.validate_template(cmd.params, f"{where}.params")
         if "if" in obj:
             templates.validate_condition(cmd.if_, f"{where}.if")
-    except ValueError as e:
-        loc, _, reason = str(e).partition(": ")
-        raise invalid_params(loc if reason else where, reason or str(e)) from None
+    except templates.InvalidTemplate as e:
+        raise invalid_params(e.where, e.reason) from None
     return cmd
 
 
@@ -174,12 +174,17 @@ def parse_task(obj: Any, where: str = "task") -> Task:
             raise invalid_params(f"{where}.{name}", "managed field, set by stagewise")
     doc = convert(obj, TaskDoc, where)
     commands = [parse_command(c, f"{where}.commands[{i}]") for i, c in enumerate(doc.commands)]
-    if doc.cron is not None and not cron_valid(doc.cron):
-        raise invalid_params(f"{where}.cron", "not a valid 5-field cron expression")
     try:
         ZoneInfo(doc.tz)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder of the tz database
         raise invalid_params(f"{where}.tz", f"unknown time zone {doc.tz!r}") from None
+    if doc.cron is not None:
+        if not cron_valid(doc.cron):
+            raise invalid_params(f"{where}.cron", "not a valid 5-field cron expression")
+        try:
+            next_cron(doc.cron, doc.tz, time.time())
+        except Exception:  # noqa: BLE001 - croniter gives up on dates that never come
+            raise invalid_params(f"{where}.cron", "the expression never fires") from None
     return Task(doc=doc, id=doc.id or uuid.uuid4().hex, commands=commands)
 
 

@@ -74,6 +74,16 @@ _ORDER = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operato
 _MISSING: Any = object()
 
 
+class InvalidTemplate(ValueError):
+    """What validate_template / validate_condition raise: ``where`` names the location
+    (``task.commands[0].params.a``), ``reason`` says what is wrong."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
+
+
 class TemplateError(Exception):
     """A template or condition could not be evaluated (the attempt fails with TEMPLATE_ERROR)."""
 
@@ -360,7 +370,7 @@ def _at(loc: str, *, bare: bool = False) -> Iterator[None]:
     try:
         yield
     except TemplateError as e:
-        raise ValueError(f"{loc}: {e.reason if bare else e}") from None
+        raise InvalidTemplate(loc, e.reason if bare else str(e)) from None
 
 
 def _strings(value: Any, loc: str, depth: int = 0, raw: bool = False) -> Iterator[tuple[str, str]]:
@@ -426,14 +436,14 @@ def _validate_cond(cond: Any, loc: str, depth: int) -> None:
             _validate_cond(c, f"{loc}[{i}]", depth)
         return
     if not isinstance(cond, Mapping):
-        raise ValueError(f"{loc}: a condition must be an object or a list, not {_kind(cond)}")
+        raise InvalidTemplate(loc, f"a condition must be an object or a list, not {_kind(cond)}")
     comb = _combinator(cond)
     if comb == "not":
         _validate_cond(cond[comb], f"{loc}.not", depth)
     elif comb is not None:
         items = cond[comb]
         if not isinstance(items, list | tuple):
-            raise ValueError(f"{loc}.{comb}: needs a list")
+            raise InvalidTemplate(f"{loc}.{comb}", "needs a list")
         for i, c in enumerate(items):
             _validate_cond(c, f"{loc}.{comb}[{i}]", depth)
     else:
@@ -454,7 +464,7 @@ def _validate_matcher(path: str, matcher: Any, loc: str, depth: int) -> None:
         _validate_value(arg, f"{loc}.{op}", depth)
         problem = _arg_problem(op, arg)
         if problem:
-            raise ValueError(f"{loc}.{op}: {problem}")
+            raise InvalidTemplate(f"{loc}.{op}", problem)
 
 
 def validate_condition(condition: Any, where: str = "if") -> None:

@@ -28,7 +28,7 @@ if ARGV[6] == '1' then
 end
 local verdict, stage, taken = advance(tkey, id, app, s, plan, ts)
 if verdict == 'RUN' then
-  redis.call('HSET', tkey, 'updated', fmt(ts))
+  set_status(tkey, id, app, 'RUNNING', 'RUNNING', ts)  -- `updated` and the index scores
   local out = {'RUN', stage}
   for i = 1, #taken do out[#out + 1] = taken[i] end
   return out

@@ -1,0 +1,955 @@
+"""The state transitions of SPEC §6, driven one Lua script at a time against the real Redis.
+
+No daemons: the test plays the executor (read the stream, claim, commit, fail, hand back) and
+the manager (wake, expire, reap) by hand through the scripts of shared/scripts, with the KEYS
+and ARGV of each script's header, and reads the outcome back from the task hash.  Allowed
+transitions end in the right status, stage, results and error, with the task in exactly one
+status index; refused ones and stale (fenced) writes change nothing at all.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from shared.config import Settings
+from shared.errors import INVALID_TRANSITION, NOT_WAITING_FOR_MESSAGE, TASK_EXISTS, RpcError
+from shared.keys import GROUP, Keys, member
+from shared.models import parse_task
+from shared.status import Status
+from shared.store import Store
+from tests.helpers import wait_for
+
+APP = "demo"
+NON_TERMINAL = ["IDLE", "QUEUED", "RUNNING", "WAITING", "SUSPENDED"]
+TERMINAL = ["FINISHED", "FAILED", "CANCELED"]
+
+
+def call(value: Any = "x") -> dict[str, Any]:
+    return {"method": "demo.echo", "params": {"value": value}}
+
+
+def timer(seconds: float) -> dict[str, Any]:
+    return {"timer": seconds}
+
+
+def message(**spec: Any) -> dict[str, Any]:
+    return {"message": spec}
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What an executor holds after a claim: the run's job id, its lease token, its id."""
+
+    job: str
+    lease: str
+    executor: str
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def store(r: Any, redis_url: str, namespace: str) -> Store:
+    return Store(r, Settings(redis_url=redis_url, namespace=namespace))
+
+
+@pytest.fixture
+def k(namespace: str) -> Keys:
+    return Keys(namespace, 0)
+
+
+# --------------------------------------------------------------------------- the client
+
+
+async def create(store: Store, on_conflict: str = "error", **doc: Any) -> str:
+    doc.setdefault("app", APP)
+    doc.setdefault("commands", [call()])
+    task = parse_task(doc)
+    await store.create(task, on_conflict)
+    return task.id
+
+
+async def cancel(store: Store, tid: str, dry_run: bool = False) -> dict[str, Any]:
+    [res] = await store.cancel([tid], dry_run)
+    return res
+
+
+# --------------------------------------------------------------------------- the executor
+
+
+async def read_entry(
+    r: Any, k: Keys, app: str = APP, consumer: str = "ex1"
+) -> tuple[str, dict[str, str]] | None:
+    got = await r.xreadgroup(GROUP, consumer, {k.stream(app): ">"}, count=1)
+    if not got:
+        return None
+    [(_, [(entry_id, fields)])] = got
+    return entry_id, fields
+
+
+async def register(store: Store, k: Keys, executor_id: str) -> None:
+    info = ["app", APP, "host", "test", "pid", 1]
+    assert (
+        await store.scripts.run(
+            "ping", [k.executors(), k.executor(executor_id)], [k.prefix, executor_id, "1", *info]
+        )
+        == 1
+    )
+
+
+async def claim(
+    store: Store,
+    k: Keys,
+    task_id: str,
+    entry_id: str,
+    job_id: str,
+    executor_id: str,
+    lease: str,
+    *,
+    registered: bool = True,
+) -> list[Any]:
+    if registered:
+        await register(store, k, executor_id)
+    return await store.scripts.run(
+        "claim",
+        [k.task(task_id), k.stream(APP), k.executors(), k.running(executor_id), k.deadlines()],
+        [k.prefix, task_id, entry_id, job_id, executor_id, lease],
+    )
+
+
+async def take(store: Store, r: Any, k: Keys, tid: str, executor: str = "ex1") -> Lease:
+    """Reads the next stream entry (it must be for `tid`) and claims it."""
+    entry = await read_entry(r, k, APP, executor)
+    assert entry is not None and entry[1]["t"] == tid, entry
+    lease = uuid.uuid4().hex
+    res = await claim(store, k, tid, entry[0], entry[1]["j"], executor, lease)
+    assert res[0] == "OK", res
+    return Lease(entry[1]["j"], lease, executor)
+
+
+async def commit(
+    store: Store, k: Keys, tid: str, run: Lease, stage: int, result: Any = None, *, has_result: bool = True
+) -> list[Any]:
+    args = ["1", json.dumps(result), "ok"] if has_result else ["0", "", ""]
+    return await store.scripts.run(
+        "commit", [k.task(tid), k.attempts(tid)], [k.prefix, tid, run.job, run.lease, stage, *args]
+    )
+
+
+def stage_error(stage: int, code: str = "STAGE_ERROR") -> dict[str, Any]:
+    return {"code": code, "message": "boom", "stage": stage, "type": "ValueError"}
+
+
+async def fail(
+    store: Store, k: Keys, tid: str, run: Lease, stage: int, *, delay: float = 60.0, final: bool = False
+) -> list[Any]:
+    return await store.scripts.run(
+        "fail",
+        [k.task(tid), k.attempts(tid), k.due()],
+        [
+            k.prefix,
+            tid,
+            run.job,
+            run.lease,
+            stage,
+            json.dumps(stage_error(stage)),
+            delay,
+            "error",
+            int(final),
+        ],
+    )
+
+
+async def handback(store: Store, k: Keys, tid: str, run: Lease) -> list[Any]:
+    return await store.scripts.run("handback", [k.task(tid)], [k.prefix, tid, run.job, run.lease])
+
+
+# --------------------------------------------------------------------------- the manager
+
+
+async def wake(store: Store, k: Keys, tid: str) -> list[Any]:
+    return await store.scripts.run(
+        "wake", [k.task(tid), k.due(), k.stream(APP)], [k.prefix, tid, member(APP, tid)]
+    )
+
+
+async def wake_when_due(store: Store, k: Keys, tid: str, within: float = 2.0) -> list[Any]:
+    """Polls wake.lua itself (idempotent: NOT_DUE changes nothing) until it acts."""
+
+    async def acted() -> list[Any] | None:
+        res = await wake(store, k, tid)
+        return None if res[0] == "NOT_DUE" else res
+
+    return await wait_for(acted, timeout=within, what=f"wake of {tid}")
+
+
+async def expire(store: Store, k: Keys, tid: str) -> list[Any]:
+    return await store.scripts.run("expire", [k.task(tid), k.deadlines()], [k.prefix, tid, member(APP, tid)])
+
+
+async def reap(store: Store, k: Keys, tid: str, executor: str, max_interruptions: int = 5) -> list[Any]:
+    return await store.scripts.run(
+        "reap", [k.task(tid), k.running(executor)], [k.prefix, tid, executor, max_interruptions]
+    )
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+async def check(store: Store, r: Any, k: Keys, tid: str, status: str, **expected: Any) -> dict[str, Any]:
+    """The TaskView has `status` (and the `expected` fields); the task is in that status's
+    indexes (global and per app) and in no other status's."""
+    v = await store.get(tid)
+    assert v["status"] == status, v
+    for name, value in expected.items():
+        assert v[name] == value, (name, v[name], value)
+    for s in Status:
+        assert (await r.zscore(k.idx_status(s), tid) is not None) == (s == status), s
+        assert (await r.zscore(k.idx_app_status(APP, s), tid) is not None) == (s == status), s
+    assert await r.zscore(k.idx_all(), tid) is not None
+    return v
+
+
+async def snapshot(r: Any, k: Keys, tid: str) -> dict[str, Any]:
+    """Everything a transition of `tid` may write."""
+    m = member(APP, tid)
+    return {
+        "hash": await r.hgetall(k.task(tid)),
+        "attempts": await r.lrange(k.attempts(tid), 0, -1),
+        "inbox": await r.lrange(k.inbox(tid), 0, -1),
+        "due": await r.zscore(k.due(), m),
+        "deadline": await r.zscore(k.deadlines(), m),
+        "stream": await r.xlen(k.stream(APP)),
+        "index": {s.value: await r.zscore(k.idx_status(s), tid) for s in Status},
+    }
+
+
+async def pending(r: Any, k: Keys) -> int:
+    return int((await r.xpending(k.stream(APP), GROUP))["pending"])
+
+
+async def make(store: Store, r: Any, k: Keys, status: str, **doc: Any) -> tuple[str, Lease | None]:
+    """A task brought to `status` through the scripts; with the lease of its last claim."""
+    run = None
+    if status == "IDLE":
+        tid = await create(store, run_at=time.time() + 3600, **doc)
+    elif status == "WAITING":
+        tid = await create(store, commands=[call(), timer(60)], **doc)
+        run = await take(store, r, k, tid)
+        assert (await commit(store, k, tid, run, 0, "a"))[0] == "WAITING"
+    elif status == "SUSPENDED":
+        tid = await create(store, max_retries=1, **doc)
+        run = await take(store, r, k, tid)
+        assert (await fail(store, k, tid, run, 0))[0] == "RETRY"
+    else:
+        tid = await create(store, **doc)
+        if status in ("RUNNING", "FINISHED", "FAILED"):
+            run = await take(store, r, k, tid)
+        if status == "FINISHED":
+            res, stage = ["RUN", 0], 0
+            while res[0] == "RUN":
+                res = await commit(store, k, tid, run, stage, "a")  # type: ignore[arg-type]
+                stage += 1
+            assert res[0] == "FINISHED", res
+        elif status == "FAILED":
+            assert (await fail(store, k, tid, run, 0))[0] == "FAILED"  # type: ignore[arg-type]
+        elif status == "CANCELED":
+            assert (await cancel(store, tid))["changed"]
+    await check(store, r, k, tid, status)
+    return tid, run
+
+
+# =========================================================================== create
+
+
+async def test_create_due_now_is_queued_with_a_stream_entry(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, commands=[call(), call()])
+    v = await check(store, r, k, tid, "QUEUED", stage=0, results=[], attempt=0, retries=0)
+    assert v["queued_at"] is not None and v["next_run"] is None
+    # the group was made with the stream, at 0: the entry queued by the create is delivered
+    groups = await r.xinfo_groups(k.stream(APP))
+    assert [g["name"] for g in groups] == [GROUP]
+    entries = await r.xrange(k.stream(APP))
+    assert [f for _, f in entries] == [{"t": tid, "j": v["job_id"]}]
+    assert await read_entry(r, k) == (entries[0][0], {"t": tid, "j": v["job_id"]})
+    assert await r.zscore(k.due(), member(APP, tid)) is None
+
+
+async def test_create_in_the_future_is_idle_with_a_due_entry(store: Store, r: Any, k: Keys) -> None:
+    run_at = time.time() + 3600
+    tid = await create(store, run_at=run_at)
+    v = await check(store, r, k, tid, "IDLE", stage=0)
+    assert v["next_run"] == pytest.approx(run_at, abs=1e-3)
+    assert await r.zscore(k.due(), member(APP, tid)) == pytest.approx(run_at, abs=1e-3)
+    assert await r.xlen(k.stream(APP)) == 0
+    assert [g["name"] for g in await r.xinfo_groups(k.stream(APP))] == [GROUP]
+
+
+@pytest.mark.parametrize("run_at", [None, 3600])
+async def test_create_disabled_is_idle_and_never_due(store: Store, r: Any, k: Keys, run_at: Any) -> None:
+    tid = await create(store, enabled=False, run_at=run_at and time.time() + run_at)
+    v = await check(store, r, k, tid, "IDLE")
+    assert v["next_run"] is None
+    assert await r.zscore(k.due(), member(APP, tid)) is None
+    assert await r.xlen(k.stream(APP)) == 0
+    assert await wake(store, k, tid) == ["NOT_DUE"]
+
+
+@pytest.mark.parametrize("old", TERMINAL)
+async def test_create_replace_over_a_terminal_task_starts_afresh(
+    store: Store, r: Any, k: Keys, old: str
+) -> None:
+    tid, _ = await make(store, r, k, old, id="t1", commands=[call(), call()])
+    before = await store.get(tid)
+    assert await store.attempts(tid) or old == "CANCELED"
+    await create(store, "replace", id=tid, commands=[call("new")], tags=["fresh"])
+    v = await check(store, r, k, tid, "QUEUED", stage=0, stages=1, results=[], attempt=0, retries=0)
+    assert v["tags"] == ["fresh"] and v["error"] is None and v["exit_code"] is None
+    assert v["job_id"] != before["job_id"] and v["created"] >= before["created"]
+    assert await store.attempts(tid) == []
+    if old == "CANCELED":  # canceled while QUEUED: its old entry is still unread, and stale
+        entry = await read_entry(r, k)
+        assert entry is not None and entry[1]["j"] == before["job_id"]
+        assert await claim(store, k, tid, entry[0], entry[1]["j"], "ex1", "l0") == ["STALE"]
+    # the new run is on the stream; a claim takes it
+    run = await take(store, r, k, tid)
+    assert run.job == v["job_id"]
+    await check(store, r, k, tid, "RUNNING", attempt=1)
+
+
+# =========================================================================== wake (IDLE)
+
+
+async def test_idle_is_queued_by_wake_once_due(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, run_at=time.time() + 0.2)
+    before = await snapshot(r, k, tid)
+    assert await wake(store, k, tid) == ["NOT_DUE"]  # refused: nothing changes
+    assert await snapshot(r, k, tid) == before
+    assert await wake_when_due(store, k, tid) == ["QUEUED"]
+    v = await check(store, r, k, tid, "QUEUED", stage=0)
+    assert v["next_run"] is None and v["queued_at"] is not None
+    assert await r.zscore(k.due(), member(APP, tid)) is None
+    entry = await read_entry(r, k)
+    assert entry is not None and entry[1] == {"t": tid, "j": v["job_id"]}
+    assert await wake(store, k, tid) == ["NOT_DUE"]  # the due entry is gone: acted once
+
+
+# =========================================================================== claim
+
+
+async def test_claim_runs_the_task_and_acknowledges_the_entry(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store)
+    entry = await read_entry(r, k, consumer="ex1")
+    assert entry is not None and await pending(r, k) == 1
+    res = await claim(store, k, tid, entry[0], entry[1]["j"], "ex1", "lease-1")
+    assert res[0] == "OK"
+    h = dict(zip(res[1::2], res[2::2], strict=True))
+    assert h == await r.hgetall(k.task(tid))
+    assert h["executor_id"] == "ex1" and h["lease"] == "lease-1"
+    v = await check(store, r, k, tid, "RUNNING", stage=0, attempt=1, executor_id="ex1", locked=True)
+    assert v["exec_deadline"] == pytest.approx(time.time() + 300, abs=5)
+    assert await pending(r, k) == 0
+    assert await r.sismember(k.running("ex1"), member(APP, tid))
+    assert await r.zscore(k.deadlines(), member(APP, tid)) == pytest.approx(v["exec_deadline"], abs=1e-3)
+
+
+@pytest.mark.parametrize("why", ["canceled", "replaced", "already_claimed"])
+async def test_claim_of_an_entry_whose_task_is_not_queued_is_stale(
+    store: Store, r: Any, k: Keys, why: str
+) -> None:
+    tid = await create(store)
+    if why == "already_claimed":  # a duplicate hint (as a redelivery makes) for a run ex1 holds
+        v = await store.get(tid)
+        await r.xadd(k.stream(APP), {"t": tid, "j": v["job_id"]})
+        await take(store, r, k, tid, executor="ex1")
+    entry = await read_entry(r, k, consumer="ex2")
+    assert entry is not None and entry[1]["t"] == tid
+    if why == "canceled":
+        await cancel(store, tid)
+    elif why == "replaced":  # QUEUED again, but under a new job id: the entry is the old run's
+        await cancel(store, tid)
+        await create(store, "replace", id=tid)
+        assert (await store.get(tid))["job_id"] != entry[1]["j"]
+    before = await snapshot(r, k, tid)
+    assert await claim(store, k, tid, entry[0], entry[1]["j"], "ex2", "lease-2") == ["STALE"]
+    assert await snapshot(r, k, tid) == before
+    assert await pending(r, k) == 0
+    assert not await r.sismember(k.running("ex2"), member(APP, tid))
+
+
+async def test_claim_by_an_unregistered_executor_is_dead_and_leaves_the_entry_pending(
+    store: Store, r: Any, k: Keys
+) -> None:
+    tid = await create(store)
+    entry = await read_entry(r, k, consumer="ghost")
+    assert entry is not None
+    before = await snapshot(r, k, tid)
+    res = await claim(store, k, tid, entry[0], entry[1]["j"], "ghost", "lease-g", registered=False)
+    assert res == ["DEAD"]
+    assert await snapshot(r, k, tid) == before
+    assert await pending(r, k) == 1
+    await check(store, r, k, tid, "QUEUED")
+
+
+async def test_claim_replayed_with_the_same_lease_answers_the_same(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store)
+    entry = await read_entry(r, k)
+    assert entry is not None
+    first = await claim(store, k, tid, entry[0], entry[1]["j"], "ex1", "lease-1")
+    assert first[0] == "OK"
+    again = await claim(store, k, tid, entry[0], entry[1]["j"], "ex1", "lease-1")
+    assert again == first
+    await check(store, r, k, tid, "RUNNING", attempt=1)
+    assert await pending(r, k) == 0
+    # a different lease on the same entry is not a replay
+    assert await claim(store, k, tid, entry[0], entry[1]["j"], "ex1", "lease-2") == ["STALE"]
+    await check(store, r, k, tid, "RUNNING", attempt=1)
+
+
+# =========================================================================== commit
+
+
+async def test_commit_goes_on_to_the_next_call(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, commands=[call(), call(), call()])
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 0, {"a": 1}) == ["RUN", 1]
+    v = await check(store, r, k, tid, "RUNNING", stage=1, results=[{"a": 1}], locked=True)
+    assert v["executor_id"] == "ex1"
+    assert await commit(store, k, tid, run, 1, [2]) == ["RUN", 2]
+    await check(store, r, k, tid, "RUNNING", stage=2, results=[{"a": 1}, [2]])
+    attempts = await store.attempts(tid)
+    assert [(a["stage"], a["outcome"], a["job_id"], a["executor_id"]) for a in attempts] == [
+        (0, "ok", run.job, "ex1"),
+        (1, "ok", run.job, "ex1"),
+    ]
+
+
+async def test_commit_of_the_last_stage_finishes(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, commands=[call(), call()])
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
+    assert await commit(store, k, tid, run, 1, "b") == ["FINISHED", 2]
+    v = await check(store, r, k, tid, "FINISHED", stage=2, results=["a", "b"], exit_code=0, error=None)
+    assert v["executor_id"] is None and not v["locked"]
+    assert not await r.sismember(k.running("ex1"), member(APP, tid))
+    assert await r.zscore(k.deadlines(), member(APP, tid)) is None
+
+
+@pytest.mark.parametrize(
+    ("command", "due_in"),
+    [(timer(60), 60), (message(), None), (message(timeout=30), 30)],
+    ids=["timer", "message", "message_with_timeout"],
+)
+async def test_commit_before_a_wait_stage_waits(
+    store: Store, r: Any, k: Keys, command: dict[str, Any], due_in: float | None
+) -> None:
+    tid = await create(store, commands=[call(), command, call()])
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 0, "a") == ["WAITING", 1]
+    v = await check(store, r, k, tid, "WAITING", stage=1, results=["a"], executor_id=None, locked=False)
+    due = await r.zscore(k.due(), member(APP, tid))
+    if due_in is None:
+        assert due is None and v["wait_deadline"] is None
+    else:
+        assert due == pytest.approx(time.time() + due_in, abs=5)
+        assert v["wait_deadline"] == pytest.approx(due, abs=1e-3)
+    assert not await r.sismember(k.running("ex1"), member(APP, tid))
+    assert await r.zscore(k.deadlines(), member(APP, tid)) is None
+
+
+@pytest.mark.parametrize("last", [True, False], ids=["then_finished", "then_running"])
+async def test_a_stage_result_is_committed_once(store: Store, r: Any, k: Keys, last: bool) -> None:
+    tid = await create(store, commands=[call()] if last else [call(), call()])
+    run = await take(store, r, k, tid)
+    assert (await commit(store, k, tid, run, 0, "once"))[0] == ("FINISHED" if last else "RUN")
+    before = await snapshot(r, k, tid)
+    assert await commit(store, k, tid, run, 0, "twice") == ["STALE"]
+    assert await snapshot(r, k, tid) == before
+    assert (await store.get(tid))["results"][0] == "once"
+    assert [a["stage"] for a in await store.attempts(tid)] == [0]
+
+
+# =========================================================================== WAITING -> ...
+
+
+async def test_timer_ends_and_the_task_is_queued(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, commands=[call(), timer(0.2), call()])
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 0, "a") == ["WAITING", 1]
+    assert await wake(store, k, tid) == ["NOT_DUE"]
+    await check(store, r, k, tid, "WAITING", stage=1)
+    assert await wake_when_due(store, k, tid) == ["QUEUED"]
+    v = await check(store, r, k, tid, "QUEUED", stage=2, results=["a", None])
+    assert v["wait_deadline"] is None and v["job_id"] == run.job
+    assert await r.zscore(k.due(), member(APP, tid)) is None
+    run2 = await take(store, r, k, tid, executor="ex2")
+    assert run2.job == run.job
+    assert await commit(store, k, tid, run2, 2, "c") == ["FINISHED", 3]
+    await check(store, r, k, tid, "FINISHED", results=["a", None, "c"])
+
+
+async def test_trailing_timer_finishes_the_task(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, commands=[call(), timer(0.2)])
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 0, "a") == ["WAITING", 1]
+    assert await wake_when_due(store, k, tid) == ["FINISHED"]
+    await check(store, r, k, tid, "FINISHED", stage=2, results=["a", None], exit_code=0)
+    assert await r.xlen(k.stream(APP)) == 1  # nothing queued for an executor
+
+
+@pytest.mark.parametrize("spec", [{}, {"timeout": 30}, {"timeout": 30, "on_timeout": "fail"}])
+async def test_message_received_queues_the_task(store: Store, r: Any, k: Keys, spec: dict[str, Any]) -> None:
+    tid = await create(store, commands=[call(), message(**spec), call()])
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 0, "a") == ["WAITING", 1]
+    await store.send(tid, {"ok": [1, 2]})
+    v = await check(store, r, k, tid, "QUEUED", stage=2, results=["a", {"ok": [1, 2]}])
+    assert v["wait_deadline"] is None
+    assert await r.zscore(k.due(), member(APP, tid)) is None
+    assert await r.llen(k.inbox(tid)) == 0
+    entry = await read_entry(r, k)
+    assert entry is not None and entry[1] == {"t": tid, "j": run.job}
+
+
+async def test_message_to_a_trailing_message_stage_finishes(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, commands=[message()])
+    await check(store, r, k, tid, "WAITING", stage=0)
+    await store.send(tid, "done")
+    await check(store, r, k, tid, "FINISHED", stage=1, results=["done"], exit_code=0)
+
+
+@pytest.mark.parametrize("when", ["QUEUED", "RUNNING"])
+async def test_message_sent_early_is_taken_at_once(store: Store, r: Any, k: Keys, when: str) -> None:
+    tid = await create(store, commands=[call(), message(), call()])
+    if when == "QUEUED":
+        await store.send(tid, {"early": 1})
+        await check(store, r, k, tid, "QUEUED", stage=0, results=[])
+        run = await take(store, r, k, tid)
+    else:
+        run = await take(store, r, k, tid)
+        await store.send(tid, {"early": 1})
+    assert await r.lrange(k.inbox(tid), 0, -1) == ['{"early":1}']
+    await check(store, r, k, tid, "RUNNING")
+    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 2, 1, '{"early":1}']
+    v = await check(store, r, k, tid, "RUNNING", stage=2, results=["a", {"early": 1}])
+    assert v["executor_id"] == "ex1"
+    assert await r.llen(k.inbox(tid)) == 0
+
+
+async def test_messages_sent_early_are_kept_in_order(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, commands=[call(), timer(0.2), message(), call(), message()])
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 0, "a") == ["WAITING", 1]
+    await store.send(tid, "m1")  # WAITING at the timer: kept for stage 2
+    await store.send(tid, "m2")  # kept for stage 4
+    assert await wake_when_due(store, k, tid) == ["QUEUED"]
+    await check(store, r, k, tid, "QUEUED", stage=3, results=["a", None, "m1"])
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 3, "d") == ["FINISHED", 5]
+    await check(store, r, k, tid, "FINISHED", results=["a", None, "m1", "d", "m2"])
+
+
+async def test_message_timeout_continue_records_null(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, commands=[call(), message(timeout=0.2, on_timeout="continue"), call()])
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 0, "a") == ["WAITING", 1]
+    assert await wake_when_due(store, k, tid) == ["QUEUED"]
+    await check(store, r, k, tid, "QUEUED", stage=2, results=["a", None], error=None)
+
+
+async def test_message_timeout_fail_fails_the_run(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, commands=[call(), message(timeout=0.2, on_timeout="fail"), call()])
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 0, "a") == ["WAITING", 1]
+    assert await wake_when_due(store, k, tid) == ["FAILED"]
+    v = await check(store, r, k, tid, "FAILED", stage=1, results=["a"], exit_code=1)
+    assert v["error"]["code"] == "MESSAGE_TIMEOUT" and v["error"]["stage"] == 1
+    assert await r.zscore(k.due(), member(APP, tid)) is None
+    with pytest.raises(RpcError) as e:  # too late: the run is over
+        await store.send(tid, "late")
+    assert e.value.code == NOT_WAITING_FOR_MESSAGE
+
+
+# =========================================================================== fail / retry
+
+
+async def test_failed_attempt_without_retries_fails(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, commands=[call(), call()], max_retries=0)
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
+    assert await fail(store, k, tid, run, 1) == ["FAILED"]
+    v = await check(store, r, k, tid, "FAILED", stage=1, results=["a"], exit_code=1, retries=0)
+    assert v["error"] == stage_error(1)
+    assert v["executor_id"] is None and not v["locked"]
+    assert await r.zscore(k.due(), member(APP, tid)) is None
+    assert await r.zscore(k.deadlines(), member(APP, tid)) is None
+    assert not await r.sismember(k.running("ex1"), member(APP, tid))
+    attempts = await store.attempts(tid)
+    assert [(a["stage"], a["outcome"], a["error"]) for a in attempts] == [
+        (0, "ok", None),
+        (1, "error", stage_error(1)),
+    ]
+
+
+async def test_failed_attempt_with_retries_is_suspended_then_queued(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, commands=[call(), call()], max_retries=2)
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
+    res = await fail(store, k, tid, run, 1, delay=0.2)
+    assert res[0] == "RETRY"
+    v = await check(store, r, k, tid, "SUSPENDED", stage=1, results=["a"], retries=1, executor_id=None)
+    assert v["next_run"] == pytest.approx(float(res[1]), abs=1e-3)
+    assert v["next_run"] == pytest.approx(time.time() + 0.2, abs=1)
+    assert await r.zscore(k.due(), member(APP, tid)) == pytest.approx(v["next_run"], abs=1e-3)
+    assert not await r.sismember(k.running("ex1"), member(APP, tid))
+    assert await wake_when_due(store, k, tid) == ["QUEUED"]
+    v = await check(store, r, k, tid, "QUEUED", stage=1, results=["a"], retries=1, next_run=None)
+    assert await r.zscore(k.due(), member(APP, tid)) is None
+    run2 = await take(store, r, k, tid, executor="ex2")
+    assert run2.job == run.job
+    await check(store, r, k, tid, "RUNNING", stage=1, attempt=2, executor_id="ex2")
+
+
+async def test_last_retry_failing_fails_the_run(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, max_retries=1)
+    run = await take(store, r, k, tid)
+    assert (await fail(store, k, tid, run, 0, delay=0))[0] == "RETRY"
+    assert await wake_when_due(store, k, tid) == ["QUEUED"]
+    run = await take(store, r, k, tid)
+    assert await fail(store, k, tid, run, 0) == ["FAILED"]
+    await check(store, r, k, tid, "FAILED", retries=1, error=stage_error(0))
+
+
+async def test_failure_marked_final_fails_whatever_retries_are_left(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, max_retries=5)
+    run = await take(store, r, k, tid)
+    assert await fail(store, k, tid, run, 0, final=True) == ["FAILED"]
+    await check(store, r, k, tid, "FAILED", retries=0)
+
+
+@pytest.mark.parametrize(("policy", "stage", "results"), [("current", 2, ["a", "b"]), ("first", 0, [])])
+async def test_restart_policy_of_a_retry(
+    store: Store, r: Any, k: Keys, policy: str, stage: int, results: list[Any]
+) -> None:
+    tid = await create(store, commands=[call(), call(), call()], max_retries=1, restart_policy=policy)
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
+    assert await commit(store, k, tid, run, 1, "b") == ["RUN", 2]
+    assert (await fail(store, k, tid, run, 2, delay=0))[0] == "RETRY"
+    await check(store, r, k, tid, "SUSPENDED", stage=stage, results=results)
+    h = await r.hgetall(k.task(tid))
+    assert [f for f in sorted(h) if f.startswith("r.")] == [f"r.{i}" for i in range(len(results))]
+    assert await wake_when_due(store, k, tid) == ["QUEUED"]
+    await check(store, r, k, tid, "QUEUED", stage=stage, results=results)
+    run = await take(store, r, k, tid)
+    for s in range(stage, 3):
+        await commit(store, k, tid, run, s, f"{s}'")
+    expected = ["a", "b", "2'"] if policy == "current" else ["0'", "1'", "2'"]
+    await check(store, r, k, tid, "FINISHED", results=expected)
+
+
+# =========================================================================== reap / handback / expire
+
+
+@pytest.mark.parametrize("how", ["reap", "handback"])
+async def test_lost_or_handed_back_run_is_queued_again_at_its_stage(
+    store: Store, r: Any, k: Keys, how: str
+) -> None:
+    tid = await create(store, commands=[call(), call()])
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
+    if how == "reap":
+        assert await reap(store, k, tid, "ex1") == ["QUEUED"]
+    else:
+        assert await handback(store, k, tid, run) == ["QUEUED"]
+    v = await check(store, r, k, tid, "QUEUED", stage=1, results=["a"], executor_id=None, locked=False)
+    assert v["job_id"] == run.job
+    h = await r.hgetall(k.task(tid))
+    assert h["interruptions"] == ("1" if how == "reap" else "0")
+    assert not await r.sismember(k.running("ex1"), member(APP, tid))
+    assert await r.zscore(k.deadlines(), member(APP, tid)) is None
+    attempts = await store.attempts(tid)
+    assert (attempts[-1]["stage"], attempts[-1]["outcome"]) == (1, "lost" if how == "reap" else "handed_back")
+    run2 = await take(store, r, k, tid, executor="ex2")
+    assert await commit(store, k, tid, run2, 1, "b") == ["FINISHED", 2]
+    await check(store, r, k, tid, "FINISHED", results=["a", "b"], attempt=2)
+
+
+async def test_reap_of_a_task_the_executor_no_longer_holds_is_skipped(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store)
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 0, "a") == ["FINISHED", 1]
+    before = await snapshot(r, k, tid)
+    assert await reap(store, k, tid, "ex1") == ["SKIP"]
+    assert await snapshot(r, k, tid) == before
+
+
+async def test_executor_lost_too_often_on_one_stage_fails(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, commands=[call(), call()])
+    run = await take(store, r, k, tid, executor="ex0")
+    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
+    for i in range(1, 3):  # max_interruptions 2: lost twice on stage 1 is still re-queued
+        assert await reap(store, k, tid, run.executor, max_interruptions=2) == ["QUEUED"]
+        run = await take(store, r, k, tid, executor=f"ex{i}")
+        assert await handback(store, k, tid, run) == ["QUEUED"]  # graceful: not counted
+        run = await take(store, r, k, tid, executor=f"ex{i}")
+    assert await reap(store, k, tid, run.executor, max_interruptions=2) == ["FAILED"]
+    v = await check(store, r, k, tid, "FAILED", stage=1, results=["a"], exit_code=1)
+    assert v["error"]["code"] == "EXECUTOR_LOST" and v["error"]["stage"] == 1
+    assert not await r.sismember(k.running(run.executor), member(APP, tid))
+
+
+async def test_interruptions_are_counted_per_stage(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, commands=[call(), call()])
+    run = await take(store, r, k, tid)
+    assert await reap(store, k, tid, "ex1", max_interruptions=1) == ["QUEUED"]  # stage 0, once
+    run = await take(store, r, k, tid, executor="ex2")
+    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
+    assert await reap(store, k, tid, "ex2", max_interruptions=1) == ["QUEUED"]  # stage 1, once
+    await check(store, r, k, tid, "QUEUED", stage=1)
+
+
+@pytest.mark.parametrize("max_retries", [0, 3])
+async def test_execution_deadline_fails_the_run_and_tells_the_executor(
+    store: Store, r: Any, k: Keys, max_retries: int
+) -> None:
+    tid = await create(store, commands=[call(), call()], max_exec_timeout=1, max_retries=max_retries)
+    run = await take(store, r, k, tid)
+    v = await store.get(tid)
+    assert v["exec_deadline"] == pytest.approx(time.time() + 1, abs=0.5)
+    before = await snapshot(r, k, tid)
+    assert await expire(store, k, tid) == ["NOT_DUE"]
+    assert await snapshot(r, k, tid) == before
+
+    async def expired() -> list[Any] | None:
+        res = await expire(store, k, tid)
+        return None if res == ["NOT_DUE"] else res
+
+    assert await wait_for(expired, timeout=2.5, what="execution deadline") == ["FAILED"]
+    v = await check(store, r, k, tid, "FAILED", stage=0, exit_code=1, executor_id=None, retries=0)
+    assert v["error"]["code"] == "EXEC_TIMEOUT" and v["error"]["stage"] == 0
+    assert await r.zscore(k.deadlines(), member(APP, tid)) is None
+    assert not await r.sismember(k.running("ex1"), member(APP, tid))
+    ctl = [json.loads(m) for m in await r.lrange(k.control("ex1"), 0, -1)]
+    assert ctl == [{"cancel": tid, "job_id": run.job}]
+    assert (await store.attempts(tid))[-1]["outcome"] == "timeout"
+
+
+# =========================================================================== cancel
+
+
+@pytest.mark.parametrize("status", NON_TERMINAL)
+async def test_cancel_from_each_non_terminal_status(store: Store, r: Any, k: Keys, status: str) -> None:
+    tid, run = await make(store, r, k, status)
+    res = await cancel(store, tid)
+    assert res == {"id": tid, "status": "CANCELED", "changed": True, "error": None}
+    v = await check(store, r, k, tid, "CANCELED", exit_code=130, executor_id=None, locked=False)
+    assert v["error"]["code"] == "CANCELED"
+    assert v["next_run"] is None and v["wait_deadline"] is None and v["exec_deadline"] is None
+    assert await r.zscore(k.due(), member(APP, tid)) is None
+    assert await r.zscore(k.deadlines(), member(APP, tid)) is None
+    assert not await r.sismember(k.running("ex1"), member(APP, tid))
+    ctl = [json.loads(m) for m in await r.lrange(k.control("ex1"), 0, -1)]
+    assert ctl == ([{"cancel": tid, "job_id": run.job}] if status == "RUNNING" and run else [])
+    assert await wake(store, k, tid) == ["NOT_DUE"]
+
+
+@pytest.mark.parametrize("status", NON_TERMINAL)
+async def test_cancel_dry_run_changes_nothing(store: Store, r: Any, k: Keys, status: str) -> None:
+    tid, _ = await make(store, r, k, status)
+    before = await snapshot(r, k, tid)
+    res = await cancel(store, tid, dry_run=True)
+    assert res == {"id": tid, "status": "CANCELED", "changed": True, "error": None}
+    assert await snapshot(r, k, tid) == before
+    assert await r.llen(k.control("ex1")) == 0
+
+
+@pytest.mark.parametrize("status", TERMINAL)
+@pytest.mark.parametrize("dry_run", [False, True])
+async def test_cancel_of_a_terminal_task_is_refused(
+    store: Store, r: Any, k: Keys, status: str, dry_run: bool
+) -> None:
+    tid, _ = await make(store, r, k, status)
+    before = await snapshot(r, k, tid)
+    res = await cancel(store, tid, dry_run=dry_run)
+    assert res["status"] == status and res["changed"] is False and res["error"]
+    assert "INVALID_TRANSITION" in res["error"]
+    assert await snapshot(r, k, tid) == before
+
+
+async def test_cancel_of_an_unknown_task(store: Store) -> None:
+    assert await cancel(store, "nope") == {
+        "id": "nope",
+        "status": None,
+        "changed": False,
+        "error": "TASK_NOT_FOUND",
+    }
+
+
+# =========================================================================== refused
+
+
+@pytest.mark.parametrize("status", NON_TERMINAL)
+async def test_create_replace_over_a_non_terminal_task_is_refused(
+    store: Store, r: Any, k: Keys, status: str
+) -> None:
+    tid, _ = await make(store, r, k, status)
+    before = await snapshot(r, k, tid)
+    with pytest.raises(RpcError) as e:
+        await create(store, "replace", id=tid, commands=[call("new")])
+    assert e.value.code == INVALID_TRANSITION
+    assert e.value.data["from"] == status and "to" in e.value.data
+    assert await snapshot(r, k, tid) == before
+
+
+@pytest.mark.parametrize("status", ["QUEUED", "FINISHED"])
+async def test_create_over_an_existing_task(store: Store, r: Any, k: Keys, status: str) -> None:
+    tid, _ = await make(store, r, k, status)
+    before = await snapshot(r, k, tid)
+    with pytest.raises(RpcError) as e:
+        await create(store, "error", id=tid, commands=[call("new")])
+    assert e.value.code == TASK_EXISTS
+    assert await snapshot(r, k, tid) == before
+    await create(store, "ignore", id=tid, commands=[call("new")])
+    assert await snapshot(r, k, tid) == before
+
+
+@pytest.mark.parametrize(
+    ("status", "commands"),
+    [
+        ("FINISHED", [call()]),
+        ("FAILED", [call(), message()]),  # a message stage ahead, but the run is over
+        ("CANCELED", [call(), message()]),
+        ("QUEUED", [call(), call()]),  # no message stage at all
+        ("WAITING", [call(), timer(60), call()]),
+        ("PASSED", [message(), call()]),  # the only message stage is behind
+    ],
+)
+async def test_send_without_a_message_stage_ahead_is_refused(
+    store: Store, r: Any, k: Keys, status: str, commands: list[Any]
+) -> None:
+    if status == "PASSED":
+        tid = await create(store, commands=commands)
+        await store.send(tid, "taken")
+        await check(store, r, k, tid, "QUEUED", stage=1, results=["taken"])
+    elif status == "WAITING":
+        tid = await create(store, commands=commands)
+        run = await take(store, r, k, tid)
+        assert (await commit(store, k, tid, run, 0, "a"))[0] == "WAITING"
+    else:
+        tid, _ = await make(store, r, k, status, commands=commands)
+    before = await snapshot(r, k, tid)
+    with pytest.raises(RpcError) as e:
+        await store.send(tid, "no")
+    assert e.value.code == NOT_WAITING_FOR_MESSAGE
+    assert await snapshot(r, k, tid) == before
+
+
+async def test_send_more_messages_than_message_stages_ahead(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, commands=[call(), message(), call(), message()])
+    await store.send(tid, 1)
+    await store.send(tid, 2)
+    before = await snapshot(r, k, tid)
+    assert before["inbox"] == ["1", "2"]
+    with pytest.raises(RpcError) as e:
+        await store.send(tid, 3)
+    assert e.value.code == NOT_WAITING_FOR_MESSAGE
+    assert await snapshot(r, k, tid) == before
+
+
+async def test_send_to_an_unknown_task(store: Store) -> None:
+    with pytest.raises(RpcError) as e:
+        await store.send("nope", 1)
+    assert e.value.code == 1001
+
+
+# =========================================================================== fencing
+
+
+@pytest.mark.parametrize(
+    ("script", "stale"),
+    [(s, w) for s in ("commit", "fail") for w in ("job", "lease", "old_stage", "future_stage")]
+    + [("handback", "job"), ("handback", "lease")],  # handback is fenced by job id and lease only
+)
+async def test_stale_write_is_dropped(store: Store, r: Any, k: Keys, script: str, stale: str) -> None:
+    tid = await create(store, commands=[call(), call(), call()], max_retries=3)
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
+    bad, stage = run, 1
+    if stale == "job":
+        bad = Lease(uuid.uuid4().hex, run.lease, run.executor)
+    elif stale == "lease":
+        bad = Lease(run.job, uuid.uuid4().hex, run.executor)
+    else:
+        stage = 0 if stale == "old_stage" else 2
+    before = await snapshot(r, k, tid)
+    if script == "commit":
+        res = await commit(store, k, tid, bad, stage, "stale")
+    elif script == "fail":
+        res = await fail(store, k, tid, bad, stage)
+    else:
+        res = await handback(store, k, tid, bad)
+    assert res == ["STALE"]
+    assert await snapshot(r, k, tid) == before
+    # the holder of the run is unaffected
+    assert await commit(store, k, tid, run, 1, "b") == ["RUN", 2]
+
+
+@pytest.mark.parametrize("after", ["reap", "cancel", "expire", "handback", "reclaimed"])
+async def test_old_executor_is_fenced_off(store: Store, r: Any, k: Keys, after: str) -> None:
+    tid = await create(store, commands=[call(), call()], max_retries=3, max_exec_timeout=1)
+    old = await take(store, r, k, tid, executor="old")
+    if after in ("reap", "reclaimed"):
+        assert await reap(store, k, tid, "old") == ["QUEUED"]
+        if after == "reclaimed":
+            await take(store, r, k, tid, executor="new")
+    elif after == "handback":  # a second claim of the same run by another process of ours
+        assert await handback(store, k, tid, old) == ["QUEUED"]
+        await take(store, r, k, tid, executor="new")
+    elif after == "cancel":
+        assert (await cancel(store, tid))["changed"]
+    else:
+
+        async def expired() -> list[Any] | None:
+            res = await expire(store, k, tid)
+            return None if res == ["NOT_DUE"] else res
+
+        assert await wait_for(expired, timeout=2.5, what="execution deadline") == ["FAILED"]
+    before = await snapshot(r, k, tid)
+    assert await commit(store, k, tid, old, 0, "late") == ["STALE"]
+    assert await fail(store, k, tid, old, 0) == ["STALE"]
+    assert await handback(store, k, tid, old) == ["STALE"]
+    assert await snapshot(r, k, tid) == before
+
+
+# =========================================================================== bookkeeping
+
+
+async def test_index_scores_follow_updated(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, commands=[call(), call()])
+    run = await take(store, r, k, tid)
+    h0 = await r.hgetall(k.task(tid))
+    await wait_for(lambda: time.time() > float(h0["updated"]) + 0.01, timeout=1, what="clock to move on")
+    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
+    updated = float((await r.hgetall(k.task(tid)))["updated"])
+    assert updated > float(h0["updated"])
+    for key in (k.idx_all(), k.idx_status("RUNNING"), k.idx_app(APP), k.idx_app_status(APP, "RUNNING")):
+        assert await r.zscore(key, tid) == pytest.approx(updated, abs=1e-6), key
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SPEC §2/§6: higher priority is taken first within an app; enqueue (_lib.lua) XADDs every "
+    "priority to the one FIFO app stream, so a later priority-9 task waits behind earlier priority-0 ones",
+)
+async def test_higher_priority_is_taken_first(store: Store, r: Any, k: Keys) -> None:
+    low = await create(store, priority=0)
+    high = await create(store, priority=9)
+    entry = await read_entry(r, k)
+    assert entry is not None and entry[1]["t"] == high, (entry, low)
