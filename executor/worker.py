@@ -33,7 +33,7 @@ from shared.keys import GROUP, Keys
 from shared.models import command_kind
 from shared.policy import next_retry_delay
 from shared.scripting import Scripts
-from shared.store import redeliver_pending, results_of
+from shared.store import app_streams, redeliver_pending, results_of
 from shared.templates import TemplateError, check, fill
 
 _J = partial(json.dumps, separators=(",", ":"))
@@ -45,6 +45,10 @@ class Failure(Exception):
     def __init__(self, error: dict[str, Any], outcome: str = "error") -> None:
         self.error = error
         self.outcome = outcome
+
+
+# (partition keys, stream, entry id, fields {t, j}, priority)
+Entry = tuple[Keys, str, str, dict[str, str], int]
 
 
 class Run:
@@ -74,6 +78,8 @@ class Executor:
         self.slots = asyncio.Semaphore(concurrency)
         self.quiet = asyncio.Event()  # stop fetching
         self.reading = False  # between XREADGROUP and the end of the claims of what it read
+        self._streams: list[tuple[int, str, Keys]] = []
+        self._streams_at = 0.0
         self.log = slog.get(app=app.name, executor_id=self.id)
 
     # ------------------------------------------------------------------ lifecycle
@@ -137,7 +143,6 @@ class Executor:
             pipe = self.r.pipeline(transaction=False)
             pipe.zrem(k.executors(), self.id)
             pipe.delete(k.executor(self.id), k.running(self.id))
-            pipe.xgroup_delconsumer(k.stream(self.app.name), GROUP, self.id)
             await pipe.execute()
         await self.r.aclose()
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -198,8 +203,6 @@ class Executor:
 
     # ------------------------------------------------------------------ fetch
     async def fetch(self) -> None:
-        streams = {k.stream(self.app.name): ">" for k in self.parts}
-        by_stream = {k.stream(self.app.name): k for k in self.parts}
         while not self.quiet.is_set():
             await self.slots.acquire()
             if self.quiet.is_set():
@@ -210,12 +213,12 @@ class Executor:
                 await self.slots.acquire()
                 free += 1
             self.reading = True
-            entries: list[tuple[Keys, str, dict[str, str]]] = []
+            entries: list[Entry] = []
             try:
-                got = await self.r.xreadgroup(GROUP, self.id, streams, count=free, block=1000)
-                entries = [(by_stream[s], eid, f) for s, items in got for eid, f in items]
+                entries = await self.read(free)
             except Exception as e:  # noqa: BLE001 - a fetch loop that dies would strand the executor
                 self.log.warning("fetch_failed", error=str(e))
+                self._streams_at = 0.0
                 await asyncio.sleep(0.5)
             for _ in range(free - len(entries)):
                 self.slots.release()
@@ -223,22 +226,59 @@ class Executor:
                 await self.claim(entries)
             self.reading = False
 
-    async def claim(self, entries: list[tuple[Keys, str, dict[str, str]]]) -> None:
+    async def streams(self) -> list[tuple[int, str, Keys]]:
+        """(priority, stream, partition) of our app, highest priority first; a task created
+        with a new priority adds a stream, so the list is looked up again every second."""
+        now = time.monotonic()
+        if now - self._streams_at > 1.0:
+            found = [
+                (prio, key, k)
+                for k in self.parts
+                for prio, key in await app_streams(self.r, k, self.app.name)
+            ]
+            base = [(0, k.stream(self.app.name), k) for k in self.parts]
+            self._streams = sorted(set(found) | set(base), key=lambda x: -x[0])
+            self._streams_at = now
+        return self._streams
+
+    async def read(self, free: int) -> list[Entry]:
+        streams = await self.streams()
+
+        def entries_of(got: Any) -> list[Entry]:
+            where = {key: (prio, k) for prio, key, k in streams}
+            out = [(where[s][1], s, eid, f, where[s][0]) for s, items in got for eid, f in items]
+            return sorted(out, key=lambda e: -e[4])
+
+        if streams[0][0] == streams[-1][0]:  # one priority in use: one blocking read
+            got = await self.r.xreadgroup(
+                GROUP, self.id, {key: ">" for _, key, _ in streams}, count=free, block=1000
+            )
+            return entries_of(got)
+        out: list[Entry] = []
+        for _, key, _ in streams:  # highest priority first, without blocking
+            if len(out) >= free:
+                break
+            out += entries_of(await self.r.xreadgroup(GROUP, self.id, {key: ">"}, count=free - len(out)))
+        if out:
+            return out
+        got = await self.r.xreadgroup(
+            GROUP, self.id, {key: ">" for _, key, _ in streams}, count=1, block=1000
+        )
+        out = entries_of(got)
+        for k, stream, eid, f, _ in out[free:]:  # one per stream came at once: give back the surplus
+            await self.scripts.run("redeliver", [k.task(f["t"]), stream], [k.prefix, f["t"], eid, f["j"]])
+        return out[:free]
+
+    async def claim(self, entries: list[Entry]) -> None:
         leases = [uuid.uuid4().hex for _ in entries]
         delay = 0.1
         while True:
             pipe = self.r.pipeline(transaction=False)
-            for (k, eid, f), lease in zip(entries, leases, strict=True):
+            for (k, stream, eid, f, _), lease in zip(entries, leases, strict=True):
                 await self.scripts.queue(
                     pipe,
                     "claim",
-                    [
-                        k.task(f["t"]),
-                        k.stream(self.app.name),
-                        k.executors(),
-                        k.running(self.id),
-                        k.deadlines(),
-                    ],
+                    [k.task(f["t"]), stream, k.executors(), k.running(self.id), k.deadlines()],
                     [k.prefix, f["t"], eid, f["j"], self.id, lease],
                 )
             try:
@@ -251,7 +291,7 @@ class Executor:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         dead: set[int] = set()
-        for (k, _eid, f), lease, res in zip(entries, leases, results, strict=True):
+        for (k, _, _, f, _), lease, res in zip(entries, leases, results, strict=True):
             if res[0] != "OK":
                 self.slots.release()
                 if res[0] == "DEAD":

@@ -80,7 +80,7 @@ class Scheduler:
         pipe = self.r.pipeline(transaction=False)
         for m in members:
             app, tid = split_member(m)
-            await self.scripts.queue(pipe, "wake", [k.task(tid), k.due(), k.stream(app)], [k.prefix, tid, m])
+            await self.scripts.queue(pipe, "wake", [k.task(tid), k.due()], [k.prefix, tid, m])
         results = await pipe.execute()
         for m, res in zip(members, results, strict=True):
             if res[0] not in ("NOT_DUE", "SKIP", "GONE"):
@@ -144,8 +144,8 @@ class Scheduler:
         and the group's last delivered id (entries past it were never read).  Safe without
         Redis 8.2's trim modes, and idempotent, so managers need not take turns."""
         removed = 0
-        for app in await self.r.smembers(k.apps()):
-            stream = k.stream(app)
+        for name in await self.r.smembers(k.apps()):
+            stream = k.stream_of(name)
             try:
                 groups = await self.r.xinfo_groups(stream)
                 summary = await self.r.xpending(stream, GROUP)

@@ -29,6 +29,16 @@ def member(app: str, task_id: str) -> str:
     return f"{app}/{task_id}"
 
 
+def stream_name(app: str, priority: int = 0) -> str:
+    """'billing' for priority 0, 'billing:7' above; ':' is not in the app alphabet."""
+    return app if priority == 0 else f"{app}:{priority}"
+
+
+def parse_stream_name(name: str) -> tuple[str, int]:
+    app, _, prio = name.partition(":")
+    return app, int(prio or 0)
+
+
 def split_member(m: str) -> tuple[str, str]:
     app, _, task_id = m.partition("/")
     return app, task_id
@@ -58,12 +68,18 @@ class Keys:
         return f"{self.prefix}:in:{task_id}"
 
     # --- dispatch
-    def stream(self, app: str) -> str:
-        """The app's work stream; entries are dispatch hints {t: task id, j: job id}."""
-        return f"{self.prefix}:q:{app}"
+    def stream(self, app: str, priority: int = 0) -> str:
+        """An app's work stream for one priority; entries are dispatch hints {t: task id, j: job
+        id}.  Executors read the streams of their app from the highest priority down."""
+        return f"{self.prefix}:q:{stream_name(app, priority)}"
+
+    def stream_of(self, name: str) -> str:
+        """The stream key of a member of apps()."""
+        return f"{self.prefix}:q:{name}"
 
     def apps(self) -> str:
-        """Set of apps that have a stream (and so a consumer group) in this partition."""
+        """Set of stream names (stream_name(app, priority)) that exist in this partition, each
+        with its consumer group."""
         return f"{self.prefix}:apps"
 
     # --- scheduling (members are member(app, id))

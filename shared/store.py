@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 
 from shared import errors
 from shared.config import Settings
-from shared.keys import GROUP, Keys, member, partition_of
+from shared.keys import GROUP, Keys, member, parse_stream_name, partition_of, stream_name
 from shared.models import Task
 from shared.policy import next_cron
 from shared.scripting import Scripts
@@ -126,8 +126,24 @@ class Store:
             due_at = d.run_at
         res = await self.scripts.run(
             "create",
-            [k.task(task.id), k.stream(d.app), k.due(), k.apps(), k.attempts(task.id), k.inbox(task.id)],
-            [k.prefix, task.id, d.app, on_conflict, due_at, int(d.enabled), *self._fields(task)],
+            [
+                k.task(task.id),
+                k.stream(d.app, d.priority),
+                k.due(),
+                k.apps(),
+                k.attempts(task.id),
+                k.inbox(task.id),
+            ],
+            [
+                k.prefix,
+                task.id,
+                d.app,
+                on_conflict,
+                due_at,
+                int(d.enabled),
+                stream_name(d.app, d.priority),
+                *self._fields(task),
+            ],
         )
         code = res[0]
         if code == "CREATED":
@@ -276,11 +292,28 @@ class Store:
         return sorted(out.values(), key=lambda e: e["id"])
 
 
+async def app_streams(r: Any, k: Keys, app: str) -> list[tuple[int, str]]:
+    """(priority, stream key) of every stream of `app` in a partition, highest priority first."""
+    out = []
+    for name in await r.smembers(k.apps()):
+        a, prio = parse_stream_name(name)
+        if a == app:
+            out.append((prio, k.stream_of(name)))
+    return sorted(out, reverse=True)
+
+
 async def redeliver_pending(r: Any, scripts: Scripts, k: Keys, app: str, consumer: str) -> int:
     """Entries a consumer read but never claimed are still QUEUED work: put a fresh hint on
     the stream for each (redeliver.lua checks the task is still QUEUED for that job), then
     drop the consumer from the group.  Returns how many were re-queued."""
-    stream, n = k.stream(app), 0
+    n = 0
+    for _, stream in await app_streams(r, k, app):
+        n += await _redeliver_stream(r, scripts, k, stream, consumer)
+    return n
+
+
+async def _redeliver_stream(r: Any, scripts: Scripts, k: Keys, stream: str, consumer: str) -> int:
+    n = 0
     while True:
         pending = await r.xpending_range(stream, GROUP, "-", "+", 100, consumername=consumer)
         if not pending:

@@ -205,3 +205,40 @@ async def test_early_message_is_kept_for_the_message_stage(daemons: Any) -> None
     await daemons.executor("examples.app:app", concurrency=2)
     v = await until_status(m, "inbox", TERMINAL)
     assert v["status"] == "FINISHED" and v["results"] == [1, {"v": "early"}, "early"]
+
+
+async def test_higher_priority_is_taken_first(daemons: Any) -> None:
+    m = await daemons.manager()
+    blocker = {"method": "demo.sleep", "params": {"seconds": 1.0}}
+    await daemons.executor("examples.app:app", concurrency=1)
+    await m.rpc("tasks.create", {"task": {"id": "busy", "app": "demo", "commands": [blocker]}})
+    await until_status(m, "busy", {"RUNNING"})
+    for i in range(3):
+        await m.rpc(
+            "tasks.create",
+            {
+                "task": {
+                    "id": f"low{i}",
+                    "app": "demo",
+                    "commands": [{"method": "demo.echo", "params": {"value": i}}],
+                }
+            },
+        )
+    await m.rpc(
+        "tasks.create",
+        {
+            "task": {
+                "id": "high",
+                "app": "demo",
+                "priority": 7,
+                "commands": [{"method": "demo.echo", "params": {"value": "h"}}],
+            }
+        },
+    )
+    for tid in ["busy", "high", "low0", "low1", "low2"]:
+        await until_status(m, tid, TERMINAL)
+    started = {}
+    for tid in ["busy", "high", "low0", "low1", "low2"]:
+        started[tid] = (await m.rpc("tasks.attempts", {"id": tid}))[0]["started"]
+    # one slot, held by `busy`: when it frees, the priority-7 task overtakes the earlier lows
+    assert sorted(started, key=started.__getitem__) == ["busy", "high", "low0", "low1", "low2"]

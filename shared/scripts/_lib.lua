@@ -24,7 +24,11 @@ end
 local function k_task(id) return PREFIX .. ':t:' .. id end
 local function k_attempts(id) return PREFIX .. ':at:' .. id end
 local function k_inbox(id) return PREFIX .. ':in:' .. id end
-local function k_stream(app) return PREFIX .. ':q:' .. app end
+local function stream_name(app, prio)
+  if prio == nil or prio == '' or prio == '0' or prio == 0 then return app end
+  return app .. ':' .. prio
+end
+local function k_stream(app, prio) return PREFIX .. ':q:' .. stream_name(app, prio) end
 local function k_running(eid) return PREFIX .. ':run:' .. eid end
 local function k_due() return PREFIX .. ':due' end
 local function k_deadlines() return PREFIX .. ':dl' end
@@ -56,11 +60,11 @@ local function set_status(tkey, id, app, old, new, ts)
   reindex(id, app, old, new, ts)
 end
 
--- Puts a dispatch hint on the app stream.  The task hash stays the source of truth: a hint
+-- Puts a dispatch hint on the app stream of the task's priority.  The task hash stays the source of truth: a hint
 -- whose task is no longer QUEUED with that job id is dropped by the claim.
 local function enqueue(tkey, id, app, old, ts)
-  local job = redis.call('HGET', tkey, 'job_id')
-  redis.call('XADD', k_stream(app), '*', 't', id, 'j', job)
+  local h = redis.call('HMGET', tkey, 'job_id', 'priority')
+  redis.call('XADD', k_stream(app, h[2]), '*', 't', id, 'j', h[1])
   redis.call('HSET', tkey, 'queued_at', fmt(ts), 'next_run', '', 'wait_deadline', '')
   set_status(tkey, id, app, old, 'QUEUED', ts)
 end

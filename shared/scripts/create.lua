@@ -1,10 +1,10 @@
 -- create.lua: tasks.create.  (none) -> QUEUED | WAITING | IDLE, or replace a terminal task.
 -- A task due now is put on its app stream in this same step, not at the next manager tick.
--- KEYS[1] task hash        KEYS[2] app stream     KEYS[3] due zset
+-- KEYS[1] task hash        KEYS[2] app stream of the task's priority     KEYS[3] due zset
 -- KEYS[4] apps set         KEYS[5] attempts list  KEYS[6] inbox list
 -- ARGV[1] prefix  ARGV[2] id  ARGV[3] app  ARGV[4] on_conflict (error|ignore|replace)
--- ARGV[5] due at (UNIX s; '' = now)  ARGV[6] enabled ('1'|'0')
--- ARGV[7..] field, value pairs of the new hash (doc, kws, plan, job_id, settings)
+-- ARGV[5] due at (UNIX s; '' = now)  ARGV[6] enabled ('1'|'0')  ARGV[7] stream name (apps member)
+-- ARGV[8..] field, value pairs of the new hash (doc, kws, plan, job_id, settings)
 -- Returns {'CREATED', status} | {'EXISTS'} | {'IGNORED'} | {'INVALID_TRANSITION', from}
 local tkey, id, app = KEYS[1], ARGV[2], ARGV[3]
 local ts = now()
@@ -19,14 +19,14 @@ if old[1] then
   redis.call('DEL', tkey, KEYS[5], KEYS[6])
 end
 
-if redis.call('SADD', KEYS[4], app) == 1 then
+if redis.call('SADD', KEYS[4], ARGV[7]) == 1 then
   -- The group exists before anything is queued and starts at 0: nothing put on the stream
   -- before the first executor of the app started can be skipped.
   redis.pcall('XGROUP', 'CREATE', KEYS[2], GROUP, '0', 'MKSTREAM')  -- BUSYGROUP is fine
 end
 
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', tkey, unpack(fields))
 redis.call('HSET', tkey, 'id', id, 'app', app, 'created', fmt(ts), 'stage', 0)
 

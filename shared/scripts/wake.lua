@@ -3,7 +3,7 @@
 --   IDLE -> QUEUED (run_at / cron fire)        SUSPENDED -> QUEUED (retry time)
 --   WAITING -> QUEUED | WAITING | FINISHED (timer ended, message timeout "continue")
 --   WAITING -> FAILED (message timeout "fail": MESSAGE_TIMEOUT)
--- KEYS[1] task hash   KEYS[2] due zset   KEYS[3] app stream
+-- KEYS[1] task hash   KEYS[2] due zset   (the app stream is derived: it depends on priority)
 -- ARGV[1] prefix  ARGV[2] task id  ARGV[3] due member (app/id)
 -- Returns {'NOT_DUE'} | {'GONE'} | {'SKIP', status} | {new status}
 local tkey, id, m = KEYS[1], ARGV[2], ARGV[3]
