@@ -33,7 +33,7 @@ from shared.keys import GROUP, Keys
 from shared.models import command_kind
 from shared.policy import next_retry_delay
 from shared.scripting import Scripts
-from shared.store import app_streams, redeliver_pending, results_of
+from shared.store import app_streams, connect, redeliver_pending, results_of
 from shared.templates import TemplateError, check, fill
 
 _J = partial(json.dumps, separators=(",", ":"))
@@ -69,9 +69,7 @@ class Executor:
         self.concurrency = concurrency
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
-        self.r: Any = aredis.Redis.from_url(
-            settings.redis_url, decode_responses=True, max_connections=concurrency + 8
-        )
+        self.r: Any = connect(settings.redis_url, max_connections=concurrency + 8)
         self.scripts = Scripts(self.r)
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="handler")
         self.runs: dict[str, Run] = {}

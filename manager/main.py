@@ -6,7 +6,6 @@ import asyncio
 import signal
 from importlib.metadata import PackageNotFoundError, version
 
-import redis.asyncio as aredis
 from aiohttp import web
 
 from manager.http import make_app
@@ -14,7 +13,7 @@ from manager.rpc import Api, Dispatcher
 from manager.scheduler import Scheduler
 from shared import log as slog
 from shared.config import Settings
-from shared.store import Store
+from shared.store import Store, connect
 
 
 def _version() -> str:
@@ -26,7 +25,7 @@ def _version() -> str:
 
 async def serve(settings: Settings) -> None:
     log = slog.get(role="manager")
-    r = aredis.Redis.from_url(settings.redis_url, decode_responses=True, max_connections=64)
+    r = connect(settings.redis_url, max_connections=64)
     store = Store(r, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -391,3 +391,12 @@ def view(h: dict[str, str], include_results: bool = True) -> dict[str, Any]:
 
 def member_of(h: dict[str, str]) -> str:
     return member(h["app"], h["id"])
+
+
+def connect(url: str, max_connections: int) -> Any:
+    """A client whose pool makes callers wait for a free connection instead of failing with
+    MaxConnectionsError when more requests are in flight than the pool holds."""
+    pool = aredis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, max_connections=max_connections, timeout=30
+    )
+    return aredis.Redis(connection_pool=pool)

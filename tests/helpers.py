@@ -232,7 +232,8 @@ class ManagerProc(Proc):
     async def rpc(self, method: str, params: Any = None, headers: dict[str, str] | None = None) -> Any:
         """Call `method`; return its result or raise RpcError."""
         self._next_id += 1
-        body: dict[str, Any] = {"jsonrpc": "2.0", "id": self._next_id, "method": method}
+        rid = self._next_id  # calls may be in flight concurrently: keep our own id
+        body: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
         if params is not None:
             body["params"] = params
         status, reply = await self.raw(json.dumps(body), self._auth(headers))
@@ -241,7 +242,7 @@ class ManagerProc(Proc):
         if "error" in reply:
             err = reply["error"]
             raise RpcError(err.get("code"), err.get("message"), err.get("data"))
-        if reply.get("id") != self._next_id or "result" not in reply:
+        if reply.get("id") != rid or "result" not in reply:
             raise AssertionError(f"{method}: malformed reply {reply!r}")
         return reply["result"]
 

@@ -242,3 +242,33 @@ async def test_higher_priority_is_taken_first(daemons: Any) -> None:
         started[tid] = (await m.rpc("tasks.attempts", {"id": tid}))[0]["started"]
     # one slot, held by `busy`: when it frees, the priority-7 task overtakes the earlier lows
     assert sorted(started, key=started.__getitem__) == ["busy", "high", "low0", "low1", "low2"]
+
+
+async def test_many_concurrent_requests_all_answered(daemons: Any) -> None:
+    """More requests in flight than the manager's Redis pool holds: they wait, none fails."""
+    import asyncio
+
+    m = await daemons.manager()
+    await daemons.executor("examples.app:app", concurrency=16)
+    n = 300
+    await asyncio.gather(
+        *(
+            m.rpc(
+                "tasks.create",
+                {
+                    "task": {
+                        "id": f"p{i}",
+                        "app": "demo",
+                        "commands": [{"method": "demo.echo", "params": {"value": i}}],
+                    }
+                },
+            )
+            for i in range(n)
+        )
+    )
+
+    async def done() -> bool:
+        page = await m.rpc("tasks.list", {"status": "FINISHED", "max_results": 1000})
+        return len(page["items"]) == n
+
+    await wait_for(done, timeout=30, what="all tasks finished")
