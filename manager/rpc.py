@@ -6,7 +6,10 @@ a bad request fails before anything touches Redis and the error names the field.
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -15,7 +18,8 @@ from msgspec import Meta, Struct
 from shared import errors
 from shared import log as slog
 from shared.errors import RpcError
-from shared.models import AppName, TaskId, convert, parse_task
+from shared.models import AppName, Tag, TaskId, convert, parse_task
+from shared.query import Filters
 from shared.status import HTTP_CODE, Status
 from shared.store import Store
 
@@ -41,22 +45,86 @@ class SendParams(Struct, forbid_unknown_fields=True):
     data: Any = None
 
 
-class ListParams(Struct, forbid_unknown_fields=True):
+class FilterParams(Struct, forbid_unknown_fields=True):
+    """The filters of tasks.list (also accepted by the batch methods)."""
+
     status: Status | None = None
     app: AppName | None = None
+    tags: Annotated[list[Tag], Meta(max_length=32)] | None = None
+    group: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    since: float | str | None = None
+    cleaned: bool | None = None
+
+    def filters(self) -> Filters:
+        return Filters(
+            status=self.status,
+            app=self.app,
+            tags=tuple(self.tags or ()),
+            group=self.group,
+            since=parse_since(self.since),
+            cleaned=self.cleaned,
+        )
+
+
+class ListParams(FilterParams, forbid_unknown_fields=True):
     sort: Literal["desc", "asc"] = "desc"
     max_results: Annotated[int, Meta(ge=1, le=1000)] = 100
-    cursor: Annotated[str, Meta(max_length=512)] | None = None
+    cursor: Annotated[str, Meta(max_length=4096)] | None = None
     include_results: bool = False
 
 
-class BatchParams(Struct, forbid_unknown_fields=True):
-    ids: Annotated[list[TaskId], Meta(min_length=1, max_length=1000)]
+class BatchParams(FilterParams, forbid_unknown_fields=True):
+    ids: Annotated[list[TaskId], Meta(min_length=1, max_length=1000)] | None = None
     dry_run: bool = True
+    max_results: Annotated[int, Meta(ge=1, le=10_000)] = 1000  # cap when selecting by filters
+
+
+class RestartParams(BatchParams, forbid_unknown_fields=True):
+    from_: Literal["first", "current"] = msgspec.field(default="first", name="from")
+
+
+class CleanParams(Struct, forbid_unknown_fields=True):
+    older_than: Annotated[float, Meta(ge=0)] = 7 * 86400.0
+    dry_run: bool = True
+
+
+class CreateManyParams(Struct, forbid_unknown_fields=True):
+    tasks: Annotated[list[Any], Meta(min_length=1, max_length=1000)]
+    group: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    on_conflict: Literal["error", "ignore", "replace"] = "error"
+
+
+class GroupParams(Struct, forbid_unknown_fields=True):
+    group: Annotated[str, Meta(min_length=1, max_length=128)]
+
+
+class NotificationsParams(Struct, forbid_unknown_fields=True):
+    task_id: TaskId | None = None
+    since: float | str | None = None
+    max_results: Annotated[int, Meta(ge=1, le=1000)] = 100
+
+
+class AckParams(Struct, forbid_unknown_fields=True):
+    ids: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(min_length=1, max_length=1000)]
 
 
 class NoParams(Struct, forbid_unknown_fields=True):
     pass
+
+
+def parse_since(value: float | str | None, field: str = "since") -> float | None:
+    """UNIX seconds, or an ISO 8601 time (UTC when it names no zone)."""
+    if value is None or isinstance(value, int | float):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise errors.invalid_params(field, "expected UNIX seconds or an ISO 8601 time") from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 Handler = Callable[[Any], Awaitable[Any]]
@@ -70,13 +138,21 @@ class Api:
         self.version = version
         self.methods: dict[str, tuple[type[Struct], Handler]] = {
             "tasks.create": (CreateParams, self.create),
+            "tasks.create_many": (CreateManyParams, self.create_many),
             "tasks.get": (GetParams, self.get),
             "tasks.list": (ListParams, self.list),
             "tasks.status": (IdParams, self.status),
             "tasks.send": (SendParams, self.send),
-            "tasks.attempts": (IdParams, self.attempts),
             "tasks.cancel": (BatchParams, self.cancel),
+            "tasks.unlock": (BatchParams, self.unlock),
+            "tasks.restart": (RestartParams, self.restart),
+            "tasks.delete": (BatchParams, self.delete),
+            "tasks.clean": (CleanParams, self.clean),
+            "tasks.attempts": (IdParams, self.attempts),
+            "groups.get": (GroupParams, self.group),
             "executors.list": (NoParams, self.executors),
+            "notifications.list": (NotificationsParams, self.notifications),
+            "notifications.ack": (AckParams, self.ack),
             "system.info": (NoParams, self.info),
         }
 
@@ -89,9 +165,58 @@ class Api:
         return await self.store.get(p.id, p.include_results)
 
     async def list(self, p: ListParams) -> Any:
-        return await self.store.list_tasks(
-            p.status, p.app, p.sort, p.max_results, p.cursor, p.include_results
-        )
+        return await self.store.list_tasks(p.filters(), p.sort, p.max_results, p.cursor, p.include_results)
+
+    async def create_many(self, p: CreateManyParams) -> Any:
+        group = p.group or uuid.uuid4().hex
+        tasks = []
+        for n, raw in enumerate(p.tasks):
+            if isinstance(raw, dict):
+                if raw.get("group") not in (None, group):
+                    raise errors.invalid_params(f"tasks[{n}].group", "differs from the batch's group")
+                raw = {**raw, "group": group}
+            tasks.append(parse_task(raw, f"tasks[{n}]"))
+        ids = [t.id for t in tasks]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise errors.invalid_params("tasks", f"id {dup!r} appears twice")
+        return {"group": group, "ids": await self.store.create_many(tasks, group, p.on_conflict)}
+
+    async def _batch(self, op: str, p: BatchParams, **extra: Any) -> Any:
+        f = p.filters()
+        if p.ids is not None:
+            if f != Filters():
+                raise errors.invalid_params("ids", "give ids or filters, not both")
+            ids = list(dict.fromkeys(p.ids))
+        else:
+            if f == Filters():
+                raise errors.invalid_params("ids", "give ids or at least one filter")
+            ids = await self.store.select(f, p.max_results)
+        return await self.store.batch(op, ids, p.dry_run, **extra)
+
+    async def cancel(self, p: BatchParams) -> Any:
+        return await self._batch("cancel", p)
+
+    async def unlock(self, p: BatchParams) -> Any:
+        return await self._batch("unlock", p)
+
+    async def restart(self, p: RestartParams) -> Any:
+        return await self._batch("restart", p, from_=p.from_)
+
+    async def delete(self, p: BatchParams) -> Any:
+        return await self._batch("delete", p)
+
+    async def clean(self, p: CleanParams) -> Any:
+        return await self.store.clean(p.older_than, p.dry_run, time.time())
+
+    async def group(self, p: GroupParams) -> Any:
+        return await self.store.group(p.group)
+
+    async def notifications(self, p: NotificationsParams) -> Any:
+        return await self.store.notifications(p.task_id, parse_since(p.since), p.max_results)
+
+    async def ack(self, p: AckParams) -> Any:
+        return {"acked": await self.store.ack(p.ids)}
 
     async def status(self, p: IdParams) -> Any:
         v = await self.store.get(p.id, include_results=False)
@@ -106,9 +231,6 @@ class Api:
     async def send(self, p: SendParams) -> Any:
         await self.store.send(p.id, p.data)
         return await self.store.get(p.id)
-
-    async def cancel(self, p: BatchParams) -> Any:
-        return await self.store.cancel(list(dict.fromkeys(p.ids)), p.dry_run)
 
     async def attempts(self, p: IdParams) -> Any:
         return await self.store.attempts(p.id)

@@ -122,6 +122,25 @@ class Keys:
     def idx_app_status(self, app: str, status: str) -> str:
         return f"{self.prefix}:i:as:{app}:{status}"
 
+    def idx_tag(self, tag: str) -> str:
+        return f"{self.prefix}:i:t:{tag}"
+
+    def idx_group(self, group: str) -> str:
+        return f"{self.prefix}:i:g:{group}"
+
+    # --- what the manager does after a task ended, and notifications
+    def ended(self) -> str:
+        """ZSET member -> time: FINISHED/FAILED tasks with cron or next_task to act on."""
+        return f"{self.prefix}:ended"
+
+    def notes(self) -> str:
+        """Stream of notifications (tasks with notify), bounded in length and age."""
+        return f"{self.prefix}:notes"
+
+    def task_notes(self, task_id: str) -> str:
+        """List of the notification ids of one task (the last 100)."""
+        return f"{self.prefix}:nt:{task_id}"
+
     # --- manager coordination
     def lock(self, name: str) -> str:
         """Short-lived lock so that one manager at a time runs a periodic job that is not

@@ -48,9 +48,7 @@ class Scripts:
         self._client = client
         self._scripts: dict[str, AsyncScript] = {}
         for name in NAMES:
-            folder = resources.files("shared") / "scripts"
-            if (folder / f"{name}.lua").is_file():
-                self._scripts[name] = client.register_script(source(name))
+            self._scripts[name] = client.register_script(source(name))
 
     async def run(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
         return await self._scripts[name](keys=keys, args=args, client=client or self._client)

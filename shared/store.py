@@ -6,7 +6,6 @@ ARGV from shared.keys and maps their return codes to results or RpcErrors, in on
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from typing import Any
@@ -20,10 +19,15 @@ from shared.config import Settings
 from shared.keys import GROUP, Keys, member, parse_stream_name, partition_of, stream_name
 from shared.models import Task
 from shared.policy import next_cron
+from shared.query import Filters, scan
 from shared.scripting import Scripts
 from shared.status import Status
 
 _TIMES = ("created", "updated", "queued_at", "next_run", "wait_deadline", "exec_deadline")
+
+
+def _J(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def new_job_id() -> str:
@@ -51,68 +55,43 @@ class Store:
 
     # ------------------------------------------------------------------ create / read
     def _fields(self, task: Task) -> list[Any]:
+        """The hash of a new task: its document, plus the settings the scripts read."""
         d = task.doc
         doc = msgspec.to_builtins(d)
         doc["id"] = task.id
         kws = doc.pop("kws")
-        return [
-            "doc",
-            json.dumps(doc, separators=(",", ":")),
-            "kws",
-            json.dumps(kws, separators=(",", ":")),
-            "plan",
-            json.dumps(task.plan(), separators=(",", ":")),
-            "stages",
-            len(task.commands),
-            "job_id",
-            new_job_id(),
-            "attempt",
-            0,
-            "retries",
-            0,
-            "interruptions",
-            0,
-            "exec_used",
-            0,
-            "max_exec",
-            d.max_exec_timeout,
-            "max_retries",
-            d.max_retries,
-            "restart_policy",
-            d.restart_policy,
-            "enabled",
-            int(d.enabled),
-            "notify",
-            int(d.notify),
-            "system",
-            int(d.system),
-            "priority",
-            d.priority,
-            "group",
-            d.group or "",
-            "next_task",
-            d.next_task or "",
-            "cron",
-            d.cron or "",
-            "tz",
-            d.tz,
-            "cleaned",
-            0,
-            "executor_id",
-            "",
-            "lease",
-            "",
-            "error",
-            "",
-            "exit_code",
-            "",
-            "queued_at",
-            "",
-            "wait_deadline",
-            "",
-            "exec_deadline",
-            "",
-        ]
+        fields: dict[str, Any] = {
+            "doc": _J(doc),
+            "kws": _J(kws),
+            "plan": _J(task.plan()),
+            "stages": len(task.commands),
+            "job_id": new_job_id(),
+            "attempt": 0,
+            "retries": 0,
+            "interruptions": 0,
+            "exec_used": 0,
+            "max_exec": d.max_exec_timeout,
+            "max_retries": d.max_retries,
+            "restart_policy": d.restart_policy,
+            "enabled": int(d.enabled),
+            "notify": int(d.notify),
+            "system": int(d.system),
+            "priority": d.priority,
+            "group": d.group or "",
+            "tags": _J(d.tags) if d.tags else "",
+            "next_task": d.next_task or "",
+            "cron": d.cron or "",
+            "tz": d.tz,
+            "cleaned": 0,
+            "executor_id": "",
+            "lease": "",
+            "error": "",
+            "exit_code": "",
+            "queued_at": "",
+            "wait_deadline": "",
+            "exec_deadline": "",
+        }
+        return [x for kv in fields.items() for x in kv]
 
     async def create(self, task: Task, on_conflict: str = "error", now: float | None = None) -> str:
         """Stores a validated task; returns its status.  Raises TASK_EXISTS / INVALID_TRANSITION."""
@@ -188,70 +167,147 @@ class Store:
             )
 
     # ------------------------------------------------------------------ listing
-    def _index(self, k: Keys, status: str | None, app: str | None) -> str:
-        if status and app:
-            return k.idx_app_status(app, status)
-        if status:
-            return k.idx_status(status)
-        if app:
-            return k.idx_app(app)
-        return k.idx_all()
-
     async def list_tasks(
-        self,
-        status: str | None,
-        app: str | None,
-        sort: str,
-        max_results: int,
-        cursor: str | None,
-        include_results: bool,
+        self, f: Filters, sort: str, max_results: int, cursor: str | None, include_results: bool
     ) -> dict[str, Any]:
-        """Keyset pagination over the `updated` indexes of every partition, merged.  The cursor
-        holds the last score and, per partition, how many items at exactly that score were
-        already returned (members with equal scores come in a fixed order)."""
-        desc = sort == "desc"
-        score, skips = (
-            (None, [0] * len(self.parts)) if not cursor else _decode_cursor(cursor, len(self.parts))
-        )
-        pipe = self.r.pipeline(transaction=False)
-        for i, k in enumerate(self.parts):
-            key = self._index(k, status, app)
-            hi = "+inf" if score is None else repr(score)
-            lo = "-inf" if score is None else repr(score)
-            if desc:
-                pipe.zrevrangebyscore(key, hi, "-inf", start=skips[i], num=max_results + 1, withscores=True)
-            else:
-                pipe.zrangebyscore(key, lo, "+inf", start=skips[i], num=max_results + 1, withscores=True)
-        rows = [(s, m, p) for p, got in enumerate(await pipe.execute()) for m, s in got]
-        rows.sort(key=lambda x: (x[0], x[1]), reverse=desc)
-        page, more = rows[:max_results], len(rows) > max_results
-        next_cursor = None
-        if more and page:
-            last = page[-1][0]
-            new_skips = [(skips[p] if score == last else 0) for p in range(len(self.parts))]
-            for s, _, p in page:
-                if s == last:
-                    new_skips[p] += 1
-            next_cursor = _encode_cursor(last, new_skips)
-        items = await self.views([m for _, m, _ in page], include_results)
-        return {"items": items, "next_cursor": next_cursor}
+        ids, next_cursor = await scan(self.r, self.parts, f, sort == "desc", max_results, cursor)
+        return {"items": await self.views(ids, include_results), "next_cursor": next_cursor}
+
+    async def select(self, f: Filters, cap: int) -> list[str]:
+        """Every id matching the filters (batch operations), at most `cap`."""
+        out: list[str] = []
+        cursor: str | None = None
+        while len(out) < cap:
+            ids, cursor = await scan(self.r, self.parts, f, False, min(1000, cap - len(out)), cursor)
+            out += ids
+            if cursor is None:
+                break
+        return out
 
     # ------------------------------------------------------------------ batch operations
-    async def cancel(self, ids: list[str], dry_run: bool) -> list[dict[str, Any]]:
-        """tasks.cancel: one BatchResult per id; a bad id never fails the batch."""
+    async def batch(self, op: str, ids: list[str], dry_run: bool, **extra: Any) -> list[dict[str, Any]]:
+        """cancel / unlock / restart / delete / clean of each id: one BatchResult per id, in
+        order; a bad id never fails the batch.  One fenced script per task, pipelined."""
         pipe = self.r.pipeline(transaction=False)
         for i in ids:
             k = self.keys(i)
-            await self.scripts.queue(pipe, "cancel", [k.task(i), k.due()], [k.prefix, i, int(dry_run)])
+            keys, args = self._batch_call(op, k, i, int(dry_run), extra)
+            await self.scripts.queue(pipe, op, keys, args)
         out = []
         for i, res in zip(ids, await pipe.execute(raise_on_error=False), strict=True):
             if isinstance(res, Exception):
-                out.append({"id": i, "status": None, "changed": False, "error": f"internal: {res}"})
+                out.append({"id": i, "status": None, "changed": False, "error": f"internal error: {res}"})
             elif res[0] == "NOT_FOUND":
                 out.append({"id": i, "status": None, "changed": False, "error": "TASK_NOT_FOUND"})
             else:
                 out.append({"id": i, "status": res[0], "changed": res[1] == "1", "error": res[2] or None})
         return out
+
+    def _batch_call(
+        self, op: str, k: Keys, i: str, dry: int, extra: dict[str, Any]
+    ) -> tuple[list[str], list[Any]]:
+        match op:
+            case "cancel":
+                return [k.task(i), k.due()], [k.prefix, i, dry]
+            case "unlock":
+                return [k.task(i)], [k.prefix, i, dry]
+            case "restart":
+                return (
+                    [k.task(i), k.due(), k.inbox(i), k.ended()],
+                    [k.prefix, i, dry, new_job_id(), extra.get("from_", "first"), "", "restart", ""],
+                )
+            case "delete":
+                return [k.task(i), k.attempts(i), k.inbox(i), k.due()], [k.prefix, i, dry]
+            case "clean":
+                return [k.task(i)], [k.prefix, i, dry, extra["cutoff"]]
+        raise ValueError(op)
+
+    async def clean(self, older_than: float, dry_run: bool, now: float) -> list[dict[str, Any]]:
+        """Terminal tasks last updated before now - older_than, read from the status indexes
+        oldest first: the cost follows the tasks to clean, not the tasks stored."""
+        cutoff = now - older_than
+        ids: list[str] = []
+        for k in self.parts:
+            for status in (Status.FINISHED, Status.FAILED, Status.CANCELED):
+                ids += await self.r.zrangebyscore(
+                    k.idx_status(status), "-inf", f"({cutoff!r}", start=0, num=10_000
+                )
+        results = await self.batch("clean", ids, dry_run, cutoff=cutoff)
+        return [
+            b
+            for b in results
+            if b["changed"] or b["error"] not in ("already cleaned", "system task: never cleaned")
+        ]
+
+    # ------------------------------------------------------------------ groups, notifications
+    async def create_many(self, tasks: list[Task], group: str, on_conflict: str = "error") -> list[str]:
+        pipe = self.r.pipeline(transaction=False)
+        for t in tasks:
+            pipe.exists(self.keys(t.id).task(t.id))
+        taken = [t.id for t, e in zip(tasks, await pipe.execute(), strict=True) if e]
+        if taken and on_conflict == "error":
+            raise errors.RpcError(
+                errors.TASK_EXISTS,
+                f"{len(taken)} task(s) exist: {', '.join(taken[:10])}",
+                {"ids": taken[:100]},
+            )
+        for t in tasks:
+            await self.create(t, on_conflict)
+        return [t.id for t in tasks]
+
+    async def group(self, group: str) -> dict[str, Any]:
+        by_status: dict[str, int] = {}
+        for k in self.parts:
+            ids = await self.r.zrange(k.idx_group(group), 0, -1)
+            pipe = self.r.pipeline(transaction=False)
+            for i in ids:
+                pipe.hget(k.task(i), "status")
+            for st in await pipe.execute():
+                if st:
+                    by_status[st] = by_status.get(st, 0) + 1
+        return {"group": group, "total": sum(by_status.values()), "by_status": by_status}
+
+    async def notifications(
+        self, task_id: str | None, since: float | None, max_results: int
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        start = "-" if since is None else str(int(since * 1000))
+        for k in self.parts:
+            if task_id is not None:
+                if self.keys(task_id) is not k:
+                    continue
+                nids = await self.r.lrange(k.task_notes(task_id), 0, -1)
+                pipe = self.r.pipeline(transaction=False)
+                for nid in nids:
+                    pipe.xrange(k.notes(), nid, nid)
+                rows = [row[0] for row in await pipe.execute() if row]
+                rows = [
+                    row for row in rows if since is None or int(row[0].split("-")[0]) >= int(since * 1000)
+                ]
+            else:
+                rows = await self.r.xrange(k.notes(), start, "+", count=max_results)
+            for nid, f in rows:
+                out.append(
+                    {
+                        "id": f"{k.partition}-{nid}",
+                        "task_id": f["task_id"],
+                        "job_id": f["job_id"] or None,
+                        "status": f["status"],
+                        "created": int(nid.split("-")[0]) / 1000,
+                        "error": json.loads(f["error"]) if f.get("error") else None,
+                    }
+                )
+        out.sort(key=lambda n: (n["created"], n["id"]))
+        return out[:max_results]
+
+    async def ack(self, ids: list[str]) -> int:
+        n = 0
+        for nid in ids:
+            part, _, sid = nid.partition("-")
+            if not part.isdigit() or int(part) >= len(self.parts) or not sid:
+                continue
+            n += await self.r.xdel(self.parts[int(part)].notes(), sid)
+        return n
 
     # ------------------------------------------------------------------ attempts, executors
     async def attempts(self, task_id: str) -> list[dict[str, Any]]:
@@ -336,26 +392,6 @@ async def _redeliver_stream(r: Any, scripts: Scripts, k: Keys, stream: str, cons
     except ResponseError:  # no such stream/group: nothing was pending either
         pass
     return n
-
-
-def _encode_cursor(score: float, skips: list[int]) -> str:
-    raw = json.dumps([score, skips], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, parts: int) -> tuple[float, list[int]]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        score, skips = json.loads(raw)
-        if (
-            not isinstance(score, int | float)
-            or len(skips) != parts
-            or not all(isinstance(s, int) and s >= 0 for s in skips)
-        ):
-            raise ValueError
-        return float(score), skips
-    except (ValueError, TypeError, json.JSONDecodeError):
-        raise errors.invalid_params("cursor", "not a cursor returned by tasks.list") from None
 
 
 def results_of(h: dict[str, str]) -> list[Any]:

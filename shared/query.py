@@ -1,0 +1,182 @@
+"""tasks.list filters served from Redis indexes (never a scan of all tasks).
+
+Every index is a ZSET scored by `updated`.  A query reads the most selective index that
+covers part of its filters (a tag, the group, app+status, status, app, or all), from the
+cursor on, and checks the remaining filters on the few fields it fetches for each candidate.
+
+Pagination is keyset: per partition, the cursor keeps the last score consumed and how many
+members at exactly that score were consumed (members with equal scores come in a fixed
+order), so pages never repeat or skip an item, across partitions too.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import errors
+from shared.keys import Keys
+
+CHUNK = 200  # candidates read per index per round trip
+SCAN_BUDGET = 20_000  # candidates looked at per page before answering with what was found
+
+
+@dataclass(frozen=True)
+class Filters:
+    status: str | None = None
+    app: str | None = None
+    tags: tuple[str, ...] = ()
+    group: str | None = None
+    since: float | None = None  # updated >= since
+    cleaned: bool | None = None
+
+    def index(self, k: Keys) -> tuple[str, bool]:
+        """(index key, True when the index alone answers every filter but `since`)."""
+        if self.tags:
+            return k.idx_tag(self.tags[0]), False
+        if self.group:
+            return k.idx_group(self.group), not (self.status or self.app or self.cleaned is not None)
+        if self.status and self.app:
+            key = k.idx_app_status(self.app, self.status)
+        elif self.status:
+            key = k.idx_status(self.status)
+        elif self.app:
+            key = k.idx_app(self.app)
+        else:
+            key = k.idx_all()
+        return key, self.cleaned is None
+
+    def accepts(self, h: dict[str, Any]) -> bool:
+        if not h.get("status"):
+            return False  # deleted between the index read and now
+        if self.status and h["status"] != self.status:
+            return False
+        if self.app and h["app"] != self.app:
+            return False
+        if self.group and h["group"] != self.group:
+            return False
+        if self.cleaned is not None and (h["cleaned"] == "1") != self.cleaned:
+            return False
+        if self.tags:
+            have = set(json.loads(h["tags"])) if h.get("tags") else set()
+            if not set(self.tags) <= have:
+                return False
+        return True
+
+
+FIELDS = ("status", "app", "group", "cleaned", "tags")
+
+
+@dataclass
+class Position:
+    score: float | None = None
+    skip: int = 0
+
+    def consume(self, score: float) -> None:
+        if score == self.score:
+            self.skip += 1
+        else:
+            self.score, self.skip = score, 1
+
+
+@dataclass
+class _Lane:
+    k: Keys
+    key: str
+    pos: Position
+    buf: list[tuple[str, float, bool]] = field(default_factory=list)  # member, score, matches
+    done: bool = False
+
+
+async def scan(
+    r: Any,
+    parts: list[Keys],
+    f: Filters,
+    desc: bool,
+    limit: int,
+    cursor: str | None,
+    budget: int = SCAN_BUDGET,
+) -> tuple[list[str], str | None]:
+    """Ids of up to `limit` tasks matching `f`, in `updated` order, and the next cursor (None at
+    the end).  Answers early (with a cursor) after `budget` candidates."""
+    positions = decode_cursor(cursor, len(parts)) if cursor else [Position() for _ in parts]
+    lanes = []
+    exact = True
+    for k, pos in zip(parts, positions, strict=True):
+        key, ex = f.index(k)
+        exact = exact and ex
+        lanes.append(_Lane(k, key, pos))
+    out: list[str] = []
+    seen = 0
+    while len(out) < limit and seen < budget:
+        await _fill(r, lanes, desc, f, exact)
+        live = [ln for ln in lanes if ln.buf]
+        if not live:
+            return out, None
+        pick = (max if desc else min)(live, key=lambda ln: (ln.buf[0][1], ln.buf[0][0]))
+        member, score, ok = pick.buf.pop(0)
+        pick.pos.consume(score)
+        seen += 1
+        if ok:
+            out.append(member)
+    if all(ln.done and not ln.buf for ln in lanes):
+        return out, None
+    return out, encode_cursor([ln.pos for ln in lanes])
+
+
+async def _fill(r: Any, lanes: list[_Lane], desc: bool, f: Filters, exact: bool) -> None:
+    """Refills the empty lanes: one pipelined index read, and (when the index does not answer
+    every filter) one pipelined read of the candidates' filter fields."""
+    need = [ln for ln in lanes if not ln.buf and not ln.done]
+    if not need:
+        return
+    pipe = r.pipeline(transaction=False)
+    for ln in need:
+        lo = "-inf" if f.since is None else repr(f.since)
+        hi = "+inf"
+        start = 0
+        if ln.pos.score is not None:
+            start = ln.pos.skip
+            if desc:
+                hi = repr(ln.pos.score)
+            else:
+                lo = repr(ln.pos.score)
+        if desc:
+            pipe.zrevrangebyscore(ln.key, hi, lo, start=start, num=CHUNK, withscores=True)
+        else:
+            pipe.zrangebyscore(ln.key, lo, hi, start=start, num=CHUNK, withscores=True)
+    got = await pipe.execute()
+    for ln, rows in zip(need, got, strict=True):
+        ln.done = len(rows) < CHUNK
+        ln.buf = [(m, float(s), True) for m, s in rows]
+    if exact:
+        return
+    pipe = r.pipeline(transaction=False)
+    for ln in need:
+        for m, _, _ in ln.buf:
+            pipe.hmget(ln.k.task(m), FIELDS)
+    fields = iter(await pipe.execute())
+    for ln in need:
+        ln.buf = [(m, s, f.accepts(dict(zip(FIELDS, next(fields), strict=True)))) for m, s, _ in ln.buf]
+
+
+def encode_cursor(positions: list[Position]) -> str:
+    raw = json.dumps([[p.score, p.skip] for p in positions], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, parts: int) -> list[Position]:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(raw, list) or len(raw) != parts:
+            raise ValueError
+        out = []
+        for score, skip in raw:
+            if not (score is None or isinstance(score, int | float)) or not isinstance(skip, int) or skip < 0:
+                raise ValueError
+            out.append(Position(None if score is None else float(score), skip))
+        return out
+    except (ValueError, TypeError):
+        raise errors.invalid_params("cursor", "not a cursor returned by tasks.list") from None
