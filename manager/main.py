@@ -35,7 +35,7 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
     await site.start()
-    sched = Scheduler(r, store.scripts, settings)
+    sched = Scheduler(store)
     loop_task = asyncio.create_task(sched.run(stop))
     log.info(
         "manager_started", http=settings.http, namespace=settings.namespace, partitions=settings.partitions

@@ -19,12 +19,12 @@ from typing import Any
 import redis.asyncio as aredis
 
 from shared import log as slog
-from shared.config import Settings
 from shared.keys import GROUP, Keys, split_member
-from shared.scripting import Scripts
-from shared.store import redeliver_pending
+from shared.policy import catch_up_cron
+from shared.store import Store, new_job_id, redeliver_pending
 
 TRIM_EVERY = 2.0  # s
+CLEAN_EVERY = 60.0  # s
 
 
 def _older(a: str, b: str) -> str:
@@ -34,9 +34,11 @@ def _older(a: str, b: str) -> str:
 
 
 class Scheduler:
-    def __init__(self, r: aredis.Redis, scripts: Scripts, settings: Settings) -> None:
-        self.r: Any = r  # decode_responses=True: replies are str
-        self.scripts = scripts
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.r: Any = store.r  # decode_responses=True: replies are str
+        self.scripts = store.scripts
+        settings = store.settings
         self.settings = settings
         self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
         self.log = slog.get(role="scheduler")
@@ -51,13 +53,14 @@ class Scheduler:
 
     async def run(self, stop: asyncio.Event) -> None:
         reap_every = max(self.settings.ping_interval / 2, self.settings.tick)
-        last_reap = last_trim = 0.0
+        last_reap = last_trim = last_clean = 0.0
         while not stop.is_set():
             try:
                 now = await self.server_time()
                 for k in self.parts:
                     await self.due(k, now)
                     await self.deadlines(k, now)
+                    await self.ended(k, now)
                 if now - last_reap >= reap_every:
                     last_reap = now
                     for k in self.parts:
@@ -66,8 +69,18 @@ class Scheduler:
                     last_trim = now
                     for k in self.parts:
                         await self.trim(k)
+                        await self.trim_notes(k, now)
+                if self.settings.clean_after and now - last_clean >= min(
+                    CLEAN_EVERY, self.settings.clean_after
+                ):
+                    last_clean = now
+                    cleaned = await self.store.clean(self.settings.clean_after, False, now)
+                    if cleaned:
+                        self.log.info("cleaned", tasks=sum(1 for b in cleaned if b["changed"]))
             except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
                 self.log.warning("tick_failed", error=str(e))
+            except Exception:  # a bug must not stop the scheduler: log it, go on next tick
+                self.log.exception("tick_crashed")
             try:
                 await asyncio.wait_for(stop.wait(), self.settings.tick)
             except TimeoutError:
@@ -160,3 +173,42 @@ class Scheduler:
         if removed:
             self._count("trimmed", removed)
         return removed
+
+    async def ended(self, k: Keys, now: float) -> int:
+        """Tasks that just ended and have something to follow: next_task gets a fresh run
+        (chaining), and a cron task goes back to IDLE until its next fire."""
+        members = await self.r.zrangebyscore(k.ended(), "-inf", "+inf", start=0, num=self.settings.batch)
+        for m in members:
+            _, tid = split_member(m)
+            h = await self.r.hgetall(k.task(tid))
+            if h and h.get("next_task") and h["status"] == "FINISHED":
+                nxt = h["next_task"]
+                nk = self.store.keys(nxt)
+                res = await self.scripts.run(
+                    "restart",
+                    [nk.task(nxt), nk.due(), nk.inbox(nxt), nk.ended()],
+                    [nk.prefix, nxt, 0, new_job_id(), "first", "", "chain", h["job_id"]],
+                )
+                self.log.info(
+                    "chained",
+                    task_id=tid,
+                    next_task=nxt,
+                    result=res[0],
+                    error=res[2] if len(res) > 2 else None,
+                )
+            if h and h.get("cron") and h["status"] in ("FINISHED", "FAILED"):
+                queued = float(h["queued_at"]) if h.get("queued_at") else now
+                due_at = catch_up_cron(h["cron"], h.get("tz") or "UTC", queued, now)
+                res = await self.scripts.run(
+                    "restart",
+                    [k.task(tid), k.due(), k.inbox(tid), k.ended()],
+                    [k.prefix, tid, 0, new_job_id(), "first", due_at, "cron", ""],
+                )
+                self.log.info("cron_rescheduled", task_id=tid, next_run=due_at, result=res[0])
+            await self.r.zrem(k.ended(), m)
+        return len(members)
+
+    async def trim_notes(self, k: Keys, now: float) -> None:
+        """Notifications older than the retention go (their count is bounded at XADD too)."""
+        floor = int((now - self.settings.notify_retention) * 1000)
+        await self.r.xtrim(k.notes(), minid=f"{floor}-0", approximate=True)

@@ -35,6 +35,8 @@ class Settings:
     tick: float = 0.1  # s between manager scheduling passes
     batch: int = 500  # due entries handled per partition per pass
     log_level: str = "info"
+    clean_after: float = 0.0  # s; the manager cleans terminal tasks older than this (0 = never)
+    notify_retention: float = 7 * 86400.0  # s notifications are kept
     _sources: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @property
@@ -53,6 +55,9 @@ class Settings:
 _NAMES = {f.name for f in fields(Settings) if not f.name.startswith("_")}
 
 
+_ZERO_OK = {"clean_after"}  # 0 switches it off
+
+
 def _coerce(name: str, raw: Any) -> Any:
     kind = {f.name: f.type for f in fields(Settings)}[name]
     try:
@@ -69,7 +74,7 @@ def _coerce(name: str, raw: Any) -> Any:
             value = str(raw)
     except (TypeError, ValueError):
         raise ConfigError(f"{PREFIX}{name.upper()}: expected {kind}, got {raw!r}") from None
-    if kind in ("float", "int") and value <= 0:
+    if kind in ("float", "int") and (value < 0 or (value == 0 and name not in _ZERO_OK)):
         raise ConfigError(f"{PREFIX}{name.upper()}: must be > 0, got {raw!r}")
     return value
 

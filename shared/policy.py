@@ -30,3 +30,12 @@ def next_cron(expr: str, tz: str, after: float) -> float:
     Computed from the previous scheduled fire, not from the clock, so fires never drift."""
     start = datetime.fromtimestamp(after, UTC).astimezone(ZoneInfo(tz))
     return float(croniter(expr, start).get_next(float))
+
+
+def catch_up_cron(expr: str, tz: str, last_queued: float, now: float) -> float:
+    """When a cron task that was queued at `last_queued` runs next: the first fire after it.
+    If that fire has passed already (the run outlasted the period, or the manager was down),
+    it is due now, once: every fire missed in between collapses into that one run, because
+    the run after it counts from its own queueing time."""
+    nxt = next_cron(expr, tz, last_queued)
+    return nxt if nxt > now else now

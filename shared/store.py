@@ -7,6 +7,7 @@ ARGV from shared.keys and maps their return codes to results or RpcErrors, in on
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -24,6 +25,9 @@ from shared.scripting import Scripts
 from shared.status import Status
 
 _TIMES = ("created", "updated", "queued_at", "next_run", "wait_deadline", "exec_deadline")
+
+
+_NOTE_ID = re.compile(r"^\d{1,4}-\d{1,20}-\d{1,20}$")  # partition-streamid
 
 
 def _J(value: Any) -> str:
@@ -304,8 +308,8 @@ class Store:
         n = 0
         for nid in ids:
             part, _, sid = nid.partition("-")
-            if not part.isdigit() or int(part) >= len(self.parts) or not sid:
-                continue
+            if not _NOTE_ID.match(nid) or int(part) >= len(self.parts):
+                continue  # not an id notifications.list gave out: nothing to ack
             n += await self.r.xdel(self.parts[int(part)].notes(), sid)
         return n
 
