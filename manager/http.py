@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 from typing import Any
 
@@ -14,9 +16,12 @@ from shared.status import HTTP_CODE, Status
 from shared.store import Store
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        body=json.dumps(body, separators=(",", ":")), status=status, content_type="application/json"
+        body=json.dumps(body, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+        headers=headers,
     )
 
 
@@ -60,12 +65,36 @@ def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
             return _json({"ok": False, "error": str(e)}, 503)
         return _json({"ok": True})
 
-    app = web.Application(client_max_size=limit)
+    tokens = [t.encode() for t in store.settings.api_tokens]
+    inflight = asyncio.Semaphore(store.settings.max_inflight)
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/healthz":  # probes stay open: they reveal nothing
+            return await handler(request)
+        if tokens and not _authorized(request.headers.get("Authorization", ""), tokens):
+            return _json({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
+        if inflight.locked():  # shed load instead of queueing without bound
+            return _json({"error": "too many requests in flight"}, 503, {"Retry-After": "1"})
+        async with inflight:
+            return await handler(request)
+
+    app = web.Application(client_max_size=limit, middlewares=[guard])
     app.router.add_post("/rpc", rpc)
     app.router.add_get("/tasks/{id}", task_view)
     app.router.add_get("/tasks/{id}/status", task_status)
     app.router.add_get("/healthz", healthz)
     return app
+
+
+def _authorized(header: str, tokens: list[bytes]) -> bool:
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return False
+    ok = False
+    for t in tokens:  # compare against every token, in constant time each: no early exit
+        ok |= hmac.compare_digest(given.strip().encode(), t)
+    return ok
 
 
 def _too_large(limit: int) -> web.Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import signal
 from importlib.metadata import PackageNotFoundError, version
 
@@ -21,6 +22,19 @@ def _version() -> str:
         return version("stagewise")
     except PackageNotFoundError:
         return "0.0.0"
+
+
+def exposed_without_auth(settings: Settings) -> bool:
+    """True when the HTTP address is reachable from other hosts and no token guards it."""
+    if settings.api_tokens:
+        return False
+    host = settings.host.strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return True
 
 
 async def serve(settings: Settings) -> None:

@@ -68,7 +68,13 @@ def _daemon(args: argparse.Namespace) -> None:
         raise SystemExit(f"stagewise: configuration error: {e}") from None
     log.configure(settings.log_level, role=args.cmd)
     if args.cmd == "manager":
-        from manager.main import serve
+        from manager.main import exposed_without_auth, serve
+
+        if exposed_without_auth(settings) and not args.insecure:
+            raise SystemExit(
+                f"stagewise: refusing to serve {settings.http} without STAGEWISE_API_TOKENS; "
+                "set tokens, listen on a loopback address, or pass --insecure"
+            )
 
         uvloop.run(serve(settings))
     else:
@@ -117,7 +123,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file with the STAGEWISE_* settings")
     _client_options(p, argparse_default=False)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    sub.add_parser("manager", help="run the manager daemon (JSON-RPC + scheduler)")
+    mp = sub.add_parser("manager", help="run the manager daemon (JSON-RPC + scheduler)")
+    mp.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening on a non-loopback address without STAGEWISE_API_TOKENS",
+    )
     ex = sub.add_parser("executor", help="run an executor daemon for one app")
     ex.add_argument("app", help="MODULE:APP, an executor.App instance")
     ex.add_argument("--concurrency", type=int, default=8)

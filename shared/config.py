@@ -35,6 +35,7 @@ class Settings:
     tick: float = 0.1  # s between manager scheduling passes
     batch: int = 500  # due entries handled per partition per pass
     log_level: str = "info"
+    max_inflight: int = 256  # HTTP requests served at once; more get 503
     clean_after: float = 0.0  # s; the manager cleans terminal tasks older than this (0 = never)
     notify_retention: float = 7 * 86400.0  # s notifications are kept
     _sources: tuple[str, ...] = field(default=(), compare=False, repr=False)

@@ -395,7 +395,6 @@ async def test_daemon_subcommands_kept() -> None:
     assert r.rc == 1 and "configuration error" in r.err
 
 
-@pytest.mark.xfail(reason="server feature pending (STAGEWISE_API_TOKENS)", strict=False)
 async def test_token(daemons: Any) -> None:
     mgr = await daemons.manager(STAGEWISE_API_TOKENS="s3cret")
     anonymous, with_token = await asyncio.gather(

@@ -4,7 +4,7 @@ One manager and one executor serve the whole module (starting them per test woul
 the tests); every test uses its own task ids, and tasks meant to stay QUEUED use an app of their
 own that no executor serves, so tests do not see each other's tasks.
 
-`test_bearer_token` is xfail until the manager checks STAGEWISE_API_TOKENS.
+`test_bearer_token` checks the client against a manager with STAGEWISE_API_TOKENS.
 """
 
 from __future__ import annotations
@@ -377,7 +377,6 @@ async def test_notifications(c: Any) -> None:
     assert acked == {"acked": len(rows)}
 
 
-@pytest.mark.xfail(reason="server feature pending (STAGEWISE_API_TOKENS)", strict=False)
 async def test_bearer_token(daemons: Any) -> None:
     m = await daemons.manager(STAGEWISE_API_TOKENS="s3cret,other")
     async with AsyncClient(m.url, token="s3cret") as good:
