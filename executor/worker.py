@@ -273,14 +273,14 @@ class Executor:
         while True:
             pipe = self.r.pipeline(transaction=False)
             for (k, stream, eid, f, _), lease in zip(entries, leases, strict=True):
-                await self.scripts.queue(
+                self.scripts.queue(
                     pipe,
                     "claim",
                     [k.task(f["t"]), stream, k.executors(), k.running(self.id), k.deadlines()],
                     [k.prefix, f["t"], eid, f["j"], self.id, lease],
                 )
             try:
-                results = await pipe.execute()
+                results = await self.scripts.execute(pipe)
                 break
             except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
                 # The entries stay pending on us; a replay with the same leases is safe

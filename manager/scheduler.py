@@ -93,8 +93,8 @@ class Scheduler:
         pipe = self.r.pipeline(transaction=False)
         for m in members:
             app, tid = split_member(m)
-            await self.scripts.queue(pipe, "wake", [k.task(tid), k.due()], [k.prefix, tid, m])
-        results = await pipe.execute()
+            self.scripts.queue(pipe, "wake", [k.task(tid), k.due()], [k.prefix, tid, m])
+        results = await self.scripts.execute(pipe)
         for m, res in zip(members, results, strict=True):
             if res[0] not in ("NOT_DUE", "SKIP", "GONE"):
                 self._count("woken")
@@ -108,8 +108,8 @@ class Scheduler:
         pipe = self.r.pipeline(transaction=False)
         for m in members:
             _, tid = split_member(m)
-            await self.scripts.queue(pipe, "expire", [k.task(tid), k.deadlines()], [k.prefix, tid, m])
-        for m, res in zip(members, await pipe.execute(), strict=True):
+            self.scripts.queue(pipe, "expire", [k.task(tid), k.deadlines()], [k.prefix, tid, m])
+        for m, res in zip(members, await self.scripts.execute(pipe), strict=True):
             if res[0] == "FAILED":
                 self._count("exec_timeouts")
                 self.log.info("exec_timeout", member=m)
@@ -126,13 +126,13 @@ class Scheduler:
         pipe = self.r.pipeline(transaction=False)
         for m in members:
             _, tid = split_member(m)
-            await self.scripts.queue(
+            self.scripts.queue(
                 pipe,
                 "reap",
                 [k.task(tid), k.running(eid)],
                 [k.prefix, tid, eid, self.settings.max_interruptions],
             )
-        outcomes = await pipe.execute() if members else []
+        outcomes = await self.scripts.execute(pipe) if members else []
         app = info.get("app")
         redelivered = await redeliver_pending(self.r, self.scripts, k, app, eid) if app else 0
         # Leave the registry last: a manager that dies before this line repeats the work,

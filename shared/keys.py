@@ -110,14 +110,8 @@ class Keys:
         return f"{self.prefix}:ctl:{executor_id}"
 
     # --- indexes (ZSET task id -> updated)
-    def idx_all(self) -> str:
-        return f"{self.prefix}:i:all"
-
     def idx_status(self, status: str) -> str:
         return f"{self.prefix}:i:s:{status}"
-
-    def idx_app(self, app: str) -> str:
-        return f"{self.prefix}:i:a:{app}"
 
     def idx_app_status(self, app: str, status: str) -> str:
         return f"{self.prefix}:i:as:{app}:{status}"

@@ -1,10 +1,10 @@
 """tasks.list filters served from Redis indexes (never a scan of all tasks).
 
-Every index is a ZSET scored by `updated`.  A query reads the most selective index that
-covers part of its filters (a tag, the group, app+status, status, app, or all), from the
-cursor on, and checks the remaining filters on the few fields it fetches for each candidate.
+Every index is a ZSET scored by `updated`.  A query reads the most selective indexes that
+cover part of its filters (a tag, the group, app+status, status), merging them in order from
+the cursor on, and checks the remaining filters on the few fields it fetches per candidate.
 
-Pagination is keyset: per partition, the cursor keeps the last score consumed and how many
+Pagination is keyset: per index read (a lane), the cursor keeps the last score consumed and how many
 members at exactly that score were consumed (members with equal scores come in a fixed
 order), so pages never repeat or skip an item, across partitions too.
 """
@@ -18,6 +18,7 @@ from typing import Any
 
 from shared import errors
 from shared.keys import Keys
+from shared.status import Status
 
 CHUNK = 200  # candidates read per index per round trip
 SCAN_BUDGET = 20_000  # candidates looked at per page before answering with what was found
@@ -32,21 +33,18 @@ class Filters:
     since: float | None = None  # updated >= since
     cleaned: bool | None = None
 
-    def index(self, k: Keys) -> tuple[str, bool]:
-        """(index key, True when the index alone answers every filter but `since`)."""
+    def indexes(self, k: Keys) -> tuple[list[str], bool]:
+        """The index keys to merge in one partition, and True when they alone answer every
+        filter but `since`.  Without a status filter the eight status indexes are merged: a
+        task sits in exactly one of them, so no index has to be kept for "all tasks"."""
         if self.tags:
-            return k.idx_tag(self.tags[0]), False
+            return [k.idx_tag(self.tags[0])], False
         if self.group:
-            return k.idx_group(self.group), not (self.status or self.app or self.cleaned is not None)
-        if self.status and self.app:
-            key = k.idx_app_status(self.app, self.status)
-        elif self.status:
-            key = k.idx_status(self.status)
-        elif self.app:
-            key = k.idx_app(self.app)
-        else:
-            key = k.idx_all()
-        return key, self.cleaned is None
+            return [k.idx_group(self.group)], not (self.status or self.app or self.cleaned is not None)
+        statuses = [self.status] if self.status else list(Status)
+        if self.app:
+            return [k.idx_app_status(self.app, s) for s in statuses], self.cleaned is None
+        return [k.idx_status(s) for s in statuses], self.cleaned is None
 
     def accepts(self, h: dict[str, Any]) -> bool:
         if not h.get("status"):
@@ -101,13 +99,10 @@ async def scan(
 ) -> tuple[list[str], str | None]:
     """Ids of up to `limit` tasks matching `f`, in `updated` order, and the next cursor (None at
     the end).  Answers early (with a cursor) after `budget` candidates."""
-    positions = decode_cursor(cursor, len(parts)) if cursor else [Position() for _ in parts]
-    lanes = []
-    exact = True
-    for k, pos in zip(parts, positions, strict=True):
-        key, ex = f.index(k)
-        exact = exact and ex
-        lanes.append(_Lane(k, key, pos))
+    plan = [(k, key) for k in parts for key in f.indexes(k)[0]]
+    exact = f.indexes(parts[0])[1]
+    positions = decode_cursor(cursor, len(plan)) if cursor else [Position() for _ in plan]
+    lanes = [_Lane(k, key, pos) for (k, key), pos in zip(plan, positions, strict=True)]
     out: list[str] = []
     seen = 0
     while len(out) < limit and seen < budget:

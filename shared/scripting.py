@@ -13,6 +13,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 NAMES = (
     "create",
@@ -53,7 +54,24 @@ class Scripts:
     async def run(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
         return await self._scripts[name](keys=keys, args=args, client=client or self._client)
 
-    async def queue(self, pipe: Any, name: str, keys: list[str], args: list[Any]) -> None:
-        """Adds the script call to a pipeline (sent when the pipeline executes; scripts the
-        server lacks are loaded then)."""
-        await self._scripts[name](keys=keys, args=args, client=pipe)
+    def queue(self, pipe: Any, name: str, keys: list[str], args: list[Any]) -> None:
+        """Adds the script call to a pipeline as a bare EVALSHA: redis-py's own script
+        support would send SCRIPT EXISTS before every pipeline; `execute` below handles the
+        NOSCRIPT of a script cache that was emptied (Redis restart, failover, SCRIPT FLUSH)."""
+        script = self._scripts[name]
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        pipe._sw_calls = [*getattr(pipe, "_sw_calls", []), (len(pipe.command_stack) - 1, name, keys, args)]
+
+    async def execute(self, pipe: Any, raise_on_error: bool = True) -> list[Any]:
+        """Executes a pipeline holding queued scripts; a script the server did not know is
+        loaded and run again on its own (scripts are idempotent under such a replay: the
+        first attempt was refused before it ran)."""
+        calls = {i: (name, keys, args) for i, name, keys, args in getattr(pipe, "_sw_calls", [])}
+        results = await pipe.execute(raise_on_error=False)
+        for i, res in enumerate(results):
+            if isinstance(res, NoScriptError) and i in calls:
+                name, keys, args = calls[i]
+                results[i] = await self.run(name, keys, args)
+            elif raise_on_error and isinstance(res, Exception):
+                raise res
+        return results

@@ -196,9 +196,9 @@ class Store:
         for i in ids:
             k = self.keys(i)
             keys, args = self._batch_call(op, k, i, int(dry_run), extra)
-            await self.scripts.queue(pipe, op, keys, args)
+            self.scripts.queue(pipe, op, keys, args)
         out = []
-        for i, res in zip(ids, await pipe.execute(raise_on_error=False), strict=True):
+        for i, res in zip(ids, await self.scripts.execute(pipe, raise_on_error=False), strict=True):
             if isinstance(res, Exception):
                 out.append({"id": i, "status": None, "changed": False, "error": f"internal error: {res}"})
             elif res[0] == "NOT_FOUND":
@@ -386,11 +386,11 @@ async def _redeliver_stream(r: Any, scripts: Scripts, k: Keys, stream: str, cons
             if body is None:  # trimmed away: nothing to re-send, just stop it pending
                 pipe.xack(stream, GROUP, mid)
                 continue
-            await scripts.queue(
+            scripts.queue(
                 pipe, "redeliver", [k.task(body["t"]), stream], [k.prefix, body["t"], mid, body["j"]]
             )
             n += 1
-        await pipe.execute()
+        await scripts.execute(pipe)
     try:
         await r.xgroup_delconsumer(stream, GROUP, consumer)
     except ResponseError:  # no such stream/group: nothing was pending either

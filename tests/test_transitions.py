@@ -212,7 +212,6 @@ async def check(store: Store, r: Any, k: Keys, tid: str, status: str, **expected
     for s in Status:
         assert (await r.zscore(k.idx_status(s), tid) is not None) == (s == status), s
         assert (await r.zscore(k.idx_app_status(APP, s), tid) is not None) == (s == status), s
-    assert await r.zscore(k.idx_all(), tid) is not None
     return v
 
 
@@ -939,7 +938,7 @@ async def test_index_scores_follow_updated(store: Store, r: Any, k: Keys) -> Non
     assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
     updated = float((await r.hgetall(k.task(tid)))["updated"])
     assert updated > float(h0["updated"])
-    for key in (k.idx_all(), k.idx_status("RUNNING"), k.idx_app(APP), k.idx_app_status(APP, "RUNNING")):
+    for key in (k.idx_status("RUNNING"), k.idx_app_status(APP, "RUNNING")):
         assert await r.zscore(key, tid) == pytest.approx(updated, abs=1e-6), key
 
 

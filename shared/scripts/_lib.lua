@@ -35,54 +35,51 @@ local function k_deadlines() return PREFIX .. ':dl' end
 
 local TERMINAL = {FINISHED = true, FAILED = true, CANCELED = true}
 
--- Index maintenance: every task is in i:all, i:a:<app>, i:s:<status>, i:as:<app>:<status>,
--- i:t:<tag> for each tag and i:g:<group>, each scored by `updated`, so every filter of
--- tasks.list starts from a range read of one index.
-local function extra_indexes(tkey)
-  local h = redis.call('HMGET', tkey, 'tags', 'group')
+-- Index maintenance: every task is in i:s:<status>, i:as:<app>:<status>, i:t:<tag> for each
+-- tag and i:g:<group>, each scored by `updated`, so every filter of tasks.list starts from a
+-- range read (lists without a status filter merge the status indexes).
+local function extra_indexes(tags, group)
   local keys = {}
-  if h[1] and h[1] ~= '' and h[1] ~= '[]' then
-    for _, tag in ipairs(cjson.decode(h[1])) do keys[#keys + 1] = PREFIX .. ':i:t:' .. tag end
+  if tags and tags ~= '' and tags ~= '[]' then
+    for _, tag in ipairs(cjson.decode(tags)) do keys[#keys + 1] = PREFIX .. ':i:t:' .. tag end
   end
-  if h[2] and h[2] ~= '' then keys[#keys + 1] = PREFIX .. ':i:g:' .. h[2] end
+  if group and group ~= '' then keys[#keys + 1] = PREFIX .. ':i:g:' .. group end
   return keys
 end
 
-local function reindex(tkey, id, app, old, new, ts)
+-- h: the task's tags, group (HMGET) as read by the caller
+local function reindex(id, app, old, new, ts, tags, group)
   if old and old ~= '' and old ~= new then
     redis.call('ZREM', PREFIX .. ':i:s:' .. old, id)
     redis.call('ZREM', PREFIX .. ':i:as:' .. app .. ':' .. old, id)
   end
   redis.call('ZADD', PREFIX .. ':i:s:' .. new, ts, id)
   redis.call('ZADD', PREFIX .. ':i:as:' .. app .. ':' .. new, ts, id)
-  redis.call('ZADD', PREFIX .. ':i:all', ts, id)
-  redis.call('ZADD', PREFIX .. ':i:a:' .. app, ts, id)
-  for _, k in ipairs(extra_indexes(tkey)) do redis.call('ZADD', k, ts, id) end
+  for _, k in ipairs(extra_indexes(tags, group)) do redis.call('ZADD', k, ts, id) end
 end
 
 local function unindex(tkey, id, app, status)
   redis.call('ZREM', PREFIX .. ':i:s:' .. status, id)
   redis.call('ZREM', PREFIX .. ':i:as:' .. app .. ':' .. status, id)
-  redis.call('ZREM', PREFIX .. ':i:all', id)
-  redis.call('ZREM', PREFIX .. ':i:a:' .. app, id)
-  for _, k in ipairs(extra_indexes(tkey)) do redis.call('ZREM', k, id) end
+  local h = redis.call('HMGET', tkey, 'tags', 'group')
+  for _, k in ipairs(extra_indexes(h[1], h[2])) do redis.call('ZREM', k, id) end
 end
 
 -- Every status change goes through here: indexes, notifications (tasks with notify), and
 -- the `ended` zset through which the manager reschedules cron tasks and starts next_task.
 local function set_status(tkey, id, app, old, new, ts)
   redis.call('HSET', tkey, 'status', new, 'updated', fmt(ts))
-  reindex(tkey, id, app, old, new, ts)
+  local h = redis.call('HMGET', tkey, 'tags', 'group', 'notify', 'job_id', 'error', 'cron', 'next_task')
+  reindex(id, app, old, new, ts, h[1], h[2])
   if old == new then return end
-  local h = redis.call('HMGET', tkey, 'notify', 'job_id', 'error', 'cron', 'next_task')
-  if h[1] == '1' then
+  if h[3] == '1' then
     local nid = redis.call('XADD', PREFIX .. ':notes', 'MAXLEN', '~', 100000, '*', 'task_id', id,
-      'job_id', h[2] or '', 'status', new, 'error', h[3] or '')
+      'job_id', h[4] or '', 'status', new, 'error', h[5] or '')
     local nk = PREFIX .. ':nt:' .. id
     redis.call('RPUSH', nk, nid)
     redis.call('LTRIM', nk, -100, -1)
   end
-  if (new == 'FINISHED' or new == 'FAILED') and ((h[4] and h[4] ~= '') or (h[5] and h[5] ~= '')) then
+  if (new == 'FINISHED' or new == 'FAILED') and ((h[6] and h[6] ~= '') or (h[7] and h[7] ~= '')) then
     redis.call('ZADD', PREFIX .. ':ended', ts, app .. '/' .. id)
   end
 end
@@ -114,8 +111,7 @@ end
 
 local function record_attempt(id, entry)
   local k = k_attempts(id)
-  redis.call('RPUSH', k, cjson.encode(entry))
-  redis.call('LTRIM', k, -1000, -1)
+  if redis.call('RPUSH', k, cjson.encode(entry)) > 1000 then redis.call('LTRIM', k, -1000, -1) end
 end
 
 -- Walks forward from stage s over the stages that need no executor: a message already in

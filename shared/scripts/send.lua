@@ -29,5 +29,5 @@ end
 if ahead <= redis.call('LLEN', KEYS[2]) then return {'NOT_WAITING', status} end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('HSET', tkey, 'updated', fmt(ts))
-reindex(tkey, id, app, status, status, ts)
+set_status(tkey, id, app, status, status, ts)
 return {'KEPT'}
