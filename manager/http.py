@@ -66,7 +66,8 @@ def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
         return _json({"ok": True})
 
     tokens = [t.encode() for t in store.settings.api_tokens]
-    inflight = asyncio.Semaphore(store.settings.max_inflight)
+    inflight = asyncio.Semaphore(store.settings.max_inflight)  # served at once
+    waiting = [0]  # requests waiting for a slot
 
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -74,10 +75,17 @@ def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
             return await handler(request)
         if tokens and not _authorized(request.headers.get("Authorization", ""), tokens):
             return _json({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
-        if inflight.locked():  # shed load instead of queueing without bound
+        if waiting[0] >= 4 * store.settings.max_inflight:  # shed load rather than queue without bound
             return _json({"error": "too many requests in flight"}, 503, {"Retry-After": "1"})
-        async with inflight:
+        waiting[0] += 1
+        try:
+            await inflight.acquire()
+        finally:
+            waiting[0] -= 1
+        try:
             return await handler(request)
+        finally:
+            inflight.release()
 
     app = web.Application(client_max_size=limit, middlewares=[guard])
     app.router.add_post("/rpc", rpc)

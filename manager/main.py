@@ -39,7 +39,8 @@ def exposed_without_auth(settings: Settings) -> bool:
 
 async def serve(settings: Settings) -> None:
     log = slog.get(role="manager")
-    r = connect(settings.redis_url, max_connections=64)
+    # HTTP handlers are bounded by max_inflight and use one connection at a time; + scheduler
+    r = connect(settings.redis_url, max_connections=settings.max_inflight + 16)
     store = Store(r, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -434,9 +434,8 @@ def member_of(h: dict[str, str]) -> str:
 
 
 def connect(url: str, max_connections: int) -> Any:
-    """A client whose pool makes callers wait for a free connection instead of failing with
-    MaxConnectionsError when more requests are in flight than the pool holds."""
-    pool = aredis.BlockingConnectionPool.from_url(
-        url, decode_responses=True, max_connections=max_connections, timeout=30
-    )
-    return aredis.Redis(connection_pool=pool)
+    """A client for a daemon whose own limits bound the connections it uses at once (the
+    executor's concurrency, the manager's in-flight limit): `max_connections` is set above that
+    bound, so the pool never runs dry.  A plain pool, because redis-py's blocking pool wraps
+    every checkout in a timeout, which costs more than the rest of a command's client work."""
+    return aredis.Redis.from_url(url, decode_responses=True, max_connections=max_connections)
