@@ -13,6 +13,7 @@ then hand unfinished runs back (SUSPENDED -> QUEUED at their current stage).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
+import msgspec
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
@@ -36,7 +38,12 @@ from shared.scripting import Scripts
 from shared.store import app_streams, connect, redeliver_pending, results_of
 from shared.templates import TemplateError, check, fill
 
-_J = partial(json.dumps, separators=(",", ":"))
+_encoder = msgspec.json.Encoder()
+_decode = msgspec.json.Decoder().decode
+
+
+def _J(value: Any) -> str:
+    return _encoder.encode(value).decode()
 
 
 class Failure(Exception):
@@ -125,6 +132,12 @@ class Executor:
         self._streams: list[tuple[int, str, Keys]] = []
         self._streams_at = 0.0
         self.log = slog.get(app=app.name, executor_id=self.id)
+        self._leases = itertools.count(1)
+        self._lease_prefix = uuid.uuid4().hex[:12]
+
+    def new_lease(self) -> str:
+        """A token unique to one claim: this process's random prefix and a counter."""
+        return f"{self._lease_prefix}.{next(self._leases)}"
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -314,7 +327,7 @@ class Executor:
         return out[:free]
 
     async def claim(self, entries: list[Entry]) -> None:
-        leases = [uuid.uuid4().hex for _ in entries]
+        leases = [self.new_lease() for _ in entries]
         delay = 0.1
         while True:
             pipe = self.r.pipeline(transaction=False)
@@ -379,9 +392,9 @@ class Executor:
 
     async def _run(self, run: Run) -> None:
         h, k = run.h, run.keys
-        doc = json.loads(h["doc"])
+        doc = _decode(h["doc"])
         commands: list[dict[str, Any]] = doc["commands"]
-        kws = json.loads(h["kws"]) if h.get("kws") else {}
+        kws = _decode(h["kws"]) if h.get("kws") else {}
         results = results_of(h)
         stage = int(h["stage"])
         attempt = int(h["attempt"])
@@ -389,7 +402,8 @@ class Executor:
         env = {"kws": kws, "results": results, "task": task_env}
         exec_deadline = float(h["exec_deadline"])
         tkey, akey = k.task(run.task_id), k.attempts(run.task_id)
-        log = self.log.bind(task_id=run.task_id, job_id=run.job_id)
+        ids = {"task_id": run.task_id, "job_id": run.job_id}  # on every line about this run
+        log = self.log
         while True:
             cmd = commands[stage]
             if command_kind(cmd) != "call":
@@ -399,7 +413,7 @@ class Executor:
             else:
                 t0 = time.monotonic()
                 try:
-                    outcome, result = await self.call(cmd, env, run, stage, attempt, exec_deadline)
+                    outcome, result, value = await self.call(cmd, env, run, stage, attempt, exec_deadline)
                 except Failure as f:
                     retries = int(h.get("retries") or 0)
                     delay = next_retry_delay(retries + 1, float(doc.get("retry_backoff", 1.0)))
@@ -420,6 +434,7 @@ class Executor:
                     )
                     log.info(
                         "stage",
+                        **ids,
                         stage=stage,
                         method=cmd["method"],
                         outcome=f.outcome,
@@ -435,20 +450,21 @@ class Executor:
                 )
                 log.info(
                     "stage",
+                    **ids,
                     stage=stage,
                     method=cmd["method"],
                     outcome=outcome,
                     ms=round((time.monotonic() - t0) * 1000, 3),
                     next=res[0],
                 )
-                results.append(json.loads(result))
+                results.append(value)
             match res[0]:
                 case "RUN":
                     stage = int(res[1])
                     for i in range(2, len(res), 2):  # messages taken from the inbox on the way
-                        results.append(json.loads(res[i + 1]))
+                        results.append(_decode(res[i + 1]))
                 case "STALE":
-                    log.warning("run_abandoned", stage=stage, reason="stale")
+                    log.warning("run_abandoned", **ids, stage=stage, reason="stale")
                     return
                 case _:  # WAITING / FINISHED: the task is no longer ours
                     return
@@ -461,8 +477,8 @@ class Executor:
         stage: int,
         attempt: int,
         exec_deadline: float,
-    ) -> tuple[str, str]:
-        """Runs one call stage; returns (outcome, result JSON) or raises Failure."""
+    ) -> tuple[str, str, Any]:
+        """Runs one call stage; returns (outcome, result JSON, result) or raises Failure."""
         name = cmd["method"]
         method = self.app.methods.get(name)
         if method is None:
@@ -475,7 +491,7 @@ class Executor:
             )
         try:
             if "if" in cmd and not check(cmd["if"], env):
-                return "skipped", "null"
+                return "skipped", "null", None
             params = fill(cmd.get("params") or {}, env)
         except TemplateError as e:
             raise Failure(stage_error(StageError.TEMPLATE_ERROR, str(e), stage)) from None
@@ -521,7 +537,13 @@ class Executor:
                 )
             ) from None
         try:
-            return "ok", _J(value)
+            encoded = _J(value)
+            # later stages must see what was stored (a tuple became a list, a datetime a string)
+            return (
+                "ok",
+                encoded,
+                value if isinstance(value, str | int | float | bool | None) else _decode(encoded),
+            )
         except (TypeError, ValueError) as e:
             raise Failure(
                 stage_error(
