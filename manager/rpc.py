@@ -21,7 +21,7 @@ from shared.errors import RpcError
 from shared.models import AppName, Tag, TaskId, convert, parse_task
 from shared.query import Filters
 from shared.status import HTTP_CODE, Status
-from shared.store import Store
+from shared.store import Store, view
 
 MAX_BATCH = 100
 
@@ -158,8 +158,7 @@ class Api:
 
     async def create(self, p: CreateParams) -> Any:
         task = parse_task(p.task)
-        await self.store.create(task, p.on_conflict)
-        return await self.store.get(task.id)
+        return view(await self.store.create(task, p.on_conflict))
 
     async def get(self, p: GetParams) -> Any:
         return await self.store.get(p.id, p.include_results)

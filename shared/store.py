@@ -97,8 +97,11 @@ class Store:
         }
         return [x for kv in fields.items() for x in kv]
 
-    async def create(self, task: Task, on_conflict: str = "error", now: float | None = None) -> str:
-        """Stores a validated task; returns its status.  Raises TASK_EXISTS / INVALID_TRANSITION."""
+    async def create(
+        self, task: Task, on_conflict: str = "error", now: float | None = None
+    ) -> dict[str, str]:
+        """Stores a validated task; returns its hash (the existing one when on_conflict is
+        "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION."""
         d, k = task.doc, self.keys(task.id)
         due_at: float | str = ""
         if d.cron:
@@ -129,10 +132,8 @@ class Store:
             ],
         )
         code = res[0]
-        if code == "CREATED":
-            return str(res[1])
-        if code == "IGNORED":
-            return ""
+        if code in ("CREATED", "IGNORED"):  # the task hash as stored: the caller's view needs no read
+            return dict(zip(res[1::2], res[2::2], strict=True))
         if code == "EXISTS":
             raise errors.RpcError(errors.TASK_EXISTS, f"task {task.id!r} exists", {"id": task.id})
         raise errors.invalid_transition(res[1], Status.IDLE)

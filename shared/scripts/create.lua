@@ -5,13 +5,18 @@
 -- ARGV[1] prefix  ARGV[2] id  ARGV[3] app  ARGV[4] on_conflict (error|ignore|replace)
 -- ARGV[5] due at (UNIX s; '' = now)  ARGV[6] enabled ('1'|'0')  ARGV[7] stream name (apps member)
 -- ARGV[8..] field, value pairs of the new hash (doc, kws, plan, job_id, settings)
--- Returns {'CREATED', status} | {'EXISTS'} | {'IGNORED'} | {'INVALID_TRANSITION', from}
+-- Returns {'CREATED', field, value, ...} the new task hash | {'IGNORED', field, value, ...} the
+--         existing one (on_conflict ignore) | {'EXISTS'} | {'INVALID_TRANSITION', from}
 local tkey, id, app = KEYS[1], ARGV[2], ARGV[3]
 local ts = now()
 
 local old = redis.call('HMGET', tkey, 'status', 'app')
 if old[1] then
-  if ARGV[4] == 'ignore' then return {'IGNORED'} end
+  if ARGV[4] == 'ignore' then
+    local out = redis.call('HGETALL', tkey)
+    table.insert(out, 1, 'IGNORED')
+    return out
+  end
   if ARGV[4] ~= 'replace' then return {'EXISTS'} end
   if not TERMINAL[old[1]] then return {'INVALID_TRANSITION', old[1]} end
   unindex(tkey, id, old[2], old[1])
@@ -43,4 +48,6 @@ else
   local verdict = advance(tkey, id, app, 0, plan, ts)
   settle(tkey, id, app, nil, verdict, ts)
 end
-return {'CREATED', redis.call('HGET', tkey, 'status')}
+local out = redis.call('HGETALL', tkey)
+table.insert(out, 1, 'CREATED')
+return out
