@@ -65,48 +65,70 @@ local function unindex(tkey, id, app, status)
   for _, k in ipairs(extra_indexes(h[1], h[2])) do redis.call('ZREM', k, id) end
 end
 
--- Every status change goes through here: indexes, notifications (tasks with notify), and
--- the `ended` zset through which the manager reschedules cron tasks and starts next_task.
-local function set_status(tkey, id, app, old, new, ts)
-  redis.call('HSET', tkey, 'status', new, 'updated', fmt(ts))
-  local h = redis.call('HMGET', tkey, 'tags', 'group', 'notify', 'job_id', 'error', 'cron', 'next_task')
-  reindex(id, app, old, new, ts, h[1], h[2])
+-- Writes to the script's task hash are gathered in W and sent as one HSET by set_status,
+-- which every transition ends with: one command instead of one per helper.
+local W = {}
+local function put(...)
+  local args = {...}
+  for i = 1, #args do W[#W + 1] = args[i] end
+end
+
+-- The fields set_status needs, for scripts that have not read them already.
+local STATUS_FIELDS = {'tags', 'group', 'notify', 'job_id', 'error', 'cron', 'next_task'}
+local function prefetch(tkey, names)
+  local vals = redis.call('HMGET', tkey, unpack(names))
+  local t = {}
+  for i, n in ipairs(names) do t[n] = vals[i] end
+  return t
+end
+
+-- Every status change goes through here: the pending writes and status, indexes,
+-- notifications (tasks with notify), and the `ended` zset through which the manager
+-- reschedules cron tasks and starts next_task.  `t` holds STATUS_FIELDS when the caller
+-- read them already (`t.error` is the error after this change).
+local function set_status(tkey, id, app, old, new, ts, t)
+  put('status', new, 'updated', fmt(ts))
+  redis.call('HSET', tkey, unpack(W))
+  W = {}
+  t = t or prefetch(tkey, STATUS_FIELDS)
+  reindex(id, app, old, new, ts, t.tags, t.group)
   if old == new then return end
-  if h[3] == '1' then
+  if t.notify == '1' then
     local nid = redis.call('XADD', PREFIX .. ':notes', 'MAXLEN', '~', 100000, '*', 'task_id', id,
-      'job_id', h[4] or '', 'status', new, 'error', h[5] or '')
+      'job_id', t.job_id or '', 'status', new, 'error', t.error or '')
     local nk = PREFIX .. ':nt:' .. id
     redis.call('RPUSH', nk, nid)
     redis.call('LTRIM', nk, -100, -1)
   end
-  if (new == 'FINISHED' or new == 'FAILED') and ((h[6] and h[6] ~= '') or (h[7] and h[7] ~= '')) then
+  if (new == 'FINISHED' or new == 'FAILED') and ((t.cron and t.cron ~= '') or (t.next_task and t.next_task ~= '')) then
     redis.call('ZADD', PREFIX .. ':ended', ts, app .. '/' .. id)
   end
 end
 
--- Puts a dispatch hint on the app stream of the task's priority.  The task hash stays the source of truth: a hint
--- whose task is no longer QUEUED with that job id is dropped by the claim.
+-- Puts a dispatch hint on the app stream of the task's priority.  The task hash stays the
+-- source of truth: a hint whose task is no longer QUEUED with that job id is dropped by the
+-- claim.
 local function enqueue(tkey, id, app, old, ts)
   local h = redis.call('HMGET', tkey, 'job_id', 'priority')
   redis.call('XADD', k_stream(app, h[2]), '*', 't', id, 'j', h[1])
-  redis.call('HSET', tkey, 'queued_at', fmt(ts), 'next_run', '', 'wait_deadline', '')
+  put('queued_at', fmt(ts), 'next_run', '', 'wait_deadline', '')
   set_status(tkey, id, app, old, 'QUEUED', ts)
 end
 
 -- Ends the executor's hold on a RUNNING task: lease, running set, deadline; and banks the
--- RUNNING time of this stretch (max_exec_timeout counts RUNNING time only).
-local function release(tkey, id, app, ts)
-  local h = redis.call('HMGET', tkey, 'executor_id', 'run_started', 'exec_used')
+-- RUNNING time of this stretch (max_exec_timeout counts RUNNING time only).  `t` may hold
+-- executor_id, run_started and exec_used already.
+local function release(tkey, id, app, ts, t)
+  t = t or prefetch(tkey, {'executor_id', 'run_started', 'exec_used'})
   local m = app .. '/' .. id
-  if h[1] and h[1] ~= '' then
-    redis.call('SREM', k_running(h[1]), m)
+  if t.executor_id and t.executor_id ~= '' then
+    redis.call('SREM', k_running(t.executor_id), m)
   end
   redis.call('ZREM', k_deadlines(), m)
-  local used = tonumber(h[3] or '0') or 0
-  local started = tonumber(h[2] or '')
+  local used = tonumber(t.exec_used or '0') or 0
+  local started = tonumber(t.run_started or '')
   if started then used = used + (ts - started) end
-  redis.call('HSET', tkey, 'executor_id', '', 'lease', '', 'run_started', '',
-    'exec_deadline', '', 'exec_used', fmt(used))
+  put('executor_id', '', 'lease', '', 'run_started', '', 'exec_deadline', '', 'exec_used', fmt(used))
 end
 
 local function record_attempt(id, entry)
@@ -119,53 +141,55 @@ end
 --   'RUN'      plan[s] is a call: an executor must run it
 --   'WAITING'  plan[s] is a timer or a message with an empty inbox (due entry set)
 --   'FINISHED' s == #plan
--- Writes stage, results of consumed messages and the wait fields; status is the caller's.
+-- Puts stage, results of consumed messages and the wait fields; status is the caller's.
 local function advance(tkey, id, app, s, plan, ts)
   local taken = {}
   while true do
     if s >= #plan then
-      redis.call('HSET', tkey, 'stage', s)
+      put('stage', s)
       return 'FINISHED', s, taken
     end
     local p = plan[s + 1]
     if p == 'c' then
-      redis.call('HSET', tkey, 'stage', s, 'stage_started', fmt(ts))
+      put('stage', s, 'stage_started', fmt(ts))
       return 'RUN', s, taken
     end
     local m = app .. '/' .. id
     if p[1] == 't' then
       local at = ts + p[2]
-      redis.call('HSET', tkey, 'stage', s, 'wait_deadline', fmt(at))
+      put('stage', s, 'wait_deadline', fmt(at))
       redis.call('ZADD', k_due(), at, m)
       return 'WAITING', s, taken
     end
     local msg = redis.call('LPOP', k_inbox(id))
     if msg then
-      redis.call('HSET', tkey, 'r.' .. s, msg)
+      put('r.' .. s, msg)
       taken[#taken + 1] = s
       taken[#taken + 1] = msg
       s = s + 1
     else
       if p[2] >= 0 then
         local at = ts + p[2]
-        redis.call('HSET', tkey, 'stage', s, 'wait_deadline', fmt(at))
+        put('stage', s, 'wait_deadline', fmt(at))
         redis.call('ZADD', k_due(), at, m)
       else
-        redis.call('HSET', tkey, 'stage', s, 'wait_deadline', '')
+        put('stage', s, 'wait_deadline', '')
       end
       return 'WAITING', s, taken
     end
   end
 end
 
-local function finish(tkey, id, app, old, ts)
-  redis.call('HSET', tkey, 'exit_code', 0, 'error', '', 'next_run', '', 'wait_deadline', '')
-  set_status(tkey, id, app, old, 'FINISHED', ts)
+local function finish(tkey, id, app, old, ts, t)
+  put('exit_code', 0, 'error', '', 'next_run', '', 'wait_deadline', '')
+  if t then t.error = '' end
+  set_status(tkey, id, app, old, 'FINISHED', ts, t)
 end
 
-local function fail(tkey, id, app, old, ts, err)
-  redis.call('HSET', tkey, 'exit_code', 1, 'error', err, 'next_run', '', 'wait_deadline', '')
-  set_status(tkey, id, app, old, 'FAILED', ts)
+local function fail(tkey, id, app, old, ts, err, t)
+  put('exit_code', 1, 'error', err, 'next_run', '', 'wait_deadline', '')
+  if t then t.error = err end
+  set_status(tkey, id, app, old, 'FAILED', ts, t)
 end
 
 -- Task is then WAITING/QUEUED/FINISHED according to advance()'s verdict; used when no

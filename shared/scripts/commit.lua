@@ -12,31 +12,31 @@
 --         {'WAITING', stage} | {'FINISHED', stage}   the executor lets go of the task
 --         {'STALE'}  the run no longer holds the task: abandon it
 local tkey, id = KEYS[1], ARGV[2]
-local h = redis.call('HMGET', tkey, 'status', 'job_id', 'lease', 'stage', 'app', 'plan',
-  'executor_id', 'stage_started')
-if h[1] ~= 'RUNNING' or h[2] ~= ARGV[3] or h[3] ~= ARGV[4] or h[4] ~= ARGV[5] then
+local t = prefetch(tkey, {'status', 'job_id', 'lease', 'stage', 'app', 'plan', 'executor_id',
+  'stage_started', 'run_started', 'exec_used', 'tags', 'group', 'notify', 'error', 'cron', 'next_task'})
+if t.status ~= 'RUNNING' or t.job_id ~= ARGV[3] or t.lease ~= ARGV[4] or t.stage ~= ARGV[5] then
   return {'STALE'}
 end
 local ts = now()
-local app, s = h[5], tonumber(ARGV[5])
-local plan = cjson.decode(h[6])
+local app, s = t.app, tonumber(ARGV[5])
+local plan = cjson.decode(t.plan)
 if ARGV[6] == '1' then
-  redis.call('HSET', tkey, 'r.' .. s, ARGV[7])
-  record_attempt(id, {job_id = ARGV[3], stage = s, executor_id = h[7],
-    started = tonumber(h[8]), ended = ts, outcome = ARGV[8], error = cjson.null})
+  put('r.' .. s, ARGV[7])
+  record_attempt(id, {job_id = ARGV[3], stage = s, executor_id = t.executor_id,
+    started = tonumber(t.stage_started), ended = ts, outcome = ARGV[8], error = cjson.null})
   s = s + 1
 end
 local verdict, stage, taken = advance(tkey, id, app, s, plan, ts)
 if verdict == 'RUN' then
-  set_status(tkey, id, app, 'RUNNING', 'RUNNING', ts)  -- `updated` and the index scores
+  set_status(tkey, id, app, 'RUNNING', 'RUNNING', ts, t)  -- `updated` and the index scores
   local out = {'RUN', stage}
   for i = 1, #taken do out[#out + 1] = taken[i] end
   return out
 end
-release(tkey, id, app, ts)
+release(tkey, id, app, ts, t)
 if verdict == 'WAITING' then
-  set_status(tkey, id, app, 'RUNNING', 'WAITING', ts)
+  set_status(tkey, id, app, 'RUNNING', 'WAITING', ts, t)
 else
-  finish(tkey, id, app, 'RUNNING', ts)
+  finish(tkey, id, app, 'RUNNING', ts, t)
 end
 return {verdict, stage}
