@@ -29,6 +29,7 @@ from redis.exceptions import ResponseError
 
 from executor.app import App, Ctx, ParamsError
 from shared import log as slog
+from shared import sdnotify  # systemd notify protocol: no-ops without $NOTIFY_SOCKET
 from shared.config import Settings
 from shared.errors import StageError, stage_error
 from shared.keys import GROUP, Keys
@@ -170,11 +171,19 @@ class Executor:
             asyncio.create_task(self.fetch(), name="fetch"),
             asyncio.create_task(self.control(), name="control"),
         ]
+        # systemd: READY=1 once registered with the consumer groups set up; WATCHDOG=1 only while
+        # the loop turns (the pinger is a task on it) and no role task has died.
+        watchdog = asyncio.create_task(
+            sdnotify.watchdog(lambda: not any(t.done() for t in roles), self.log), name="watchdog"
+        )
+        sdnotify.ready(f"app {self.app.name}, concurrency {self.concurrency}, id {self.id}")
         await stop.wait()
+        watchdog.cancel()
         await self.shutdown(roles, stop)
 
     async def shutdown(self, roles: list[asyncio.Task[Any]], stop: asyncio.Event) -> None:
         self.log.info("executor_stopping", running=len(self.runs), grace=self.settings.grace)
+        sdnotify.stopping(f"stopping: {len(self.runs)} runs, grace {self.settings.grace:g}s")
         self.quiet.set()
         # fetch notices `quiet` within its 1 s block; it is not cancelled, so no entry is ever
         # cut off between its read and its claim.

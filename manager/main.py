@@ -8,11 +8,13 @@ import signal
 from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from manager.http import make_app
 from manager.rpc import Api, Dispatcher
 from manager.scheduler import Scheduler
 from shared import log as slog
+from shared import sdnotify  # systemd notify protocol: no-ops without $NOTIFY_SOCKET
 from shared.config import Settings
 from shared.store import Store, connect
 
@@ -55,8 +57,31 @@ async def serve(settings: Settings) -> None:
     log.info(
         "manager_started", http=settings.http, namespace=settings.namespace, partitions=settings.partitions
     )
+    # --- systemd (shared/sdnotify.py; every call is a no-op without $NOTIFY_SOCKET) ---------------
+    # READY=1 once HTTP serves and Redis answers; WATCHDOG=1 only while the loop turns (the pinger
+    # is a task on it), the scheduler task lives and Redis answers PING.
+    while not stop.is_set():
+        try:
+            await r.ping()
+            break
+        except (OSError, RedisError) as e:
+            log.warning("redis_unavailable", error=str(e))
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                pass
+
+    async def healthy() -> bool:
+        return not loop_task.done() and bool(await r.ping())
+
+    watchdog = asyncio.create_task(sdnotify.watchdog(healthy, log), name="watchdog")
+    if not stop.is_set():
+        sdnotify.ready(f"serving {settings.http}, namespace {settings.namespace}")
+    # --- end systemd ------------------------------------------------------------------------------
     await stop.wait()
     log.info("manager_stopping")
+    sdnotify.stopping("stopping: finishing the scheduler step")
+    watchdog.cancel()
     # The scheduler finishes the step it is in (each step is one atomic script), then stops.
     await loop_task
     await runner.cleanup()
