@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from manager.metrics import metrics_handler
 from manager.rpc import Dispatcher
 from shared import errors
 from shared.errors import RpcError
@@ -92,6 +93,7 @@ def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
     app.router.add_get("/tasks/{id}", task_view)
     app.router.add_get("/tasks/{id}/status", task_status)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler(store))
     return app
 
 
