@@ -87,13 +87,24 @@ class Batcher:
         pipe = self.r.pipeline(transaction=False)
         for name, keys, args, _ in batch:
             self.scripts.queue(pipe, name, keys, args)
-        try:
-            results = await self.scripts.execute(pipe, raise_on_error=False)
-        except Exception as e:  # noqa: BLE001 - the connection failed: every caller learns it
-            for *_, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-            return
+        delay = 0.1
+        while True:
+            try:
+                results = await self.scripts.execute(pipe, raise_on_error=False)
+                break
+            except (OSError, aredis.ConnectionError, aredis.TimeoutError):
+                # Applied or not, we cannot tell: send the same calls again.  Each script is
+                # fenced, and commit.lua answers REPLAY to a commit it has already applied.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                pipe = self.r.pipeline(transaction=False)
+                for name, keys, args, _ in batch:
+                    self.scripts.queue(pipe, name, keys, args)
+            except Exception as e:  # noqa: BLE001 - anything else: every caller learns it
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                return
         for (*_, fut), res in zip(batch, results, strict=True):
             if fut.done():  # its run was cancelled meanwhile
                 continue
@@ -474,6 +485,14 @@ class Executor:
                         results.append(_decode(res[i + 1]))
                 case "STALE":
                     log.warning("run_abandoned", **ids, stage=stage, reason="stale")
+                    return
+                case "REPLAY":  # our commit landed but its reply was lost: give the run back whole
+                    res = await self.scripts.run(
+                        "handback", [tkey], [k.prefix, run.task_id, run.job_id, run.lease]
+                    )
+                    log.warning(
+                        "run_handed_back", **ids, stage=stage, reason="commit replayed", result=res[0]
+                    )
                     return
                 case _:  # WAITING / FINISHED: the task is no longer ours
                     return

@@ -11,10 +11,18 @@
 --            were waiting in the inbox became the results of the message stages passed)
 --         {'WAITING', stage} | {'FINISHED', stage}   the executor lets go of the task
 --         {'STALE'}  the run no longer holds the task: abandon it
+--         {'REPLAY', stage}  this commit was applied before (its reply was lost): the run
+--            still holds the task at `stage`; the executor hands it back (handback.lua)
 local tkey, id = KEYS[1], ARGV[2]
 local t = prefetch(tkey, {'status', 'job_id', 'lease', 'stage', 'app', 'plan', 'executor_id',
   'stage_started', 'run_started', 'exec_used', 'tags', 'group', 'notify', 'error', 'cron', 'next_task'})
-if t.status ~= 'RUNNING' or t.job_id ~= ARGV[3] or t.lease ~= ARGV[4] or t.stage ~= ARGV[5] then
+if t.status ~= 'RUNNING' or t.job_id ~= ARGV[3] or t.lease ~= ARGV[4] then
+  return {'STALE'}
+end
+if t.stage ~= ARGV[5] then
+  -- Same run and lease, stage already past it: only this executor could have moved it, so
+  -- this is the replay of a commit whose reply was lost.  Nothing is written twice.
+  if tonumber(t.stage) > tonumber(ARGV[5]) then return {'REPLAY', t.stage} end
   return {'STALE'}
 end
 local ts = now()
