@@ -33,18 +33,29 @@ class Filters:
     since: float | None = None  # updated >= since
     cleaned: bool | None = None
 
-    def indexes(self, k: Keys) -> tuple[list[str], bool]:
-        """The index keys to merge in one partition, and True when they alone answer every
-        filter but `since`.  Without a status filter the eight status indexes are merged: a
-        task sits in exactly one of them, so no index has to be kept for "all tasks"."""
-        if self.tags:
-            return [k.idx_tag(self.tags[0])], False
+    def options(self, k: Keys) -> list[tuple[list[str], bool]]:
+        """The ways to serve this query from one partition's indexes: (index keys to merge,
+        True when they alone answer every filter but `since`).  Without a status filter the
+        eight status indexes are merged: a task sits in exactly one of them, so no index has
+        to be kept for "all tasks"."""
+        out: list[tuple[list[str], bool]] = []
+        only_tags = not (self.status or self.app or self.group or self.cleaned is not None)
+        for tag in self.tags:
+            out.append(([k.idx_tag(tag)], only_tags and len(self.tags) == 1))
         if self.group:
-            return [k.idx_group(self.group)], not (self.status or self.app or self.cleaned is not None)
+            out.append(
+                (
+                    [k.idx_group(self.group)],
+                    not (self.tags or self.status or self.app or self.cleaned is not None),
+                )
+            )
         statuses = [self.status] if self.status else list(Status)
+        exact = not (self.tags or self.group) and self.cleaned is None
         if self.app:
-            return [k.idx_app_status(self.app, s) for s in statuses], self.cleaned is None
-        return [k.idx_status(s) for s in statuses], self.cleaned is None
+            out.append(([k.idx_app_status(self.app, s) for s in statuses], exact))
+        else:
+            out.append(([k.idx_status(s) for s in statuses], exact))
+        return out
 
     def accepts(self, h: dict[str, Any]) -> bool:
         if not h.get("status"):
@@ -99,9 +110,19 @@ async def scan(
 ) -> tuple[list[str], str | None]:
     """Ids of up to `limit` tasks matching `f`, in `updated` order, and the next cursor (None at
     the end).  Answers early (with a cursor) after `budget` candidates."""
-    plan = [(k, key) for k in parts for key in f.indexes(k)[0]]
-    exact = f.indexes(parts[0])[1]
-    positions = decode_cursor(cursor, len(plan)) if cursor else [Position() for _ in plan]
+    if cursor:
+        choice, positions = decode_cursor(cursor)
+    else:
+        choice, positions = await _choose(r, parts, f), None
+    options = [f.options(k) for k in parts]
+    if not 0 <= choice < len(options[0]):
+        raise errors.invalid_params("cursor", "not a cursor returned by tasks.list")
+    exact = options[0][choice][1]
+    plan = [(k, key) for k, opts in zip(parts, options, strict=True) for key in opts[choice][0]]
+    if positions is None:
+        positions = [Position() for _ in plan]
+    elif len(positions) != len(plan):
+        raise errors.invalid_params("cursor", "not a cursor returned by tasks.list")
     lanes = [_Lane(k, key, pos) for (k, key), pos in zip(plan, positions, strict=True)]
     out: list[str] = []
     seen = 0
@@ -118,7 +139,26 @@ async def scan(
             out.append(member)
     if all(ln.done and not ln.buf for ln in lanes):
         return out, None
-    return out, encode_cursor([ln.pos for ln in lanes])
+    return out, encode_cursor(choice, [ln.pos for ln in lanes])
+
+
+async def _choose(r: Any, parts: list[Keys], f: Filters) -> int:
+    """The option whose indexes hold the fewest members: with a tag and a status, the smaller
+    of the two is read and the other checked, so a rare combination is found quickly."""
+    options = [f.options(k) for k in parts]
+    if len(options[0]) == 1:
+        return 0
+    pipe = r.pipeline(transaction=False)
+    for opts in options:
+        for keys, _ in opts:
+            for key in keys:
+                pipe.zcard(key)
+    sizes = iter(await pipe.execute())
+    totals = [0] * len(options[0])
+    for opts in options:
+        for n, (keys, _) in enumerate(opts):
+            totals[n] += sum(next(sizes) for _ in keys)
+    return min(range(len(totals)), key=lambda n: (totals[n], n))
 
 
 async def _fill(r: Any, lanes: list[_Lane], desc: bool, f: Filters, exact: bool) -> None:
@@ -157,21 +197,21 @@ async def _fill(r: Any, lanes: list[_Lane], desc: bool, f: Filters, exact: bool)
         ln.buf = [(m, s, f.accepts(dict(zip(FIELDS, next(fields), strict=True)))) for m, s, _ in ln.buf]
 
 
-def encode_cursor(positions: list[Position]) -> str:
-    raw = json.dumps([[p.score, p.skip] for p in positions], separators=(",", ":")).encode()
+def encode_cursor(choice: int, positions: list[Position]) -> str:
+    raw = json.dumps([choice, [[p.score, p.skip] for p in positions]], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, parts: int) -> list[Position]:
+def decode_cursor(cursor: str) -> tuple[int, list[Position]]:
     try:
-        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if not isinstance(raw, list) or len(raw) != parts:
+        choice, raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(choice, int) or not isinstance(raw, list):
             raise ValueError
         out = []
         for score, skip in raw:
             if not (score is None or isinstance(score, int | float)) or not isinstance(skip, int) or skip < 0:
                 raise ValueError
             out.append(Position(None if score is None else float(score), skip))
-        return out
+        return choice, out
     except (ValueError, TypeError):
         raise errors.invalid_params("cursor", "not a cursor returned by tasks.list") from None
