@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from typing import Any
 
@@ -97,46 +98,49 @@ class Store:
         }
         return [x for kv in fields.items() for x in kv]
 
-    async def create(
-        self, task: Task, on_conflict: str = "error", now: float | None = None
-    ) -> dict[str, str]:
-        """Stores a validated task; returns its hash (the existing one when on_conflict is
-        "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION."""
+    def _create_call(self, task: Task, on_conflict: str, now: float | None) -> tuple[list[str], list[Any]]:
         d, k = task.doc, self.keys(task.id)
         due_at: float | str = ""
         if d.cron:
-            import time
-
             due_at = next_cron(d.cron, d.tz, now if now is not None else time.time())
         elif d.run_at is not None:
             due_at = d.run_at
-        res = await self.scripts.run(
-            "create",
-            [
-                k.task(task.id),
-                k.stream(d.app, d.priority),
-                k.due(),
-                k.apps(),
-                k.attempts(task.id),
-                k.inbox(task.id),
-            ],
-            [
-                k.prefix,
-                task.id,
-                d.app,
-                on_conflict,
-                due_at,
-                int(d.enabled),
-                stream_name(d.app, d.priority),
-                *self._fields(task),
-            ],
-        )
+        keys = [
+            k.task(task.id),
+            k.stream(d.app, d.priority),
+            k.due(),
+            k.apps(),
+            k.attempts(task.id),
+            k.inbox(task.id),
+        ]
+        args = [
+            k.prefix,
+            task.id,
+            d.app,
+            on_conflict,
+            due_at,
+            int(d.enabled),
+            stream_name(d.app, d.priority),
+            *self._fields(task),
+        ]
+        return keys, args
+
+    @staticmethod
+    def _created(task: Task, res: Any) -> dict[str, str]:
         code = res[0]
         if code in ("CREATED", "IGNORED"):  # the task hash as stored: the caller's view needs no read
             return dict(zip(res[1::2], res[2::2], strict=True))
         if code == "EXISTS":
             raise errors.RpcError(errors.TASK_EXISTS, f"task {task.id!r} exists", {"id": task.id})
         raise errors.invalid_transition(res[1], Status.IDLE)
+
+    async def create(
+        self, task: Task, on_conflict: str = "error", now: float | None = None
+    ) -> dict[str, str]:
+        """Stores a validated task; returns its hash (the existing one when on_conflict is
+        "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION."""
+        keys, args = self._create_call(task, on_conflict, now)
+        return self._created(task, await self.scripts.run("create", keys, args))
 
     async def raw(self, task_id: str) -> dict[str, str] | None:
         h = await self.r.hgetall(self.keys(task_id).task(task_id))
@@ -256,8 +260,11 @@ class Store:
                 f"{len(taken)} task(s) exist: {', '.join(taken[:10])}",
                 {"ids": taken[:100]},
             )
+        pipe = self.r.pipeline(transaction=False)  # one round trip for the whole batch
         for t in tasks:
-            await self.create(t, on_conflict)
+            self.scripts.queue(pipe, "create", *self._create_call(t, on_conflict, None))
+        for t, res in zip(tasks, await self.scripts.execute(pipe), strict=True):
+            self._created(t, res)  # a task created meanwhile by someone else: TASK_EXISTS
         return [t.id for t in tasks]
 
     async def group(self, group: str) -> dict[str, Any]:
