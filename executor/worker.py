@@ -151,8 +151,9 @@ class Executor:
         """A token unique to one claim: this process's random prefix and a counter."""
         return f"{self._lease_prefix}.{next(self._leases)}"
 
-    # ------------------------------------------------------------------ lifecycle
-    async def start(self) -> None:
+    async def register(self, k: Keys) -> None:
+        """Enters (or re-enters) the executors registry of a partition with what
+        executors.list shows."""
         info = [
             "app",
             self.app.name,
@@ -163,6 +164,10 @@ class Executor:
             "concurrency",
             self.concurrency,
         ]
+        await self.scripts.run("ping", [k.executors(), k.executor(self.id)], [k.prefix, self.id, 1, *info])
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
         for k in self.parts:
             await self.r.sadd(k.apps(), self.app.name)
             try:  # group at 0 before reading: what was queued before us is delivered too
@@ -170,9 +175,7 @@ class Executor:
             except ResponseError as e:
                 if "BUSYGROUP" not in str(e):
                     raise
-            await self.scripts.run(
-                "ping", [k.executors(), k.executor(self.id)], [k.prefix, self.id, 1, *info]
-            )
+            await self.register(k)
         self.log.info("executor_started", concurrency=self.concurrency)
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -246,17 +249,7 @@ class Executor:
         for run in list(self.runs.values()):
             if run.aio:
                 run.aio.cancel()
-        info = [
-            "app",
-            self.app.name,
-            "host",
-            socket.gethostname(),
-            "pid",
-            os.getpid(),
-            "concurrency",
-            self.concurrency,
-        ]
-        await self.scripts.run("ping", [k.executors(), k.executor(self.id)], [k.prefix, self.id, 1, *info])
+        await self.register(k)
 
     # ------------------------------------------------------------------ control
     async def control(self) -> None:
