@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 
 from shared import errors
 from shared.config import Settings
-from shared.keys import GROUP, Keys, member, parse_stream_name, partition_of, stream_name
+from shared.keys import GROUP, Keys, parse_stream_name, partition_of, stream_name
 from shared.models import Task
 from shared.policy import next_cron
 from shared.query import Filters, scan
@@ -435,10 +435,6 @@ def view(h: dict[str, str], include_results: bool = True) -> dict[str, Any]:
     if include_results:
         out["results"] = results_of(h)
     return out
-
-
-def member_of(h: dict[str, str]) -> str:
-    return member(h["app"], h["id"])
 
 
 def connect(url: str, max_connections: int) -> Any:

@@ -11,6 +11,7 @@ Import as `from tests.helpers import ...` (conftest makes the repo root importab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import os
@@ -21,7 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -361,3 +363,53 @@ class Daemons:
         finally:
             if self._session is not None:
                 await self._session.close()
+
+
+# --------------------------------------------------------------------------- tasks in tests
+
+TERMINAL = frozenset({"FINISHED", "FAILED", "CANCELED"})
+
+
+async def task_until(
+    m: ManagerProc, task_id: str, pred: Callable[[dict[str, Any]], Any], within: float = 15.0, what: str = ""
+) -> dict[str, Any]:
+    """Poll tasks.get until `pred(view)` holds; return that view."""
+
+    async def probe() -> dict[str, Any] | None:
+        v = await m.rpc("tasks.get", {"id": task_id})
+        return v if pred(v) else None
+
+    return await wait_for(probe, timeout=within, what=what or f"task {task_id}")
+
+
+def uid(prefix: str = "t") -> str:
+    """A task id unique to one test."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def add_task(tid: str, **extra: Any) -> dict[str, Any]:
+    """A one-stage demo.add task (app "demo", see examples/app.py)."""
+    return {
+        "id": tid,
+        "app": "demo",
+        "commands": [{"method": "demo.add", "params": {"a": 1, "b": 2}}],
+        **extra,
+    }
+
+
+def idle_app_task(tid: str, app: str, **extra: Any) -> dict[str, Any]:
+    """A task of an app no executor serves: it stays QUEUED."""
+    return {"id": tid, "app": app, "commands": [{"method": f"{app}.x"}], **extra}
+
+
+@contextlib.asynccontextmanager
+async def demo_manager(redis_url: str, log_dir: Path) -> AsyncIterator[ManagerProc]:
+    """A manager and one registered demo executor on a namespace of their own (module fixtures)."""
+    d = Daemons(redis_url, "t" + uuid.uuid4().hex[:10], log_dir)
+    try:
+        m = await d.manager()
+        await d.executor("examples.app:app", concurrency=8, STAGEWISE_GRACE="1")
+        await wait_for(lambda: m.rpc("executors.list"), timeout=15, what="the demo executor to register")
+        yield m
+    finally:
+        await d.aclose()

@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import RpcError, wait_for
-
-TERMINAL = {"FINISHED", "FAILED", "CANCELED"}
+from tests.helpers import TERMINAL, RpcError, wait_for
+from tests.helpers import task_until as until
 
 
 def echo(tid: str, value: Any = 1, **extra: Any) -> dict[str, Any]:
@@ -21,14 +20,6 @@ def echo(tid: str, value: Any = 1, **extra: Any) -> dict[str, Any]:
         **extra,
         "commands": [{"method": "demo.echo", "params": {"value": value}}],
     }
-
-
-async def until(m: Any, tid: str, pred: Any, within: float = 15.0) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        v = await m.rpc("tasks.get", {"id": tid})
-        return v if pred(v) else None
-
-    return await wait_for(probe, timeout=within, what=f"{tid}")
 
 
 def ids(page: dict[str, Any]) -> set[str]:

@@ -9,7 +9,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,18 @@ from typing import Any
 import pytest
 
 from shared import cli
-from tests.helpers import REPO_ROOT, Daemons, ManagerProc, RpcError, free_port, wait_for
+from tests.helpers import (
+    REPO_ROOT,
+    ManagerProc,
+    RpcError,
+    add_task,
+    demo_manager,
+    free_port,
+    idle_app_task,
+    task_until,
+    uid,
+    wait_for,
+)
 
 
 @dataclass
@@ -31,34 +41,10 @@ class Run:
         return json.loads(self.out)
 
 
-def uid(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def add_task(tid: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": tid,
-        "app": "demo",
-        "commands": [{"method": "demo.add", "params": {"a": 1, "b": 2}}],
-        **extra,
-    }
-
-
-def idle_app_task(tid: str, app: str, **extra: Any) -> dict[str, Any]:
-    """A task of an app no executor serves: it stays QUEUED."""
-    return {"id": tid, "app": app, "commands": [{"method": f"{app}.x"}], **extra}
-
-
 @pytest.fixture(scope="module")
 async def m(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ManagerProc]:
-    d = Daemons(redis_url, "t" + uuid.uuid4().hex[:10], Path(tmp_path_factory.mktemp("cli-logs")))
-    try:
-        mgr = await d.manager()
-        await d.executor("examples.app:app", concurrency=8, STAGEWISE_GRACE="1")
-        await wait_for(lambda: mgr.rpc("executors.list"), timeout=15, what="the demo executor to register")
-        yield mgr
-    finally:
-        await d.aclose()
+    async with demo_manager(redis_url, Path(tmp_path_factory.mktemp("cli-logs"))) as m:
+        yield m
 
 
 def _env() -> dict[str, str]:
@@ -104,11 +90,7 @@ def one_error_line(r: Run, prefix: str) -> str:
 
 
 async def until(m: ManagerProc, tid: str, statuses: set[str]) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        v = await m.rpc("tasks.get", {"id": tid})
-        return v if v["status"] in statuses else None
-
-    return await wait_for(probe, timeout=15, what=f"{tid} to reach {statuses}")
+    return await task_until(m, tid, lambda v: v["status"] in statuses, 15, f"{tid} to reach {statuses}")
 
 
 # --------------------------------------------------------------------------- tests

@@ -10,7 +10,6 @@ own that no executor serves, so tests do not see each other's tasks.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,37 +29,21 @@ from shared.client import (
     TransportError,
     Unauthorized,
 )
-from tests.helpers import Daemons, ManagerProc, free_port, wait_for
-
-
-def uid(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def add_task(tid: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": tid,
-        "app": "demo",
-        "commands": [{"method": "demo.add", "params": {"a": 1, "b": 2}}],
-        **extra,
-    }
-
-
-def idle_app_task(tid: str, app: str, **extra: Any) -> dict[str, Any]:
-    """A task of an app no executor serves: it stays QUEUED."""
-    return {"id": tid, "app": app, "commands": [{"method": f"{app}.x"}], **extra}
+from tests.helpers import (
+    ManagerProc,
+    add_task,
+    demo_manager,
+    free_port,
+    idle_app_task,
+    uid,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
 async def manager(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ManagerProc]:
-    d = Daemons(redis_url, "t" + uuid.uuid4().hex[:10], Path(tmp_path_factory.mktemp("client-logs")))
-    try:
-        m = await d.manager()
-        await d.executor("examples.app:app", concurrency=8, STAGEWISE_GRACE="1")
-        await wait_for(lambda: m.rpc("executors.list"), timeout=15, what="the demo executor to register")
+    async with demo_manager(redis_url, Path(tmp_path_factory.mktemp("client-logs"))) as m:
         yield m
-    finally:
-        await d.aclose()
 
 
 class SyncAsAsync:

@@ -8,17 +8,13 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import RpcError, wait_for
-
-TERMINAL = {"FINISHED", "FAILED", "CANCELED"}
+from tests.helpers import TERMINAL, RpcError, task_until, wait_for
 
 
 async def until_status(m: Any, task_id: str, statuses: set[str], within: float = 15.0) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        v = await m.rpc("tasks.get", {"id": task_id})
-        return v if v["status"] in statuses else None
-
-    return await wait_for(probe, timeout=within, what=f"{task_id} to reach {statuses}")
+    return await task_until(
+        m, task_id, lambda v: v["status"] in statuses, within, f"{task_id} to reach {statuses}"
+    )
 
 
 async def test_demo_flow(daemons: Any) -> None:

@@ -164,7 +164,10 @@ async def test_reads_the_write_side_structure(redis_url: str, namespace: str, r:
     assert val(s, "stagewise_failures_total", app="demo", code="EXEC_TIMEOUT") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 7): stage durations, retries and failure codes are not aggregated yet")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (issue 7): stage durations, retries and failure codes are not aggregated yet",
+)
 async def test_counters_and_histograms_move(daemons: Any) -> None:
     m = await daemons.manager()
     await daemons.executor("examples.app:app", concurrency=4)

@@ -8,21 +8,12 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import wait_for
-
-TERMINAL = {"FINISHED", "FAILED", "CANCELED"}
+from tests.helpers import TERMINAL, wait_for
+from tests.helpers import task_until as until
 
 
 async def get(m: Any, tid: str) -> dict[str, Any]:
     return await m.rpc("tasks.get", {"id": tid})
-
-
-async def until(m: Any, tid: str, pred: Any, within: float = 15.0, what: str = "") -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        v = await get(m, tid)
-        return v if pred(v) else None
-
-    return await wait_for(probe, timeout=within, what=what or f"{tid}")
 
 
 def sleeper(tid: str, seconds: float, **extra: Any) -> dict[str, Any]:

@@ -13,7 +13,9 @@ from shared.store import Store
 async def test_pipelined_scripts_after_script_flush(r: Any, redis_url: str, namespace: str) -> None:
     store = Store(r, Settings(redis_url=redis_url, namespace=namespace))
     for i in range(3):
-        await store.create(parse_task({"id": f"f{i}", "app": "a", "run_at": 4e9, "commands": [{"method": "m"}]}))
+        await store.create(
+            parse_task({"id": f"f{i}", "app": "a", "run_at": 4e9, "commands": [{"method": "m"}]})
+        )
     await r.script_flush()
     res = await store.batch("cancel", ["f0", "f1", "nope"], dry_run=False)
     assert [b["changed"] for b in res] == [True, True, False]
