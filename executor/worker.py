@@ -443,6 +443,7 @@ class Executor:
                             delay,
                             f.outcome,
                             int(f.error["code"] == StageError.EXEC_TIMEOUT),
+                            cmd["method"],
                         ],
                     )
                     log.info(
@@ -459,7 +460,7 @@ class Executor:
                 res = await self.batcher.run(
                     "commit",
                     [tkey, akey],
-                    [k.prefix, run.task_id, run.job_id, run.lease, stage, 1, result, outcome],
+                    [k.prefix, run.task_id, run.job_id, run.lease, stage, 1, result, outcome, cmd["method"]],
                 )
                 log.info(
                     "stage",

@@ -15,8 +15,9 @@ Gauges (read from the indexes, streams and sorted sets the scripts maintain):
   stagewise_due_lag_seconds                        now - the oldest overdue score (scheduler lag)
   stagewise_executors{app}                         executors whose last ping is within dead_after
 
-Counters and histograms need aggregation at write time, in the scripts, into one hash per
-partition and app, `{ns:p}:m:<app>` (`metrics_key`), with the fields:
+Counters and histograms are aggregated at write time, by the scripts that decide (commit.lua,
+fail.lua, and `fail()` in _lib.lua for every way a task can fail), into one hash per partition
+and app, `{ns:p}:m:<app>` (`metrics_key`), with the fields:
   d|<le>|<outcome>|<method>   HINCRBY 1: stage attempts whose duration fell in bucket <le>
                               (not cumulative: the first of BUCKETS >= duration, or +Inf)
   s|<outcome>|<method>        HINCRBYFLOAT seconds: the sum of those durations
@@ -26,7 +27,8 @@ which this module reads as
   stagewise_stage_duration_seconds{app,method,outcome}  histogram
   stagewise_retries_total{app}
   stagewise_failures_total{app,code}
-(they appear once the scripts write those fields; until then the families are empty).
+Durations run from the stage's start (claim, or the previous commit) to its commit or failure,
+on Redis's clock.  Attempts cut short by a dead executor or a hand-back are not observed.
 """
 
 from __future__ import annotations

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from manager.metrics import gather, metrics_key, render
+from manager.metrics import BUCKETS, gather, metrics_key, render
 from shared.config import Settings
 from shared.keys import Keys
 from shared.store import Store
 from tests.helpers import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -164,10 +168,14 @@ async def test_reads_the_write_side_structure(redis_url: str, namespace: str, r:
     assert val(s, "stagewise_failures_total", app="demo", code="EXEC_TIMEOUT") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 7): stage durations, retries and failure codes are not aggregated yet",
-)
+def test_lua_buckets_are_the_readers_buckets() -> None:
+    """The scripts bucket durations with their own copy of BUCKETS: it must be the same list."""
+    lib = (ROOT / "shared" / "scripts" / "_lib.lua").read_text()
+    m = re.search(r"local BUCKETS = \{(.*?)\}", lib, re.S)
+    assert m, "BUCKETS not found in _lib.lua"
+    assert tuple(float(x) for x in re.findall(r"'([^']+)'", m.group(1))) == BUCKETS
+
+
 async def test_counters_and_histograms_move(daemons: Any) -> None:
     m = await daemons.manager()
     await daemons.executor("examples.app:app", concurrency=4)

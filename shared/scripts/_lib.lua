@@ -131,6 +131,25 @@ local function release(tkey, id, app, ts, t)
   put('executor_id', '', 'lease', '', 'run_started', '', 'exec_deadline', '', 'exec_used', fmt(used))
 end
 
+-- Write-time aggregates for GET /metrics, one hash per app (manager/metrics.py reads them;
+-- BUCKETS is the same list as there, checked by a test).  Counting here, in the transition
+-- that decides, keeps the figures exact whichever process dies.
+local BUCKETS = {'0.005', '0.01', '0.025', '0.05', '0.1', '0.25', '0.5', '1', '2.5', '5', '10',
+  '30', '60', '300', '900', '3600'}
+local function k_metrics(app) return PREFIX .. ':m:' .. app end
+
+-- One stage attempt of `method` that took `dur` seconds and ended with `outcome`.
+local function observe(app, method, outcome, dur)
+  if not method or method == '' then return end
+  local le = '+Inf'
+  for _, b in ipairs(BUCKETS) do
+    if dur <= tonumber(b) then le = b break end
+  end
+  local k = k_metrics(app)
+  redis.call('HINCRBY', k, 'd|' .. le .. '|' .. outcome .. '|' .. method, 1)
+  redis.call('HINCRBYFLOAT', k, 's|' .. outcome .. '|' .. method, fmt(dur))
+end
+
 local function record_attempt(id, entry)
   local k = k_attempts(id)
   if redis.call('RPUSH', k, cjson.encode(entry)) > 1000 then redis.call('LTRIM', k, -1000, -1) end
@@ -187,6 +206,9 @@ local function finish(tkey, id, app, old, ts, t)
 end
 
 local function fail(tkey, id, app, old, ts, err, t)
+  local ok, e = pcall(cjson.decode, err)
+  local code = ok and type(e) == 'table' and e.code or 'UNKNOWN'
+  redis.call('HINCRBY', k_metrics(app), 'f|' .. tostring(code), 1)
   put('exit_code', 1, 'error', err, 'next_run', '', 'wait_deadline', '')
   if t then t.error = err end
   set_status(tkey, id, app, old, 'FAILED', ts, t)

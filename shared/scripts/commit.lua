@@ -7,6 +7,7 @@
 -- ARGV[6] '1' a result follows | '0' no result: the current stage is a timer/message stage
 --         the executor cannot run (a run resumed at a wait stage)
 -- ARGV[7] result (JSON)  ARGV[8] outcome of the attempt ('ok' | 'skipped')
+-- ARGV[9] the stage's method, for the duration histogram (optional)
 -- Returns {'RUN', stage, taken_stage, taken_json, ...}   go on with `stage` (messages that
 --            were waiting in the inbox became the results of the message stages passed)
 --         {'WAITING', stage} | {'FINISHED', stage}   the executor lets go of the task
@@ -32,6 +33,7 @@ if ARGV[6] == '1' then
   put('r.' .. s, ARGV[7])
   record_attempt(id, {job_id = ARGV[3], stage = s, executor_id = t.executor_id,
     started = tonumber(t.stage_started), ended = ts, outcome = ARGV[8], error = cjson.null})
+  observe(app, ARGV[9], ARGV[8], ts - (tonumber(t.stage_started) or ts))
   s = s + 1
 end
 local verdict, stage, taken = advance(tkey, id, app, s, plan, ts)

@@ -7,6 +7,7 @@
 -- ARGV[6] error (JSON {code, message, stage, type?})  ARGV[7] retry delay (s)
 -- ARGV[8] outcome of the attempt ('error' | 'timeout')
 -- ARGV[9] '1' the run fails whatever retries are left (EXEC_TIMEOUT: the run's budget is spent)
+-- ARGV[10] the stage's method, for the duration histogram (optional)
 -- Returns {'RETRY', next_run} | {'FAILED'} | {'STALE'}
 local tkey, id = KEYS[1], ARGV[2]
 local h = redis.call('HMGET', tkey, 'status', 'job_id', 'lease', 'stage', 'app', 'retries',
@@ -18,6 +19,7 @@ local ts = now()
 local app, s = h[5], tonumber(ARGV[5])
 record_attempt(id, {job_id = ARGV[3], stage = s, executor_id = h[10],
   started = tonumber(h[11]), ended = ts, outcome = ARGV[8], error = cjson.decode(ARGV[6])})
+observe(app, ARGV[10], ARGV[8], ts - (tonumber(h[11]) or ts))
 release(tkey, id, app, ts)
 local retries = tonumber(h[6]) or 0
 if ARGV[9] ~= '1' and retries < (tonumber(h[7]) or 0) then
@@ -29,6 +31,7 @@ if ARGV[9] ~= '1' and retries < (tonumber(h[7]) or 0) then
   end
   redis.call('HSET', tkey, 'retries', retries + 1, 'next_run', fmt(at), 'error', ARGV[6])
   redis.call('ZADD', KEYS[3], at, app .. '/' .. id)
+  redis.call('HINCRBY', k_metrics(app), 'retries', 1)
   set_status(tkey, id, app, 'RUNNING', 'SUSPENDED', ts)
   return {'RETRY', fmt(at)}
 end
