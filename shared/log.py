@@ -10,8 +10,26 @@ import logging
 import sys
 from typing import Any
 
-import structlog
 
+def _import_structlog() -> Any:
+    """structlog, imported with `rich` hidden.  structlog loads rich, when it is installed,
+    for console renderers and pretty tracebacks that these JSON lines never use; the CLI
+    needs rich for its tables, but in a daemon it cost ~5 MB of RSS and ~50 ms of start-up
+    (rich with pygments and attrs).  A None entry in sys.modules makes `import rich` fail
+    inside structlog, which then goes without it; the entry is removed right after, so
+    the CLI's own `import rich` works as usual."""
+    hide = "rich" not in sys.modules
+    if hide:
+        sys.modules["rich"] = None  # type: ignore[assignment]
+    try:
+        import structlog as module
+    finally:
+        if hide:
+            del sys.modules["rich"]
+    return module
+
+
+structlog = _import_structlog()
 _done = False
 
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
+if TYPE_CHECKING:
+    pass
+
+# croniter is imported where cron is used (the manager, validation), not at module load:
+# the executor needs only next_retry_delay, and croniter with dateutil costs it ~5 MB.
 
 MAX_RETRY_DELAY = 3600.0
 JITTER = 0.2
@@ -22,12 +27,16 @@ def next_retry_delay(retry: int, backoff: float, rand: float | None = None) -> f
 
 
 def cron_valid(expr: str) -> bool:
+    from croniter import croniter
+
     return len(expr.split()) == 5 and croniter.is_valid(expr)
 
 
 def next_cron(expr: str, tz: str, after: float) -> float:
     """The first fire time of ``expr`` in zone ``tz`` strictly after ``after`` (UNIX s).
     Computed from the previous scheduled fire, not from the clock, so fires never drift."""
+    from croniter import croniter
+
     start = datetime.fromtimestamp(after, UTC).astimezone(ZoneInfo(tz))
     return float(croniter(expr, start).get_next(float))
 
