@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo)
 
 .DEFAULT_GOAL := test
-.PHONY: venv redis test run lint bench chaos clean
+.PHONY: venv redis chromium test run lint bench chaos clean
 
 venv: $(VENV)/.installed
 
@@ -21,7 +21,13 @@ redis:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
 
-test: venv redis
+# the dashboard test (tests/test_dashboard.py) drives Debian's chromium with playwright
+chromium:
+	@command -v chromium >/dev/null || { \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: venv redis chromium
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 run: venv redis

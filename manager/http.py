@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from manager import dashboard
 from manager.metrics import metrics_handler
 from manager.rpc import Dispatcher
 from shared import errors
@@ -94,6 +95,7 @@ def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
     app.router.add_get("/tasks/{id}/status", task_status)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler(store))
+    dashboard.setup(app)  # GET /: the web dashboard (its shell is public, its data is not)
     return app
 
 

@@ -1,0 +1,497 @@
+// The stagewise dashboard: plain DOM and fetch, no framework.
+//
+// Every piece of data comes from POST /rpc (the same JSON-RPC API as any client) with the bearer
+// token the user typed, kept in sessionStorage.  Task data is user input: it only ever reaches the
+// page through textContent / text nodes (see el()), never through innerHTML.
+"use strict";
+
+const TOKEN_KEY = "stagewise.token";
+const STATUSES = ["IDLE", "QUEUED", "RUNNING", "WAITING", "SUSPENDED", "FINISHED", "FAILED", "CANCELED"];
+const TERMINAL = new Set(["FINISHED", "FAILED", "CANCELED"]);
+const TASK_POLL_MS = 1000;
+const EXECUTORS_POLL_MS = 2000;
+
+let timer = null; // the pending refresh of the current view
+let generation = 0; // bumped on every navigation: work started for an older view is dropped
+
+// ------------------------------------------------------------------------------------------ RPC
+
+class AuthError extends Error {}
+
+class RpcError extends Error {
+  constructor(error) {
+    super(error.message || "error " + error.code);
+    this.code = error.code;
+    this.data = error.data;
+  }
+}
+
+let rpcId = 0;
+
+async function rpc(method, params) {
+  const headers = { "Content-Type": "application/json" };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = "Bearer " + token;
+  const body = JSON.stringify({ jsonrpc: "2.0", id: ++rpcId, method, params: params || {} });
+  const resp = await fetch("rpc", { method: "POST", headers, body, cache: "no-store", credentials: "omit" });
+  if (resp.status === 401) throw new AuthError("the manager wants a valid API token");
+  let doc;
+  try {
+    doc = await resp.json();
+  } catch {
+    throw new Error("HTTP " + resp.status + " from /rpc");
+  }
+  if (doc && doc.error) throw new RpcError(doc.error);
+  if (!doc || !("result" in doc)) throw new Error("HTTP " + resp.status + ": not a JSON-RPC reply");
+  return doc.result;
+}
+
+// ------------------------------------------------------------------------------------------ DOM
+
+// el("a", {href: "#/x", class: "c"}, "text", childNode, ...): strings become text nodes.
+function el(tag, props, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "class") node.className = value;
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+const $ = (sel) => document.querySelector(sel);
+
+function badge(status) {
+  return el("span", { class: "badge", "data-status": status || "" }, status || "?");
+}
+
+function pad(n) {
+  return String(n).padStart(2, "0");
+}
+
+function fmtTime(t) {
+  if (t === null || t === undefined) return "—";
+  const d = new Date(t * 1000);
+  return (
+    d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+    pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds())
+  );
+}
+
+function fmtAgo(t) {
+  if (t === null || t === undefined) return "—";
+  const s = Math.max(0, Date.now() / 1000 - t);
+  if (s < 60) return s.toFixed(1) + " s ago";
+  if (s < 3600) return Math.floor(s / 60) + " min ago";
+  return fmtTime(t);
+}
+
+function json(value) {
+  return el("pre", { class: "json" }, JSON.stringify(value, null, 2));
+}
+
+function showError(message) {
+  const box = $("#error");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+function stop() {
+  if (timer !== null) clearTimeout(timer);
+  timer = null;
+}
+
+// Render `nodes` as the page, unless the user has navigated away meanwhile.
+function render(gen, ...nodes) {
+  if (gen !== generation) return false;
+  $("#main").replaceChildren(...nodes.flat());
+  return true;
+}
+
+// Turn a failed call into the login form (401) or the error banner.
+function failed(gen, err) {
+  if (gen !== generation) return;
+  if (err instanceof AuthError) {
+    stop();
+    loginView(gen, sessionStorage.getItem(TOKEN_KEY) ? "That token was refused." : "");
+  } else {
+    showError(err instanceof RpcError ? "error " + err.code + ": " + err.message : String(err.message || err));
+  }
+}
+
+// ------------------------------------------------------------------------------------------ login
+
+function loginView(gen, note) {
+  const input = el("input", {
+    type: "password", id: "token", name: "token", autocomplete: "current-password",
+    required: true, placeholder: "API token",
+  });
+  const form = el(
+    "form", { id: "login", class: "card narrow" },
+    el("h2", {}, "Sign in"),
+    el("p", { class: "muted" },
+      "This manager wants a bearer token (one of STAGEWISE_API_TOKENS). It is kept in this tab's " +
+      "session storage and sent with every request to /rpc."),
+    note ? el("p", { class: "warn" }, note) : null,
+    el("label", { for: "token" }, "Token"), input,
+    el("button", { type: "submit" }, "Sign in"),
+  );
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+    route();
+  });
+  if (render(gen, form)) input.focus();
+  $("#signout").hidden = true;
+}
+
+function afterAuth() {
+  $("#signout").hidden = !sessionStorage.getItem(TOKEN_KEY);
+  if ($("#info").textContent) return;
+  rpc("system.info").then(
+    (i) => { $("#info").textContent = "namespace " + i.namespace + " · v" + i.version; },
+    () => {},
+  );
+}
+
+// ------------------------------------------------------------------------------------------ tasks list
+
+const FILTERS = ["status", "app", "tags", "group", "since", "sort", "max_results"];
+
+function listParams(q) {
+  const p = {};
+  for (const key of ["status", "app", "group", "since", "sort", "cursor"]) {
+    const v = (q.get(key) || "").trim();
+    if (v) p[key] = v;
+  }
+  const tags = (q.get("tags") || "").split(",").map((t) => t.trim()).filter(Boolean);
+  if (tags.length) p.tags = tags;
+  p.max_results = parseInt(q.get("max_results") || "", 10) || 50;
+  return p;
+}
+
+function filterForm(q) {
+  const field = (label, input) => el("label", {}, el("span", {}, label), input);
+  const text = (name, placeholder) =>
+    el("input", { name, value: q.get(name) || "", placeholder, autocomplete: "off" });
+  const select = (name, options) => {
+    const s = el("select", { name }, options.map(([v, t]) => el("option", { value: v }, t)));
+    s.value = q.get(name) || options[0][0];
+    return s;
+  };
+  const form = el(
+    "form", { id: "filters", class: "filters" },
+    field("Status", select("status", [["", "any"], ...STATUSES.map((s) => [s, s])])),
+    field("App", text("app", "any")),
+    field("Tags", text("tags", "a, b (all)")),
+    field("Group", text("group", "any")),
+    field("Updated since", text("since", "ISO 8601 or UNIX s")),
+    field("Sort", select("sort", [["desc", "newest first"], ["asc", "oldest first"]])),
+    field("Per page", el("input", {
+      name: "max_results", type: "number", min: 1, max: 1000, value: q.get("max_results") || 50,
+    })),
+    el("div", { class: "buttons" },
+      el("button", { type: "submit", id: "apply" }, "Apply"),
+      el("button", { type: "button", id: "reset", onclick: () => { location.hash = "#/tasks"; } }, "Reset")),
+  );
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const out = new URLSearchParams();
+    const data = new FormData(form);
+    for (const key of FILTERS) {
+      const v = String(data.get(key) || "").trim();
+      if (v && !(key === "sort" && v === "desc") && !(key === "max_results" && v === "50")) out.set(key, v);
+    }
+    const hash = "#/tasks" + (out.toString() ? "?" + out : "");
+    if (location.hash === hash) route();
+    else location.hash = hash;
+  });
+  return form;
+}
+
+async function tasksView(gen, q) {
+  const form = filterForm(q);
+  let page;
+  try {
+    page = await rpc("tasks.list", listParams(q));
+  } catch (err) {
+    if (!(err instanceof AuthError)) render(gen, el("h2", {}, "Tasks"), form);
+    return failed(gen, err);
+  }
+  afterAuth();
+  const rows = page.items.map((t) =>
+    el("tr", { "data-id": t.id },
+      el("td", { class: "id" }, el("a", { href: "#/task/" + encodeURIComponent(t.id) }, t.id)),
+      el("td", {}, t.app),
+      el("td", {}, badge(t.status)),
+      el("td", { class: "num" }, t.stage + " / " + t.stages),
+      el("td", {}, (t.tags || []).map((tag) => el("span", { class: "tag" }, tag))),
+      el("td", { title: fmtTime(t.updated) }, fmtTime(t.updated)),
+      el("td", { class: "err" }, t.error ? t.error.code : "")));
+  const table = el("table", { id: "tasks", "data-query": q.toString() },
+    el("thead", {}, el("tr", {}, ["ID", "App", "Status", "Stage", "Tags", "Updated", "Error"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 7, class: "muted empty" }, "No tasks match."))));
+  const pager = el("div", { class: "pager" });
+  if (q.get("cursor")) {
+    const first = new URLSearchParams(q);
+    first.delete("cursor");
+    pager.append(el("a", { class: "button", href: "#/tasks" + (first.toString() ? "?" + first : ""), id: "first-page" }, "« First page"));
+  }
+  if (page.next_cursor) {
+    const next = new URLSearchParams(q);
+    next.set("cursor", page.next_cursor);
+    pager.append(el("a", { class: "button", href: "#/tasks?" + next, id: "next-page" }, "Next page »"));
+  }
+  render(gen, el("h2", {}, "Tasks"), form, table, pager);
+}
+
+// ------------------------------------------------------------------------------------------ one task
+
+function stageRows(task) {
+  const results = task.results || [];
+  return (task.commands || []).map((cmd, i) => {
+    let kind, what, params = null;
+    if ("method" in cmd) {
+      kind = "method";
+      what = [el("code", {}, cmd.method)];
+      if (cmd.timeout !== undefined) what.push(el("span", { class: "muted" }, " timeout " + cmd.timeout + " s"));
+      if (cmd.if !== undefined) what.push(el("div", { class: "muted" }, "if ", el("code", {}, JSON.stringify(cmd.if))));
+      params = cmd.params;
+    } else if ("timer" in cmd) {
+      kind = "timer";
+      what = cmd.timer + " s";
+    } else {
+      kind = "message";
+      const m = cmd.message || {};
+      what = m.timeout === undefined ? "waits for tasks.send"
+        : "timeout " + m.timeout + " s, then " + (m.on_timeout || "continue");
+    }
+    const done = i < results.length;
+    const current = i === task.stage && !TERMINAL.has(task.status);
+    return el("tr", { class: current ? "current" : "", "data-stage": i },
+      el("td", { class: "num" }, String(i)),
+      el("td", {}, el("span", { class: "kind kind-" + kind }, kind)),
+      el("td", {}, what),
+      el("td", {}, params === null || params === undefined ? el("span", { class: "muted" }, "—") : json(params)),
+      el("td", {}, done ? json(results[i]) : el("span", { class: "muted" }, current ? "in progress" : "—")));
+  });
+}
+
+function summary(task) {
+  const items = [
+    ["App", task.app],
+    ["Stage", task.stage + " / " + task.stages],
+    ["Run", task.job_id ? el("code", {}, task.job_id) : "—"],
+    ["Attempt", String(task.attempt)],
+    ["Retries", task.retries + " of " + task.max_retries],
+    ["Executor", task.executor_id || "—"],
+    ["Created", fmtTime(task.created)],
+    ["Updated", fmtTime(task.updated)],
+    ["Next run", fmtTime(task.next_run)],
+    ["Wait deadline", fmtTime(task.wait_deadline)],
+    ["Exec deadline", fmtTime(task.exec_deadline)],
+    ["Group", task.group || "—"],
+    ["Tags", (task.tags || []).length ? task.tags.map((t) => el("span", { class: "tag" }, t)) : "—"],
+    ["Priority", String(task.priority)],
+    ["Locked", task.locked ? "yes" : "no"],
+  ];
+  if (task.cron) items.push(["Cron", task.cron + " (" + task.tz + ")"]);
+  if (task.cleaned) items.push(["Cleaned", "yes"]);
+  return el("dl", { class: "summary" }, items.map(([k, v]) => el("div", {}, el("dt", {}, k), el("dd", {}, v))));
+}
+
+function attemptsTable(attempts) {
+  const rows = attempts.map((a, n) =>
+    el("tr", {},
+      el("td", { class: "num" }, String(n + 1)),
+      el("td", { class: "num" }, String(a.stage)),
+      el("td", {}, el("code", {}, a.job_id || "—")),
+      el("td", {}, a.executor_id || "—"),
+      el("td", {}, fmtTime(a.started)),
+      el("td", {}, fmtTime(a.ended)),
+      el("td", {}, el("span", { class: "outcome", "data-outcome": a.outcome || "" }, a.outcome || "running")),
+      el("td", { class: "err" }, a.error ? (a.error.code || "") + (a.error.message ? ": " + a.error.message : "") : "")));
+  return el("table", { id: "attempts" },
+    el("thead", {}, el("tr", {}, ["#", "Stage", "Run", "Executor", "Started", "Ended", "Outcome", "Error"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 8, class: "muted empty" }, "No attempts yet."))));
+}
+
+function taskBody(task, attempts) {
+  const live = !TERMINAL.has(task.status);
+  const parts = [
+    el("div", { class: "status-line" },
+      el("span", { id: "task-status" }, badge(task.status)),
+      el("span", { class: "muted", id: "live" }, live ? "live · refreshing every second" : "final")),
+    task.description ? el("p", { class: "description" }, task.description) : null,
+  ];
+  if (task.error) {
+    const e = task.error;
+    parts.push(el("div", { class: "error-box", id: "task-error" },
+      el("strong", {}, e.code || "ERROR"), e.stage !== undefined ? " at stage " + e.stage : "",
+      e.type ? " (" + e.type + ")" : "", el("div", {}, e.message || "")));
+  }
+  parts.push(
+    summary(task),
+    el("h3", {}, "Stages"),
+    el("table", { id: "stages" },
+      el("thead", {}, el("tr", {}, ["#", "Kind", "What", "Params", "Result"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, stageRows(task))),
+    el("h3", {}, "Attempts"),
+    attemptsTable(attempts),
+    el("details", { id: "kws" }, el("summary", {}, "Input (kws)"), json(task.kws)));
+  if (task.meta && Object.keys(task.meta).length) {
+    parts.push(el("details", {}, el("summary", {}, "Meta"), json(task.meta)));
+  }
+  return parts;
+}
+
+function actionBar(id, refresh) {
+  const note = el("span", { id: "action-note", class: "muted", role: "status" });
+  const from = el("select", { id: "restart-from", title: "restart from" },
+    el("option", { value: "first" }, "from the first stage"),
+    el("option", { value: "current" }, "from the current stage"));
+  const act = async (op, label, extra) => {
+    if (!window.confirm(label + " task " + id + "?")) return;
+    note.textContent = label + "…";
+    try {
+      const [res] = await rpc("tasks." + op, { ids: [id], dry_run: false, ...extra });
+      if (res.error) note.textContent = label + ": " + res.error;
+      else if (!res.changed) note.textContent = label + ": nothing to do (" + res.status + ")";
+      else note.textContent = label + ": now " + res.status;
+    } catch (err) {
+      note.textContent = "";
+      failed(generation, err);
+    }
+    refresh();
+  };
+  const bar = el("div", { class: "actions" },
+    el("button", { type: "button", id: "btn-cancel", class: "danger", onclick: () => act("cancel", "Cancel", {}) }, "Cancel"),
+    el("button", { type: "button", id: "btn-unlock", onclick: () => act("unlock", "Unlock", {}) }, "Unlock"),
+    el("button", { type: "button", id: "btn-restart", onclick: () => act("restart", "Restart", { from: from.value }) }, "Restart"),
+    from, note);
+  bar.update = (task) => { // enable what the task's status allows
+    const terminal = TERMINAL.has(task.status);
+    $("#btn-cancel").disabled = terminal;
+    $("#btn-unlock").disabled = task.status !== "RUNNING";
+    $("#btn-restart").disabled = !terminal;
+    from.disabled = !terminal;
+  };
+  return bar;
+}
+
+function taskView(gen, id) {
+  const body = el("div", { id: "task-body" }, el("p", { class: "muted" }, "Loading…"));
+  let last = null; // what was rendered: re-render only on change (keeps <details> and scroll)
+  let bar = null;
+  let seq = 0; // the latest refresh: an older one still in flight neither renders nor reschedules
+  const tick = async () => {
+    const mine = ++seq;
+    stop();
+    let task, attempts;
+    try {
+      [task, attempts] = await Promise.all([rpc("tasks.get", { id }), rpc("tasks.attempts", { id })]);
+    } catch (err) {
+      if (gen !== generation || mine !== seq) return;
+      if (err instanceof RpcError && bar === null) { // e.g. 1001 TASK_NOT_FOUND, or an id that cannot be one
+        const title = err.code === 1001 ? "Task not found" : "Cannot show this task";
+        return render(gen, el("p", {}, el("a", { href: "#/tasks" }, "« Tasks")), el("h2", {}, title),
+          el("p", { class: "muted" }, el("code", {}, id), ": ", err.message));
+      }
+      failed(gen, err);
+      if (!(err instanceof AuthError)) timer = setTimeout(tick, TASK_POLL_MS * 3);
+      return;
+    }
+    if (gen !== generation || mine !== seq) return;
+    afterAuth();
+    showError("");
+    if (bar === null) {
+      bar = actionBar(id, () => { if (gen === generation) tick(); });
+      render(gen, el("p", {}, el("a", { href: "#/tasks" }, "« Tasks")), el("h2", { class: "id" }, id), bar, body);
+    }
+    const key = JSON.stringify([task, attempts]);
+    if (key !== last) {
+      last = key;
+      const open = !!$("#kws") && $("#kws").open;
+      body.replaceChildren(...taskBody(task, attempts));
+      if (open) $("#kws").open = true;
+      bar.update(task);
+    }
+    if (!TERMINAL.has(task.status)) timer = setTimeout(tick, TASK_POLL_MS);
+  };
+  tick();
+}
+
+// ------------------------------------------------------------------------------------------ executors
+
+async function executorsView(gen) {
+  let list;
+  try {
+    list = await rpc("executors.list");
+  } catch (err) {
+    failed(gen, err);
+    if (gen === generation && !(err instanceof AuthError)) timer = setTimeout(() => executorsView(gen), EXECUTORS_POLL_MS * 2);
+    return;
+  }
+  afterAuth();
+  showError("");
+  const rows = list.map((e) =>
+    el("tr", { "data-id": e.id },
+      el("td", {}, el("code", {}, e.id)),
+      el("td", {}, e.app),
+      el("td", {}, e.host || "—"),
+      el("td", { class: "num" }, e.pid === null ? "—" : String(e.pid)),
+      el("td", {}, fmtTime(e.started)),
+      el("td", {}, fmtAgo(e.last_ping)),
+      el("td", { class: "num" }, String(e.running))));
+  const table = el("table", { id: "executors" },
+    el("thead", {}, el("tr", {}, ["ID", "App", "Host", "PID", "Started", "Last ping", "Running"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 7, class: "muted empty" }, "No live executors."))));
+  if (render(gen, el("h2", {}, "Executors"), table)) {
+    timer = setTimeout(() => executorsView(gen), EXECUTORS_POLL_MS);
+  }
+}
+
+// ------------------------------------------------------------------------------------------ routing
+
+function route() {
+  stop();
+  showError("");
+  const gen = ++generation;
+  const hash = location.hash.replace(/^#/, "") || "/tasks";
+  const qpos = hash.indexOf("?");
+  const path = qpos < 0 ? hash : hash.slice(0, qpos);
+  const query = new URLSearchParams(qpos < 0 ? "" : hash.slice(qpos + 1));
+  const section = path.startsWith("/task/") ? "tasks" : path.slice(1);
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.nav === section);
+  if (path.startsWith("/task/")) {
+    let id;
+    try {
+      id = decodeURIComponent(path.slice("/task/".length));
+    } catch {
+      id = path.slice("/task/".length);
+    }
+    document.title = id + " · stagewise";
+    taskView(gen, id);
+  } else if (path === "/executors") {
+    document.title = "executors · stagewise";
+    executorsView(gen);
+  } else {
+    document.title = "tasks · stagewise";
+    tasksView(gen, query);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#signout").addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    $("#info").textContent = "";
+    route();
+  });
+  window.addEventListener("hashchange", route);
+  route();
+});

@@ -1,0 +1,197 @@
+"""The web dashboard (GET /) in a real headless chromium, against a real manager and executor.
+
+Set STAGEWISE_SCREENSHOT_DIR to a directory to have the test save dashboard.png (the task list) and
+dashboard-task.png (a task page) there; that is how docs/ gets its screenshots.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import async_playwright, expect
+
+from tests.helpers import add_task, idle_app_task, task_until, uid, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+# without the background-networking flags chromium stalls on a network that cannot reach its services
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TOKEN = "dash-secret-1"
+WAIT = 10_000  # ms, for every expect below
+
+HOSTILE = "<img src=x onerror=window.__xss=1><script>window.__xss=2</script>"  # no quote: JSON keeps it
+
+
+def _order(tid: str) -> dict[str, Any]:
+    """A task that runs two calls, then waits at two message stages in a row."""
+    return {
+        "id": tid,
+        "app": "demo",
+        "tags": ["dash", "web"],
+        "description": f"order with a hostile description {HOSTILE}",
+        "kws": {"x": 40, "note": HOSTILE},
+        "commands": [
+            {"method": "demo.add", "params": {"a": "{{ kws.x }}", "b": 2}},
+            {"method": "demo.echo", "params": {"value": {"total": "{{ results.0 }}", "html": HOSTILE}}},
+            {"message": {"timeout": 3600}},
+            {"message": {}},
+            {"method": "demo.charge", "params": {"amount": "{{ results.0 }}"}},
+        ],
+    }
+
+
+async def _shot(page: Any, name: str) -> None:
+    out = os.environ.get("STAGEWISE_SCREENSHOT_DIR")
+    if out:  # playwright creates the directory
+        await page.screenshot(path=str(Path(out) / name), full_page=True)
+
+
+async def test_dashboard_in_chromium(daemons: Any) -> None:
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing (`make test` installs it with apt)", pytrace=False)
+    m = await daemons.manager(STAGEWISE_API_TOKENS=f"{TOKEN},other-token")
+    await daemons.executor("examples.app:app", concurrency=4, STAGEWISE_GRACE="1")
+    await wait_for(lambda: m.rpc("executors.list"), timeout=15, what="the demo executor to register")
+
+    order, other = uid("order"), uid("parked")
+    await m.rpc("tasks.create", {"task": _order(order)})
+    await m.rpc("tasks.create", {"task": {**_order(other), "tags": ["dash"], "description": None}})
+    done = (await m.rpc("tasks.create", {"task": add_task(uid("sum"), tags=["dash"])}))["id"]
+    failed = uid("broken")
+    await m.rpc(
+        "tasks.create",
+        {
+            "task": {
+                "id": failed,
+                "app": "demo",
+                "commands": [{"method": "demo.fail", "params": {"message": "no"}}],
+            }
+        },
+    )
+    for n in range(2):
+        await m.rpc("tasks.create", {"task": idle_app_task(uid(f"report{n}"), "reports", tags=["nightly"])})
+    for tid, status in [(order, "WAITING"), (other, "WAITING"), (done, "FINISHED"), (failed, "FAILED")]:
+        await task_until(m, tid, lambda v, s=status: v["status"] == s, what=f"{tid} {status}")
+
+    # the shell is public and holds no data; everything else still wants the token
+    s = daemons.session()
+    async with s.get(f"{m.url}/") as resp:
+        shell = await resp.text()
+        assert resp.status == 200 and resp.content_type == "text/html"
+        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+        assert order not in shell and "demo" not in shell
+    for asset in ("/ui/dashboard.js", "/ui/dashboard.css"):
+        async with s.get(f"{m.url}{asset}") as resp:
+            assert resp.status == 200 and resp.headers["X-Content-Type-Options"] == "nosniff"
+    async with s.get(f"{m.url}/tasks/{order}") as resp:
+        assert resp.status == 401
+    async with s.post(f"{m.url}/") as resp:
+        assert resp.status == 401
+    status, _ = await m.raw('{"jsonrpc": "2.0", "id": 1, "method": "tasks.list"}')
+    assert status == 401
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("dialog", lambda d: d.accept())  # the confirm() before cancel
+
+            # sign in: a wrong token is refused, the right one shows every task
+            await page.goto(f"{m.url}/")
+            await page.fill("#token", "wrong")
+            await page.click("#login button[type=submit]")
+            await expect(page.locator("#login")).to_contain_text("refused", timeout=WAIT)
+            await page.fill("#token", TOKEN)
+            await page.click("#login button[type=submit]")
+            rows = page.locator("#tasks tbody tr[data-id]")
+            await expect(rows).to_have_count(6, timeout=WAIT)
+            await expect(page.locator(f'#tasks tr[data-id="{failed}"]')).to_contain_text("STAGE_ERROR")
+            await expect(page.locator("#info")).to_contain_text("namespace t", timeout=WAIT)
+
+            # filters: app, then a status, then tags, then paging one task at a time
+            table = page.locator("#tasks")
+            await page.fill("#filters input[name=app]", "demo")
+            await page.click("#apply")
+            await expect(table).to_have_attribute("data-query", "app=demo", timeout=WAIT)
+            await expect(rows).to_have_count(4)
+            await page.select_option("#filters select[name=status]", "WAITING")
+            await page.click("#apply")
+            await expect(table).to_have_attribute("data-query", "status=WAITING&app=demo", timeout=WAIT)
+            await expect(rows).to_have_count(2)
+            await page.fill("#filters input[name=max_results]", "1")
+            await page.click("#apply")
+            await expect(table).to_have_attribute("data-query", re.compile("max_results=1$"), timeout=WAIT)
+            await expect(rows).to_have_count(1)
+            first = await rows.first.get_attribute("data-id")
+            await page.click("#next-page")
+            await expect(table).to_have_attribute("data-query", re.compile("cursor="), timeout=WAIT)
+            await expect(rows).to_have_count(1)
+            assert {first, await rows.first.get_attribute("data-id")} == {order, other}
+            await page.click("#first-page")
+            await expect(table).to_have_attribute("data-query", re.compile("max_results=1$"), timeout=WAIT)
+            await page.fill("#filters input[name=max_results]", "50")
+            await page.fill("#filters input[name=tags]", "dash, web")
+            await page.click("#apply")
+            await expect(table).to_have_attribute("data-query", re.compile("tags=dash"), timeout=WAIT)
+            await expect(rows).to_have_count(1)
+            await expect(rows.first).to_have_attribute("data-id", order)
+
+            # the task page: stages, results, attempts, live status
+            await page.click(f'#tasks tr[data-id="{order}"] a')
+            await expect(page).to_have_url(f"{m.url}/#/task/{order}", timeout=WAIT)
+            await expect(page.locator("#task-status")).to_have_text("WAITING", timeout=WAIT)
+            stages = page.locator("#stages tbody tr")
+            await expect(stages).to_have_count(5)
+            await expect(stages.nth(0)).to_contain_text("demo.add")
+            await expect(stages.nth(0).locator("td").nth(4)).to_have_text("42")
+            await expect(stages.nth(1).locator("td").nth(4)).to_contain_text(HOSTILE)  # shown, not run
+            await expect(stages.nth(2)).to_contain_text("message")
+            await expect(stages.nth(2)).to_have_class("current")
+            await expect(page.locator(".description")).to_contain_text(HOSTILE)
+            await expect(page.locator("#attempts tbody tr")).to_have_count(2)
+            await expect(page.locator("#btn-restart")).to_be_disabled()
+
+            # a message sent behind the page's back shows up by itself (the page polls)
+            await m.rpc("tasks.send", {"id": order, "data": {"approved": True}})
+            await expect(stages.nth(2).locator("td").nth(4)).to_contain_text('"approved": true', timeout=WAIT)
+            await expect(stages.nth(3)).to_have_class("current", timeout=WAIT)
+            await _shot(page, "dashboard-task.png")
+
+            # cancel through the page: the status turns CANCELED and the polling stops
+            await page.click("#btn-cancel")
+            await expect(page.locator("#task-status")).to_have_text("CANCELED", timeout=WAIT)
+            await expect(page.locator("#live")).to_have_text("final")
+            await expect(page.locator("#action-note")).to_contain_text("now CANCELED")
+            await expect(page.locator("#btn-restart")).to_be_enabled()
+            assert (await m.rpc("tasks.status", {"id": order}))["status"] == "CANCELED"
+
+            # the executors page lists the running executor
+            await page.click("nav a[data-nav=executors]")
+            ex_rows = page.locator("#executors tbody tr[data-id]")
+            await expect(ex_rows).to_have_count(1, timeout=WAIT)
+            await expect(ex_rows.first).to_contain_text("demo")
+
+            await page.click("nav a[data-nav=tasks]")
+            await expect(rows).to_have_count(6, timeout=WAIT)
+            await expect(page.locator(f'#tasks tr[data-id="{order}"] .badge')).to_have_text("CANCELED")
+            await _shot(page, "dashboard.png")
+
+            assert await page.evaluate("window.__xss") is None
+            assert errors == []
+        finally:
+            await browser.close()
