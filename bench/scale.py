@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from manager.scheduler import Scheduler  # noqa: E402
 from shared.config import Settings  # noqa: E402
-from shared.keys import GROUP, Keys, stream_name  # noqa: E402
+from shared.keys import GROUP, Keys  # noqa: E402
 from shared.models import Task, parse_task  # noqa: E402
 from shared.query import CHUNK, SCAN_BUDGET  # noqa: E402
 from shared.scripting import source  # noqa: E402
@@ -69,19 +69,8 @@ def fmt_n(n: float) -> str:
 
 
 def create_call(store: Store, task: Task) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of create.lua for `task`, exactly as Store.create builds them."""
-    d, k = task.doc, store.keys(task.id)
-    due_at: float | str = d.run_at if d.run_at is not None else ""
-    keys = [
-        k.task(task.id),
-        k.stream(d.app, d.priority),
-        k.due(),
-        k.apps(),
-        k.attempts(task.id),
-        k.inbox(task.id),
-    ]
-    args = [k.prefix, task.id, d.app, "error", due_at, int(d.enabled), stream_name(d.app, d.priority)]
-    return keys, args + store._fields(task)
+    """KEYS and ARGV of create.lua for `task`, as Store.create builds them."""
+    return store._create_call(task, "error", None)
 
 
 def created_status(res: list[Any]) -> str | None:
@@ -620,7 +609,7 @@ async def main(args: argparse.Namespace) -> str:
     res: dict[str, Any] = {"machine": machine(), "n": args.tasks, "notes": [], "load": os.getloadavg()[0]}
     res["rev"] = git_rev()
     server = RedisServer.start()
-    r = connect(server.url, 16)
+    r = await connect(server.url, 16)  # async: it asks the server whether it is a Redis Cluster
     try:
         for name in ("create", "claim", "commit"):
             await r.script_load(source(name))

@@ -36,7 +36,7 @@ from shared.keys import GROUP, Keys
 from shared.models import command_kind
 from shared.policy import next_retry_delay
 from shared.scripting import Scripts
-from shared.store import app_streams, connect, redeliver_pending, results_of
+from shared.store import app_streams, connect, is_cluster, redeliver_pending, results_of
 from shared.templates import TemplateError, check, fill
 
 _encoder = msgspec.json.Encoder()
@@ -57,6 +57,8 @@ class Failure(Exception):
 
 # (partition keys, stream, entry id, fields {t, j}, priority)
 Entry = tuple[Keys, str, str, dict[str, str], int]
+
+CLUSTER_BLOCK_MS = 100  # Redis Cluster: how long an idle read blocks on one partition (read_cluster)
 
 
 class Batcher:
@@ -132,10 +134,14 @@ class Executor:
         self.concurrency = concurrency
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
-        # runs (<= concurrency) + fetch + control + heartbeat + shutdown work: never more
-        self.r: Any = connect(settings.redis_url, max_connections=concurrency + 16)
-        self.scripts = Scripts(self.r)
-        self.batcher = Batcher(self.r, self.scripts)
+        # The Redis client, its scripts and the commit batcher are made by `start` (connect
+        # asks the server whether it is a Redis Cluster).
+        self.r: Any = None
+        self.scripts: Scripts
+        self.batcher: Batcher
+        self.cluster = False  # a Redis Cluster: a command names keys of one partition only
+        self.split = False  # a cluster and several partitions: read and pop partition by partition
+        self._turn = 0  # cluster: the partition read first, and the one a blocking read waits on
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="handler")
         self.runs: dict[str, Run] = {}
         self.slots = asyncio.Semaphore(concurrency)
@@ -168,6 +174,15 @@ class Executor:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        # runs (<= concurrency) + fetch + control (one per partition on a cluster) + heartbeat +
+        # shutdown work: never more
+        self.r = await connect(
+            self.settings.redis_url, max_connections=self.concurrency + 16 + len(self.parts)
+        )
+        self.cluster = is_cluster(self.r)
+        self.split = self.cluster and len(self.parts) > 1
+        self.scripts = Scripts(self.r)
+        self.batcher = Batcher(self.r, self.scripts)
         for k in self.parts:
             await self.r.sadd(k.apps(), self.app.name)
             try:  # group at 0 before reading: what was queued before us is delivered too
@@ -176,7 +191,7 @@ class Executor:
                 if "BUSYGROUP" not in str(e):
                     raise
             await self.register(k)
-        self.log.info("executor_started", concurrency=self.concurrency)
+        self.log.info("executor_started", concurrency=self.concurrency, cluster=self.cluster)
 
     async def serve(self, stop: asyncio.Event) -> None:
         await self.start()
@@ -254,8 +269,14 @@ class Executor:
     # ------------------------------------------------------------------ control
     async def control(self) -> None:
         """Cancel requests (tasks.cancel, execution deadline) for runs of ours.  A blocking
-        pop with a 1 s timeout keeps a cancel within the 2 s promise of SPEC §6."""
-        keys = [k.control(self.id) for k in self.parts]
+        pop with a 1 s timeout keeps a cancel within the 2 s promise of SPEC §6.  A Redis
+        Cluster refuses a pop over keys of several slots: there, one pop per partition."""
+        if self.split:
+            await asyncio.gather(*(self._control([k.control(self.id)]) for k in self.parts))
+        else:
+            await self._control([k.control(self.id) for k in self.parts])
+
+    async def _control(self, keys: list[str]) -> None:
         while True:
             try:
                 got = await self.r.blpop(keys, timeout=1)
@@ -313,6 +334,8 @@ class Executor:
 
     async def read(self, free: int) -> list[Entry]:
         streams = await self.streams()
+        if self.split:
+            return await self.read_cluster(streams, free)
 
         def entries_of(got: Any) -> list[Entry]:
             where = {key: (prio, k) for prio, key, k in streams}
@@ -335,6 +358,36 @@ class Executor:
             GROUP, self.id, {key: ">" for _, key, _ in streams}, count=1, block=1000
         )
         out = entries_of(got)
+        for k, stream, eid, f, _ in out[free:]:  # one per stream came at once: give back the surplus
+            await self.scripts.run("redeliver", [k.task(f["t"]), stream], [k.prefix, f["t"], eid, f["j"]])
+        return out[:free]
+
+    async def read_cluster(self, streams: list[tuple[int, str, Keys]], free: int) -> list[Entry]:
+        """`read` on a Redis Cluster with several partitions, where one XREADGROUP may only name
+        streams of one slot, i.e. of one partition.  Without blocking: the streams one at a time, highest priority
+        first and, within a priority, partitions in turns (each pass starts one further on).
+        With nothing found: a blocking read of the streams of one partition (the pass's first)
+        for CLUSTER_BLOCK_MS only, since work arriving elsewhere would not end it; the next pass
+        sees all partitions again.  So an idle executor notices new work within about that
+        time, at the cost of a read per partition per wait."""
+        n = len(self.parts)
+        turn = self._turn = (self._turn + 1) % n
+        where = {key: (prio, k) for prio, key, k in streams}
+
+        def entries_of(got: Any) -> list[Entry]:
+            out = [(where[s][1], s, eid, f, where[s][0]) for s, items in got for eid, f in items]
+            return sorted(out, key=lambda e: -e[4])
+
+        out: list[Entry] = []
+        for _, key, _ in sorted(streams, key=lambda x: (-x[0], (x[2].partition - turn) % n)):
+            if len(out) >= free:
+                break
+            out += entries_of(await self.r.xreadgroup(GROUP, self.id, {key: ">"}, count=free - len(out)))
+        if out:
+            return out
+        k = self.parts[turn]
+        mine = {key: ">" for _, key, kk in streams if kk is k}
+        out = entries_of(await self.r.xreadgroup(GROUP, self.id, mine, count=1, block=CLUSTER_BLOCK_MS))
         for k, stream, eid, f, _ in out[free:]:  # one per stream came at once: give back the surplus
             await self.scripts.run("redeliver", [k.task(f["t"]), stream], [k.prefix, f["t"], eid, f["j"]])
         return out[:free]

@@ -6,9 +6,10 @@ import asyncio
 import ipaddress
 import signal
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from manager.http import make_app
 from manager.rpc import Api, Dispatcher
@@ -16,7 +17,7 @@ from manager.scheduler import Scheduler
 from shared import log as slog
 from shared import sdnotify  # systemd notify protocol: no-ops without $NOTIFY_SOCKET
 from shared.config import Settings
-from shared.store import Store, connect
+from shared.store import Store, connect, is_cluster
 
 
 def _version() -> str:
@@ -41,13 +42,27 @@ def exposed_without_auth(settings: Settings) -> bool:
 
 async def serve(settings: Settings) -> None:
     log = slog.get(role="manager")
-    # HTTP handlers are bounded by max_inflight and use one connection at a time; + scheduler
-    r = connect(settings.redis_url, max_connections=settings.max_inflight + 16)
-    store = Store(r, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Wait for Redis first: whether it is a single server or a Redis Cluster decides which
+    # client to use (shared.store.connect).  HTTP handlers are bounded by max_inflight and use
+    # one connection at a time; + scheduler.
+    r: Any = None
+    while r is None:
+        try:
+            r = await connect(settings.redis_url, max_connections=settings.max_inflight + 16)
+        except (OSError, RedisError, RedisClusterException) as e:
+            log.warning("redis_unavailable", error=str(e))
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                pass
+            if stop.is_set():
+                log.info("manager_stopped")
+                return
+    store = Store(r, settings)
     runner = web.AppRunner(make_app(store, Dispatcher(Api(store, _version()))), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
@@ -55,21 +70,15 @@ async def serve(settings: Settings) -> None:
     sched = Scheduler(store)
     loop_task = asyncio.create_task(sched.run(stop))
     log.info(
-        "manager_started", http=settings.http, namespace=settings.namespace, partitions=settings.partitions
+        "manager_started",
+        http=settings.http,
+        namespace=settings.namespace,
+        partitions=settings.partitions,
+        cluster=is_cluster(r),
     )
     # --- systemd (shared/sdnotify.py; every call is a no-op without $NOTIFY_SOCKET) ---------------
     # READY=1 once HTTP serves and Redis answers; WATCHDOG=1 only while the loop turns (the pinger
     # is a task on it), the scheduler task lives and Redis answers PING.
-    while not stop.is_set():
-        try:
-            await r.ping()
-            break
-        except (OSError, RedisError) as e:
-            log.warning("redis_unavailable", error=str(e))
-            try:
-                await asyncio.wait_for(stop.wait(), 1.0)
-            except TimeoutError:
-                pass
 
     async def healthy() -> bool:
         return not loop_task.done() and bool(await r.ping())

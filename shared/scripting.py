@@ -2,7 +2,9 @@
 
 Each script is one state transition; ``_lib.lua`` (helpers every transition needs) is put in
 front of each.  redis-py's Script objects run EVALSHA and fall back to loading the script on
-NOSCRIPT, so a Redis restart or SCRIPT FLUSH costs one extra round trip, never an error.
+NOSCRIPT, so a Redis restart or SCRIPT FLUSH costs one extra round trip, never an error.  On a
+Redis Cluster the EVALSHA goes to the node of the script's KEYS (all of one partition, so of
+one slot) and the SCRIPT LOAD of that fallback to every primary.
 """
 
 from __future__ import annotations
@@ -57,10 +59,15 @@ class Scripts:
     def queue(self, pipe: Any, name: str, keys: list[str], args: list[Any]) -> None:
         """Adds the script call to a pipeline as a bare EVALSHA: redis-py's own script
         support would send SCRIPT EXISTS before every pipeline; `execute` below handles the
-        NOSCRIPT of a script cache that was emptied (Redis restart, failover, SCRIPT FLUSH)."""
+        NOSCRIPT of a script cache that was emptied (Redis restart, failover, SCRIPT FLUSH).
+        Queued through execute_command, which a cluster pipeline routes by the script's KEYS
+        (it refuses `.evalsha`); on a plain pipeline `.evalsha` does just this."""
         script = self._scripts[name]
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
-        pipe._sw_calls = [*getattr(pipe, "_sw_calls", []), (len(pipe.command_stack) - 1, name, keys, args)]
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        calls = getattr(pipe, "_sw_calls", None)
+        if calls is None:
+            calls = pipe._sw_calls = []
+        calls.append((len(pipe) - 1, name, keys, args))
 
     async def execute(self, pipe: Any, raise_on_error: bool = True) -> list[Any]:
         """Executes a pipeline holding queued scripts; a script the server did not know is

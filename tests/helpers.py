@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import redis
+from redis.crc import key_slot
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,6 +133,151 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _cluster_ports(n: int) -> list[int]:
+    """`n` ports that were free a moment ago, each with its cluster bus port (port + 10000)
+    free too."""
+    out: list[int] = []
+    while len(out) < n:
+        p = free_port()
+        if p + 10000 > 65535 or p in out or p + 10000 in out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", p + 10000))
+            except OSError:
+                continue
+        out.append(p)
+    return out
+
+
+class RedisClusterServers:
+    """A throw-away Redis Cluster on loopback: `masters` redis-server processes with
+    cluster-enabled, no replicas, no persistence, all in one temp dir, joined by
+    `redis-cli --cluster create`; `start` returns once every node reports cluster_state:ok.
+    `.url` names the first node (a client finds the others from it); `.ports`, `.dir`, `.procs`."""
+
+    def __init__(self, procs: list[subprocess.Popen[bytes]], ports: list[int], dir: Path) -> None:
+        self.procs = procs
+        self.ports = ports
+        self.dir = dir
+        self.url = f"redis://127.0.0.1:{ports[0]}/0"
+        self._slots: list[tuple[int, int, int]] | None = None  # (first slot, last slot, master port)
+
+    @classmethod
+    def start(cls, masters: int = 3, timeout: float = 30.0, attempts: int = 3) -> RedisClusterServers:
+        exe, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if exe is None or cli is None:
+            raise RuntimeError("redis-server / redis-cli are not on PATH: run `make test` (it installs them)")
+        last = ""
+        for _ in range(attempts):  # retry: a free port may be taken between probe and bind
+            ports = _cluster_ports(masters)
+            tmp = Path(tempfile.mkdtemp(prefix="stagewise-cluster-"))
+            procs = []
+            for p in ports:
+                argv = [exe, "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
+                argv += ["--cluster-config-file", f"nodes-{p}.conf", "--cluster-node-timeout", "5000"]
+                argv += ["--dir", str(tmp), "--save", "", "--appendonly", "no", "--daemonize", "no"]
+                with open(tmp / f"redis-{p}.log", "wb") as log:
+                    procs.append(
+                        subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                    )
+            cluster = cls(procs, ports, tmp)
+            try:
+                cluster._form(cli, timeout)
+                return cluster
+            except BaseException as e:
+                cluster.stop()
+                if not isinstance(e, RuntimeError | subprocess.TimeoutExpired):
+                    raise
+                last = str(e)
+        raise RuntimeError(f"the Redis Cluster did not form after {attempts} attempts:\n{last}")
+
+    @staticmethod
+    def _client(port: int) -> redis.Redis:
+        return redis.Redis(
+            host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1, decode_responses=True
+        )
+
+    def _form(self, cli: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        clients = [self._client(p) for p in self.ports]
+        try:
+
+            def each(pred: Callable[[redis.Redis], bool]) -> bool:
+                try:
+                    return all(pred(c) for c in clients)
+                except redis.RedisError:
+                    return False
+
+            def state(c: redis.Redis) -> dict[str, str]:
+                raw = c.execute_command("CLUSTER INFO")
+                if isinstance(raw, dict):
+                    return {str(k): str(v) for k, v in raw.items()}
+                return dict(line.split(":", 1) for line in str(raw).split() if ":" in line)
+
+            def until(pred: Callable[[], bool], what: str) -> None:
+                while not pred():
+                    if any(p.poll() is not None for p in self.procs):
+                        raise RuntimeError(f"a node exited while waiting for {what}:\n{self.log_tails()}")
+                    if time.monotonic() >= deadline:
+                        raise RuntimeError(f"timed out waiting for {what}:\n{self.log_tails()}")
+                    time.sleep(0.02)  # poll interval inside a deadline loop
+
+            until(lambda: each(lambda c: bool(c.ping())), "every node to answer PING")
+            nodes = [f"127.0.0.1:{p}" for p in self.ports]
+            done = subprocess.run(
+                [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True,
+                timeout=max(deadline - time.monotonic(), 1),
+                stdin=subprocess.DEVNULL,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"redis-cli --cluster create failed:\n{done.stdout.decode()}{done.stderr.decode()}"
+                )
+            n = str(len(self.ports))
+            until(
+                lambda: each(
+                    lambda c: (s := state(c))["cluster_state"] == "ok" and s["cluster_known_nodes"] == n
+                ),
+                "cluster_state:ok on every node",
+            )
+        finally:
+            for c in clients:
+                c.close()
+
+    def port_of(self, key: str) -> int:
+        """The port of the master serving `key` (by its hash slot; the slot map is read once,
+        from the first node: nothing moves slots in these clusters)."""
+        if self._slots is None:
+            c = self._client(self.ports[0])
+            try:
+                rows = c.execute_command("CLUSTER SLOTS")
+            finally:
+                c.close()
+            self._slots = [(int(start), int(end), int(master[1])) for start, end, master, *_ in rows]
+        slot = key_slot(key.encode())
+        for start, end, port in self._slots:
+            if start <= slot <= end:
+                return port
+        raise AssertionError(f"no master serves slot {slot} of {key!r}")
+
+    def log_tails(self, n: int = 20) -> str:
+        return "\n".join(f"--- node {p} ---\n{_tail(self.dir / f'redis-{p}.log', n)}" for p in self.ports)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -4,7 +4,7 @@
 -- KEYS[4] apps set         KEYS[5] attempts list  KEYS[6] inbox list
 -- ARGV[1] prefix  ARGV[2] id  ARGV[3] app  ARGV[4] on_conflict (error|ignore|replace)
 -- ARGV[5] due at (UNIX s; '' = now)  ARGV[6] enabled ('1'|'0')  ARGV[7] stream name (apps member)
--- ARGV[8..] field, value pairs of the new hash (doc, kws, plan, job_id, settings)
+-- ARGV[8] JSON array of the new hash's field, value strings (doc, kws, plan, job_id, settings)
 -- Returns {'CREATED', field, value, ...} the new task hash | {'IGNORED', field, value, ...} the
 --         existing one (on_conflict ignore) | {'EXISTS'} | {'INVALID_TRANSITION', from}
 local tkey, id, app = KEYS[1], ARGV[2], ARGV[3]
@@ -30,10 +30,9 @@ if redis.call('SADD', KEYS[4], ARGV[7]) == 1 then
   redis.pcall('XGROUP', 'CREATE', KEYS[2], GROUP, '0', 'MKSTREAM')  -- BUSYGROUP is fine
 end
 
-local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+local fields = cjson.decode(ARGV[8])
+for _, v in ipairs({'id', id, 'app', app, 'created', fmt(ts), 'stage', '0'}) do fields[#fields + 1] = v end
 redis.call('HSET', tkey, unpack(fields))
-redis.call('HSET', tkey, 'id', id, 'app', app, 'created', fmt(ts), 'stage', 0)
 
 local due_at = tonumber(ARGV[5])
 if ARGV[6] ~= '1' then
