@@ -5,8 +5,11 @@ from PYTHONPATH). The manager daemon (`stagewise manager`) is started by setup()
 so it runs during the whole measurement; its CPU is not in the harness's worker figures (it is not in the
 worker's process tree) and is recorded on the side (see _side_record) when STAGEWISE_BENCH_SIDE names a file.
 
-Enqueue: JSON-RPC `tasks.create` over HTTP (POST /rpc), one task per request, 100 requests in flight
-(STAGEWISE_BENCH_INFLIGHT overrides; bench/run.py sets it).
+Enqueue: `tasks.create`, one task per call, 100 calls in flight (STAGEWISE_BENCH_INFLIGHT overrides;
+bench/run.py sets it), by the way STAGEWISE_BENCH_VIA names:
+  redis (default)  shared.client.RedisClient: the manager's method table run in this process, one create.lua
+                   call per task straight on Redis (how a Python producer that can reach Redis creates tasks)
+  http             JSON-RPC over HTTP (POST /rpc to the manager, aiohttp client)
 A noop is a one-stage task; a chain is ONE task of three `bench.step` stages passing the value along through
 `{{ results.N }}` templates (native multi-stage task).
 """
@@ -82,6 +85,7 @@ DIST = "stagewise"
 TUNED_CONCURRENCY = int(os.environ.get("STAGEWISE_BENCH_CONCURRENCY", "64"))  # override: for sweeps only
 # Requests in flight while enqueueing (the peers use 100).
 INFLIGHT = int(os.environ.get("STAGEWISE_BENCH_INFLIGHT", "100"))
+VIA = os.environ.get("STAGEWISE_BENCH_VIA", "redis")
 _w = ["stagewise", "executor", "peer_stagewise:app", "--concurrency"]
 CONFIGS = {
     "default": (_w + ["8"], "--concurrency 8 (CLI default), log level info, uvloop, 1 process"),
@@ -90,7 +94,11 @@ CONFIGS = {
         f"--concurrency {TUNED_CONCURRENCY}, STAGEWISE_LOG_LEVEL=warning, uvloop, 1 process",
     ),
 }
-ENQUEUE_HOW = f"JSON-RPC tasks.create over HTTP x N, {INFLIGHT} concurrent"
+ENQUEUE_HOW = (
+    f"JSON-RPC tasks.create over HTTP x N, {INFLIGHT} concurrent"
+    if VIA == "http"
+    else f"RedisClient.create (tasks.create in-process, create.lua on Redis) x N, {INFLIGHT} concurrent"
+)
 CHAIN_HOW = "native: one 3-stage task, results passed by {{ results.N }} templates"
 
 NOOP_TASK = {"app": "bench", "commands": [{"method": "bench.noop"}]}
@@ -106,6 +114,7 @@ CHAIN_TASK = {
 _mgr: subprocess.Popen[bytes] | None = None
 _mgr_log: Any = None
 _session: Any = None  # aiohttp.ClientSession
+_direct: Any = None  # shared.client.RedisClient when VIA == "redis"
 _url = ""
 _ids = 0
 _cpu_after_enqueue: float | None = None
@@ -170,6 +179,11 @@ async def setup() -> None:
             raise RuntimeError("manager did not answer /healthz with 200 within 30 s")
         await asyncio.sleep(0.05)
     _url += "/rpc"
+    if VIA == "redis":
+        from shared.client import RedisClient
+
+        global _direct
+        _direct = RedisClient(REDIS_URL, namespace=NAMESPACE, max_connections=INFLIGHT + 8)
 
 
 def _req(task: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +207,10 @@ async def _post(doc: Any) -> Any:
 
 
 async def _create(task: dict[str, Any]) -> None:
-    await _post(_req(task))
+    if _direct is not None:
+        await _direct.create(task)
+    else:
+        await _post(_req(task))
 
 
 def _enqueued(n: int) -> None:
@@ -235,8 +252,11 @@ def _side_record(cpu_end: float | None) -> None:
 
 
 async def teardown() -> None:
-    global _mgr, _session
+    global _mgr, _session, _direct
     cpu_end = _mgr_cpu()
+    if _direct is not None:
+        await _direct.close()
+        _direct = None
     if _session is not None:
         await _session.close()
         _session = None

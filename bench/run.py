@@ -42,6 +42,7 @@ OUT = BENCH / "out"
 RESULTS_JSONL = OUT / "results.jsonl"  # harness records, this run only (an older file is moved aside)
 MANAGER_JSONL = OUT / "manager.jsonl"  # manager CPU per stagewise run (written by peer_stagewise.teardown)
 EXTRAS_JSONL = OUT / "extras.jsonl"  # stagewise-only measurements
+HTTP_JSONL = OUT / "http.jsonl"  # harness runs of stagewise with tasks created over JSON-RPC/HTTP
 META_JSON = OUT / "meta.json"
 LOGS = OUT / "logs"
 RESULTS_MD = BENCH / "RESULTS.md"
@@ -251,7 +252,7 @@ def plan(quick: bool, configs: dict[str, list[str]]) -> tuple[list[tuple[str, st
     return runs, skipped
 
 
-def harness_env(redis: Redis, system: str, inflight: int) -> dict[str, str]:
+def harness_env(redis: Redis, system: str, inflight: int, via: str = "redis") -> dict[str, str]:
     env = dict(os.environ, BENCH_REDIS_PORT=str(redis.port), BENCH_LOGS=str(LOGS))
     env.pop("BENCH_CONFIG", None)
     env.pop("PYTHONPATH", None)
@@ -260,12 +261,20 @@ def harness_env(redis: Redis, system: str, inflight: int) -> dict[str, str]:
             PYTHONPATH=str(BENCH),
             STAGEWISE_BENCH_SIDE=str(MANAGER_JSONL),
             STAGEWISE_BENCH_INFLIGHT=str(inflight),
+            STAGEWISE_BENCH_VIA=via,
         )
     return env
 
 
 def one_run(
-    redis: Redis, system: str, workload: str, config: str, rep: int, inflight: int, out: Path = RESULTS_JSONL
+    redis: Redis,
+    system: str,
+    workload: str,
+    config: str,
+    rep: int,
+    inflight: int,
+    out: Path = RESULTS_JSONL,
+    via: str = "redis",
 ) -> dict[str, Any]:
     argv = [
         "timeout",
@@ -278,7 +287,7 @@ def one_run(
         str(rep),
         str(out),
     ]
-    p = run_group(argv, harness_env(redis, system, inflight), RUN_TIMEOUT + 30)
+    p = run_group(argv, harness_env(redis, system, inflight, via), RUN_TIMEOUT + 30)
     recs = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
     if recs:
         return recs[-1]
@@ -321,7 +330,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     started = dt.datetime.now(dt.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    for f in (RESULTS_JSONL, MANAGER_JSONL, EXTRAS_JSONL):  # keep older runs, out of the way
+    for f in (RESULTS_JSONL, MANAGER_JSONL, EXTRAS_JSONL, HTTP_JSONL):  # keep older runs, out of the way
         if f.exists():
             f.rename(f.with_name(f"{f.stem}-{stamp}-old.jsonl"))
     if LOGS.exists():
@@ -388,6 +397,11 @@ def orchestrate(args: argparse.Namespace) -> int:
                 )
                 if rep == 1 and i == last_sw:  # stagewise-only figures, right after its harness runs
                     extra(redis, "batch", "default", inflight)
+                    for w_http in ("enqueue", "latency"):  # the same harness runs, tasks sent over HTTP
+                        rec = one_run(
+                            redis, "stagewise", w_http, "tuned", 1, inflight, HTTP_JSONL, via="http"
+                        )
+                        log(f"  extra http {w_http}: {describe(rec)}")
                     for cfg in configs["stagewise"]:
                         extra(redis, "monitor", cfg, inflight)
         if meta["skipped_budget"]:
@@ -661,6 +675,7 @@ def render() -> None:
     recs = jsonl(RESULTS_JSONL)
     mgr = jsonl(MANAGER_JSONL)
     extras = jsonl(EXTRAS_JSONL)
+    http = jsonl(HTTP_JSONL)
     meta = json.loads(META_JSON.read_text()) if META_JSON.exists() else {}
     L: list[str] = []
     w = L.append
@@ -817,13 +832,15 @@ def render() -> None:
         "three-stage task whose stages pass the value on with `{{ results.N }}` templates."
     )
     w(
-        f"- **stagewise enqueue:** JSON-RPC `tasks.create` (POST /rpc, aiohttp client), one task per "
-        "request, "
-        f"{INFLIGHT} requests in flight like the peers' async clients"
-        f"{f' ({INFLIGHT_FALLBACK} after the failure above)' if meta.get('inflight_failures') else ''}. "
-        "Unlike the peers' clients, which write to Redis themselves, this goes through the manager's HTTP "
-        "server, and each reply is the task view, so the manager runs the create script and then reads the "
-        "task back (HGETALL) for every task."
+        "- **stagewise enqueue (noop, latency, chain too):** `shared.client.RedisClient.create`, one task per "
+        "call, "
+        f"{INFLIGHT} calls in flight like the peers' async clients"
+        f"{f' ({INFLIGHT_FALLBACK} after the failure above)' if meta.get('inflight_failures') else ''}: "
+        "the manager's own `tasks.create` (same validation) run in the producer's process, one create.lua "
+        "call on Redis per task, which is how the peers' clients work too (they write to Redis themselves). "
+        "The rows marked *over HTTP* are the same harness runs with every task sent as JSON-RPC "
+        "`tasks.create` to the manager (POST /rpc, aiohttp client), the path for producers that are not "
+        "Python or cannot reach Redis."
     )
     w(
         f"- **Repetitions:** {meta.get('reps', 1)}, interleaved (rep 1 of everything, then rep 2, ...); "
@@ -892,6 +909,11 @@ def render() -> None:
             f"(stagewise-only, "
             "measured by run.py like the harness's enqueue, not a harness run) |"
         )
+    for e in [e for e in http if e.get("workload") == "enqueue" and e.get("ok")]:
+        w(
+            f"| {name('stagewise')} (over HTTP) | 1 | {f0(e['value'])} | – | "
+            f"{ratio(e['value'] / p.value if p else None)} | {f2(e.get('redis_cmds'))} | {e.get('how')} |"
+        )
     w("")
     # noop
     rows, p = tables["noop"], best(peers_of["noop"], False)
@@ -927,6 +949,12 @@ def render() -> None:
             f"{ratio(p.value / x.value if p else None)} | {f2(x.m('p99'))} | {f2(x.m('mean'))} | "
             f"{f2(x.m('max'))} | "
             f"{f0(x.m('peak_rss_mb'))} | {f0(x.m('procs'))} |"
+        )
+    for e in [e for e in http if e.get("workload") == "latency" and e.get("ok")]:
+        w(
+            f"| {name('stagewise')} (created over HTTP) | tuned | 1 | {f2(e['value'])} | – | "
+            f"{ratio(p.value / e['value'] if p else None)} | {f2(e.get('p99'))} | {f2(e.get('mean'))} | "
+            f"{f2(e.get('max'))} | {f0(e.get('peak_rss_mb'))} | {f0(e.get('procs'))} |"
         )
     w("")
     # chain

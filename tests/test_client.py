@@ -1,4 +1,5 @@
-"""shared.client against a real manager and a demo executor: every method, async and sync.
+"""shared.client against a real manager and a demo executor: every method, async, sync and
+in-process (RedisClient, straight to Redis).
 
 One manager and one executor serve the whole module (starting them per test would cost more than
 the tests); every test uses its own task ids, and tasks meant to stay QUEUED use an app of their
@@ -23,6 +24,7 @@ from shared.client import (
     InvalidParams,
     MethodNotFound,
     NotWaitingForMessage,
+    RedisClient,
     StagewiseError,
     TaskExists,
     TaskNotFound,
@@ -69,11 +71,16 @@ class SyncAsAsync:
         return call
 
 
-@pytest.fixture(params=["async", "sync"])
-async def c(request: pytest.FixtureRequest, manager: ManagerProc) -> AsyncIterator[Any]:
+@pytest.fixture(params=["async", "sync", "redis"])
+async def c(request: pytest.FixtureRequest, manager: ManagerProc, redis_url: str) -> AsyncIterator[Any]:
+    """Each test runs with the HTTP clients and with RedisClient, which must behave the same."""
     if request.param == "async":
         async with AsyncClient(manager.url, timeout=10) as client:
             yield client
+    elif request.param == "redis":
+        namespace = (await manager.rpc("system.info"))["namespace"]
+        async with RedisClient(redis_url, namespace=namespace) as direct:
+            yield direct
     else:
         with Client(manager.url, timeout=10) as sync_client:
             yield SyncAsAsync(sync_client)
