@@ -349,8 +349,11 @@ async def test_claim_runs_the_task_and_acknowledges_the_entry(store: Store, r: A
     res = await claim(store, k, tid, entry[0], entry[1]["j"], "ex1", "lease-1")
     assert res[0] == "OK"
     h = dict(zip(res[1::2], res[2::2], strict=True))
-    assert h == await r.hgetall(k.task(tid))
-    assert h["executor_id"] == "ex1" and h["lease"] == "lease-1"
+    stored = await r.hgetall(k.task(tid))
+    # what the executor runs the task with, as stored after the claim
+    assert set(h) == {"doc", "kws", "job_id", "stage", "stages", "retries", "attempt", "exec_deadline"}
+    assert h == {f: stored[f] for f in h}
+    assert stored["executor_id"] == "ex1" and stored["lease"] == "lease-1" and h["attempt"] == "1"
     v = await check(store, r, k, tid, "RUNNING", stage=0, attempt=1, executor_id="ex1", locked=True)
     assert v["exec_deadline"] == pytest.approx(time.time() + 300, abs=5)
     assert await pending(r, k) == 0

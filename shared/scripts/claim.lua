@@ -6,20 +6,40 @@
 -- ARGV[1] prefix  ARGV[2] task id  ARGV[3] stream entry id  ARGV[4] job id of the entry
 -- ARGV[5] executor id  ARGV[6] lease token (fresh per claim; a replay with the same token
 --   after a lost reply gets the same answer)
--- Returns {'OK', field, value, ...}   the task hash after the claim (a field may appear twice:
---            the later value is the current one)
+-- Returns {'OK', field, value, ...}   what the executor runs the task with: doc, kws, job_id,
+--            stage, stages, retries, attempt, exec_deadline and the results r.<i> of the
+--            stages before the current one (not the whole hash: a smaller reply to build and parse)
 --         {'STALE'}  the entry no longer matches a QUEUED run; entry acknowledged, drop it
 --         {'DEAD'}   this executor was declared dead; entry left pending for the manager
 local tkey, id = KEYS[1], ARGV[2]
 if not redis.call('ZSCORE', KEYS[3], ARGV[5]) then
   return {'DEAD'}
 end
-local flat = redis.call('HGETALL', tkey)
-local t = {}
-for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
-table.insert(flat, 1, 'OK')
+local t = prefetch(tkey, {'status', 'lease', 'job_id', 'app', 'max_exec', 'exec_used', 'attempt',
+  'exec_deadline', 'stage', 'stages', 'retries', 'doc', 'kws', 'executor_id', 'run_started',
+  'tags', 'group', 'notify', 'error', 'cron', 'next_task'})
+
+local function reply()
+  local out = {'OK', 'doc', t.doc, 'kws', t.kws or '', 'job_id', t.job_id, 'stage', t.stage,
+    'stages', t.stages, 'retries', t.retries or '0', 'attempt', t.attempt,
+    'exec_deadline', t.exec_deadline}
+  local s = tonumber(t.stage) or 0
+  if s > 0 then
+    local names = {}
+    for i = 0, s - 1 do names[#names + 1] = 'r.' .. i end
+    local vals = redis.call('HMGET', tkey, unpack(names))
+    for i, n in ipairs(names) do
+      if vals[i] then
+        out[#out + 1] = n
+        out[#out + 1] = vals[i]
+      end
+    end
+  end
+  return out
+end
+
 if t.status == 'RUNNING' and t.lease == ARGV[6] then
-  return flat  -- a replay of a claim whose reply was lost: same answer, nothing written twice
+  return reply()  -- a replay of a claim whose reply was lost: same answer, nothing written twice
 end
 redis.call('XACK', KEYS[2], GROUP, ARGV[3])
 if t.status ~= 'QUEUED' or t.job_id ~= ARGV[4] then
@@ -28,12 +48,11 @@ end
 local ts = now()
 local app = t.app
 local deadline = ts + tonumber(t.max_exec) - (tonumber(t.exec_used or '0') or 0)
-local changes = {'executor_id', ARGV[5], 'lease', ARGV[6], 'run_started', fmt(ts),
-  'stage_started', fmt(ts), 'exec_deadline', fmt(deadline),
-  'attempt', tostring((tonumber(t.attempt or '0') or 0) + 1), 'status', 'RUNNING', 'updated', fmt(ts)}
-put(unpack(changes))
+t.attempt = tostring((tonumber(t.attempt or '0') or 0) + 1)
+t.exec_deadline = fmt(deadline)
+put('executor_id', ARGV[5], 'lease', ARGV[6], 'run_started', fmt(ts), 'stage_started', fmt(ts),
+  'exec_deadline', t.exec_deadline, 'attempt', t.attempt)
 redis.call('SADD', KEYS[4], app .. '/' .. id)
 redis.call('ZADD', KEYS[5], deadline, app .. '/' .. id)
 set_status(tkey, id, app, 'QUEUED', 'RUNNING', ts, t)
-for i = 1, #changes do flat[#flat + 1] = changes[i] end
-return flat
+return reply()
