@@ -70,7 +70,8 @@ def fmt_n(n: float) -> str:
 
 def create_call(store: Store, task: Task) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of create.lua for `task`, as Store.create builds them."""
-    return store._create_call(task, "error", None)
+    keys, args, _ = store._create_call(task, "error", None)
+    return keys, args
 
 
 def created_status(res: list[Any]) -> str | None:

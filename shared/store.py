@@ -60,7 +60,7 @@ class Store:
         return self.parts[partition_of(task_id, len(self.parts))]
 
     # ------------------------------------------------------------------ create / read
-    def _fields(self, task: Task) -> str:
+    def _fields(self, task: Task) -> list[str]:
         """The hash of a new task: its document, plus the settings the scripts read, as one JSON
         array of field, value strings: one argument instead of ~80 (redis-py encodes arguments
         one by one, which was the largest cost of a create on the client)."""
@@ -99,10 +99,14 @@ class Store:
             "wait_deadline": "",
             "exec_deadline": "",
         }
-        return _J([str(x) for kv in fields.items() for x in kv])
+        return [str(x) for kv in fields.items() for x in kv]
 
-    def _create_call(self, task: Task, on_conflict: str, now: float | None) -> tuple[list[str], list[Any]]:
+    def _create_call(
+        self, task: Task, on_conflict: str, now: float | None
+    ) -> tuple[list[str], list[Any], list[str]]:
+        """KEYS and ARGV of create.lua, and the hash fields sent (field, value, ...)."""
         d, k = task.doc, self.keys(task.id)
+        fields = self._fields(task)
         due_at: float | str = ""
         if d.cron:
             due_at = next_cron(d.cron, d.tz, now if now is not None else time.time())
@@ -124,14 +128,20 @@ class Store:
             due_at,
             int(d.enabled),
             stream_name(d.app, d.priority),
-            self._fields(task),
+            _J(fields),
         ]
-        return keys, args
+        return keys, args, fields
 
     @staticmethod
-    def _created(task: Task, res: Any) -> dict[str, str]:
+    def _created(task: Task, res: Any, fields: list[str]) -> dict[str, str]:
+        """The stored hash, so that the caller's view needs no read: CREATED sends back only
+        what the script set (status, times, stage, ...) on top of the fields we sent."""
         code = res[0]
-        if code in ("CREATED", "IGNORED"):  # the task hash as stored: the caller's view needs no read
+        if code == "CREATED":
+            h = dict(zip(fields[0::2], fields[1::2], strict=True))
+            h.update(zip(res[1::2], res[2::2], strict=True))
+            return h
+        if code == "IGNORED":  # the existing task's whole hash
             return dict(zip(res[1::2], res[2::2], strict=True))
         if code == "EXISTS":
             raise errors.RpcError(errors.TASK_EXISTS, f"task {task.id!r} exists", {"id": task.id})
@@ -142,8 +152,8 @@ class Store:
     ) -> dict[str, str]:
         """Stores a validated task; returns its hash (the existing one when on_conflict is
         "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION."""
-        keys, args = self._create_call(task, on_conflict, now)
-        return self._created(task, await self.scripts.run("create", keys, args))
+        keys, args, fields = self._create_call(task, on_conflict, now)
+        return self._created(task, await self.scripts.run("create", keys, args), fields)
 
     async def raw(self, task_id: str) -> dict[str, str] | None:
         h = await self.r.hgetall(self.keys(task_id).task(task_id))
@@ -264,10 +274,12 @@ class Store:
                 {"ids": taken[:100]},
             )
         pipe = self.r.pipeline(transaction=False)  # one round trip for the whole batch
-        for t in tasks:
-            self.scripts.queue(pipe, "create", *self._create_call(t, on_conflict, None))
-        for t, res in zip(tasks, await self.scripts.execute(pipe), strict=True):
-            self._created(t, res)  # a task created meanwhile by someone else: TASK_EXISTS
+        calls = [self._create_call(t, on_conflict, None) for t in tasks]
+        for keys, args, _ in calls:
+            self.scripts.queue(pipe, "create", keys, args)
+        results = await self.scripts.execute(pipe)
+        for t, res, (*_, fields) in zip(tasks, results, calls, strict=True):
+            self._created(t, res, fields)  # a task created meanwhile by someone else: TASK_EXISTS
         return [t.id for t in tasks]
 
     async def group(self, group: str) -> dict[str, Any]:

@@ -267,6 +267,26 @@ async def make(store: Store, r: Any, k: Keys, status: str, **doc: Any) -> tuple[
 # =========================================================================== create
 
 
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"commands": [call()]},
+        {"commands": [timer(5), call()]},
+        {"commands": [message()]},
+        {"commands": [call()], "run_at": 4_000_000_000},
+        {"commands": [call()], "enabled": False},
+        {"commands": [call()], "cron": "* * * * *", "tags": ["a"], "group": "g", "notify": True},
+    ],
+    ids=["queued", "timer", "message", "run_at", "disabled", "cron"],
+)
+async def test_create_replies_with_the_stored_hash(
+    store: Store, r: Any, k: Keys, doc: dict[str, Any]
+) -> None:
+    """create.lua sends back only what it set; with what was sent, that is the whole hash."""
+    h = await store.create(parse_task({"app": APP, **doc}))
+    assert h == await r.hgetall(k.task(h["id"]))
+
+
 async def test_create_due_now_is_queued_with_a_stream_entry(store: Store, r: Any, k: Keys) -> None:
     tid = await create(store, commands=[call(), call()])
     v = await check(store, r, k, tid, "QUEUED", stage=0, results=[], attempt=0, retries=0)

@@ -5,7 +5,8 @@
 -- ARGV[1] prefix  ARGV[2] id  ARGV[3] app  ARGV[4] on_conflict (error|ignore|replace)
 -- ARGV[5] due at (UNIX s; '' = now)  ARGV[6] enabled ('1'|'0')  ARGV[7] stream name (apps member)
 -- ARGV[8] JSON array of the new hash's field, value strings (doc, kws, plan, job_id, settings)
--- Returns {'CREATED', field, value, ...} the new task hash | {'IGNORED', field, value, ...} the
+-- Returns {'CREATED', field, value, ...} the fields set here (status, times, stage, wait fields;
+--         the rest is ARGV[8]) | {'IGNORED', field, value, ...} the
 --         existing one (on_conflict ignore) | {'EXISTS'} | {'INVALID_TRANSITION', from}
 local tkey, id, app = KEYS[1], ARGV[2], ARGV[3]
 local ts = now()
@@ -47,6 +48,15 @@ else
   local verdict = advance(tkey, id, app, 0, plan, ts)
   settle(tkey, id, app, nil, verdict, ts)
 end
-local out = redis.call('HGETALL', tkey)
-table.insert(out, 1, 'CREATED')
+-- What this script set on top of ARGV[8] (the caller has the rest): no HGETALL of ~45 fields.
+local SET_HERE = {'id', 'app', 'created', 'stage', 'stage_started', 'status', 'updated', 'next_run', 'queued_at',
+  'wait_deadline', 'exit_code', 'error'}
+local vals = redis.call('HMGET', tkey, unpack(SET_HERE))
+local out = {'CREATED'}
+for i, f in ipairs(SET_HERE) do
+  if vals[i] then
+    out[#out + 1] = f
+    out[#out + 1] = vals[i]
+  end
+end
 return out
