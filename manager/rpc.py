@@ -24,6 +24,10 @@ from shared.status import HTTP_CODE, Status
 from shared.store import Store, view
 
 MAX_BATCH = 100
+# Deeper JSON is refused as a parse error: the decoders recurse, and how deep they get depends on
+# the stack they start from, so a request just under msgspec's limit could fail later (storing the
+# task, encoding a reply) with an internal error instead.
+MAX_JSON_DEPTH = 256
 
 
 class CreateParams(Struct, forbid_unknown_fields=True):
@@ -112,19 +116,28 @@ class NoParams(Struct, forbid_unknown_fields=True):
     pass
 
 
+MAX_SINCE = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
 def parse_since(value: float | str | None, field: str = "since") -> float | None:
-    """UNIX seconds, or an ISO 8601 time (UTC when it names no zone)."""
-    if value is None or isinstance(value, int | float):
-        return value
+    """UNIX seconds, or an ISO 8601 time (UTC when it names no zone); a time before 1970 is 0.
+    Not a number ("nan", "inf") or after year 9999 is invalid: Redis refuses such scores and ids."""
+    if value is None:
+        return None
+    bad = errors.invalid_params(field, "expected UNIX seconds (up to year 9999) or an ISO 8601 time")
     try:
-        return float(value)
+        t = float(value)
     except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        raise errors.invalid_params(field, "expected UNIX seconds or an ISO 8601 time") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+        try:
+            dt = datetime.fromisoformat(str(value))
+            t = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError, OSError):
+            raise bad from None
+    except OverflowError:  # an integer too large for a float
+        raise bad from None
+    if not t <= MAX_SINCE:  # also NaN
+        raise bad
+    return max(t, 0.0)
 
 
 Handler = Callable[[Any], Awaitable[Any]]
@@ -259,6 +272,10 @@ class Dispatcher:
             doc = msgspec.json.decode(body)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
             return _error(None, RpcError(errors.PARSE_ERROR, f"Parse error: {e}"))
+        if _nested_deeper(body, doc, MAX_JSON_DEPTH):
+            return _error(
+                None, RpcError(errors.PARSE_ERROR, f"Parse error: nested deeper than {MAX_JSON_DEPTH} levels")
+            )
         if isinstance(doc, list):
             if not doc:
                 return _error(None, RpcError(errors.INVALID_REQUEST, "Invalid Request: empty batch"))
@@ -314,6 +331,19 @@ class Dispatcher:
         struct, handler = entry
         decoded = convert(params, struct, "")
         return await handler(decoded)
+
+
+def _nested_deeper(body: bytes, doc: Any, limit: int) -> bool:
+    if body.count(b"[") + body.count(b"{") <= limit:  # cheap: most bodies cannot nest that deep
+        return False
+    stack = [(doc, 1)] if isinstance(doc, dict | list) else []
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        if depth > limit:
+            return True
+        stack.extend((v, depth + 1) for v in children if isinstance(v, dict | list))
+    return False
 
 
 def _bad_request(field: str, reason: str) -> RpcError:

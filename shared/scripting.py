@@ -19,6 +19,7 @@ from redis.exceptions import NoScriptError
 
 NAMES = (
     "create",
+    "create_many",
     "claim",
     "commit",
     "fail",

@@ -263,6 +263,11 @@ class Store:
 
     # ------------------------------------------------------------------ groups, notifications
     async def create_many(self, tasks: list[Task], group: str, on_conflict: str = "error") -> list[str]:
+        """Stores a batch whole or not at all: one create_many.lua per partition checks every
+        task of its partition before it writes any.  Across partitions (no script spans two
+        slots) the ids are checked first for every partition; only a create of one of the
+        ids racing in between that check and the writes can leave the other partitions'
+        tasks stored, and is answered TASK_EXISTS.  One round trip for the whole batch."""
         pipe = self.r.pipeline(transaction=False)
         for t in tasks:
             pipe.exists(self.keys(t.id).task(t.id))
@@ -273,13 +278,21 @@ class Store:
                 f"{len(taken)} task(s) exist: {', '.join(taken[:10])}",
                 {"ids": taken[:100]},
             )
-        pipe = self.r.pipeline(transaction=False)  # one round trip for the whole batch
-        calls = [self._create_call(t, on_conflict, None) for t in tasks]
-        for keys, args, _ in calls:
-            self.scripts.queue(pipe, "create", keys, args)
-        results = await self.scripts.execute(pipe)
-        for t, res, (*_, fields) in zip(tasks, results, calls, strict=True):
-            self._created(t, res, fields)  # a task created meanwhile by someone else: TASK_EXISTS
+        parts: dict[int, tuple[list[str], list[Any]]] = {}
+        for t in tasks:
+            keys, args, _ = self._create_call(t, on_conflict, None)
+            prefix, tid, app, _oc, due_at, enabled, sname, fields = args
+            p_keys, p_args = parts.setdefault(self.keys(t.id).partition, ([], [prefix, on_conflict]))
+            p_keys += keys
+            p_args += [tid, app, due_at, enabled, sname, fields]
+        pipe = self.r.pipeline(transaction=False)
+        for p_keys, p_args in parts.values():
+            self.scripts.queue(pipe, "create_many", p_keys, p_args)
+        for res in await self.scripts.execute(pipe):
+            if res[0] == "EXISTS":  # created meanwhile by someone else
+                raise errors.RpcError(errors.TASK_EXISTS, f"task {res[1]!r} exists", {"ids": [res[1]]})
+            if res[0] == "INVALID_TRANSITION":
+                raise errors.invalid_transition(res[2], Status.IDLE)
         return [t.id for t in tasks]
 
     async def group(self, group: str) -> dict[str, Any]:

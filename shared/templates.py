@@ -32,7 +32,8 @@ Conditions
 * Equality is JSON equality: ``true`` never equals ``1`` (also nested); ``1 == 1.0``.
 * gt/ge/lt/le hold only between two numbers (booleans excluded) or two strings; otherwise false.
 * ``in``: member of a list, substring of a string, key of an object; ``has`` is the reverse. Anything else is
-  false. ``match`` is ``re.search`` on a string value; non-strings are false.
+  false. ``match`` is a regex search on a string value (``re`` syntax and meaning, run by the ``regex``
+  package so that it can be cut off, see Limits); non-strings are false.
 * A path that does not resolve makes every operator false except ``exists: false``: a missing path never
   fails a stage. Errors come only from a malformed condition, a bad regex, or a template error in a value.
 * Combinators short-circuit, so run-time errors in unevaluated branches are not raised; validate_condition
@@ -40,8 +41,19 @@ Conditions
 Limits (ValueError from validate_*, TemplateError at run time)
 * MAX_DEPTH nested containers in a params value or condition (validation also counts inside ``$raw``);
   MAX_TEMPLATE_LEN chars for a string containing ``{{`` and for a condition path; MAX_PATH_SEGMENTS per path;
-  MAX_REGEX_LEN pattern chars; MAX_MATCH_SUBJECT_LEN subject chars. Python's ``re`` has no timeout: patterns
-  come from task authors, and a templated pattern inserts data verbatim (not escaped).
+  MAX_REGEX_LEN pattern chars; MAX_MATCH_SUBJECT_LEN subject chars.
+* Patterns come from task authors, and a templated pattern inserts data verbatim (not escaped), so a
+  pattern may backtrack catastrophically (``(a+)+$`` on ``aaa...b``). Python's ``re`` cannot be stopped,
+  so a pattern is checked with ``re`` (the syntax and error messages stay those of ``re``) and searched
+  with the ``regex`` package (VERSION0, compatible with ``re`` but for two constructs no one writes for
+  ``re``: ``[[:alpha:]]`` is a POSIX class, where ``re`` warns of a possible nested set, and ``{e<=1}`` after
+  an item is a fuzzy-match constraint, not literal text), which takes a timeout: all the ``match``
+  operators of one condition evaluation share MAX_REGEX_SECONDS of search time, beyond which the
+  evaluation fails with a TemplateError naming the path. ``regex`` unrolls a repeat ``{m}`` / ``{m,}`` into
+  m copies when it compiles (``x{4294967294}`` exhausts memory), so a pattern whose repeats unroll to more
+  than MAX_REGEX_UNROLLED items is refused.
+* MAX_OUTPUT_LEN chars of template output per fill / check call (interpolated text, plus the JSON size of
+  values taken whole), so a few short templates cannot copy a large value into a huge result.
 """
 
 from __future__ import annotations
@@ -52,14 +64,22 @@ import functools
 import json
 import operator
 import re
+import re._constants as _re_constants  # the parse tree of re, to size a pattern before regex compiles it
+import re._parser as _re_parser
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
+
+import regex
 
 MAX_DEPTH = 32
 MAX_TEMPLATE_LEN = 4096
 MAX_PATH_SEGMENTS = 32
 MAX_REGEX_LEN = 1000
 MAX_MATCH_SUBJECT_LEN = 100_000
+MAX_REGEX_UNROLLED = 2000  # items, a repeat's body counted min-count times (~150 bytes each once compiled)
+MAX_REGEX_SECONDS = 0.1  # search time of all the `match` operators of one condition evaluation
+MAX_OUTPUT_LEN = 16 * 1024 * 1024  # chars of template output per fill / check call
 
 ROOTS = frozenset({"kws", "results", "task"})
 TASK_FIELDS = frozenset({"id", "job_id", "attempt", "group"})
@@ -152,8 +172,8 @@ def _parse_ref(body: str) -> _Ref:
     default = default.strip()
     try:
         json.loads(default)
-    except ValueError:
-        raise TemplateError(f"default is not a JSON literal: {default!r}", path) from None
+    except (ValueError, RecursionError):  # RecursionError: "[[[[...", nested past what json decodes
+        raise TemplateError(f"default is not a JSON literal: {default[:100]!r}", path) from None
     return _Ref(path, segments, default)
 
 
@@ -197,44 +217,89 @@ def _to_text(value: Any) -> str:
         raise TemplateError(f"value is not JSON: {e}") from None
 
 
+class _Budget:
+    """What one fill / check call may still spend: template output and regex search time."""
+
+    __slots__ = ("chars", "deadline")
+
+    def __init__(self) -> None:
+        self.chars = MAX_OUTPUT_LEN
+        self.deadline: float | None = None  # set by the first regex search
+
+    def spend(self, text: str, path: str) -> str:
+        self.chars -= len(text)
+        if self.chars < 0:
+            raise TemplateError(f"templates produce more than {MAX_OUTPUT_LEN} chars", path)
+        return text
+
+    def seconds_left(self) -> float:
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + MAX_REGEX_SECONDS
+        return self.deadline - now
+
+
+def _scan_end(s: str) -> int:
+    """Where the last template of ``s`` can end. A failed match attempt means no later one can succeed
+    (no closing ``}}`` is left), so searching only up to here keeps a run of ``{{`` from being scanned
+    again from each of its positions (quadratic)."""
+    return s.rfind("}}") + 2
+
+
 def _refs(s: str) -> list[_Ref]:
     if len(s) > MAX_TEMPLATE_LEN:
         raise TemplateError(f"templated string longer than {MAX_TEMPLATE_LEN} chars")
-    return [_parse_ref(m.group(1)) for m in _TEMPLATE_RE.finditer(s)]
+    return [_parse_ref(m.group(1)) for m in _TEMPLATE_RE.finditer(s, 0, _scan_end(s))]
 
 
-def _fill_str(s: str, env: Mapping[str, Any]) -> Any:
+def _whole(ref: _Ref, env: Mapping[str, Any], budget: _Budget) -> Any:
+    """The value of an exact template: a copy (a JSON round trip, which also measures it)."""
+    value = _lookup(ref, env)
+    if isinstance(value, str):
+        return budget.spend(value, ref.path)
+    if isinstance(value, Mapping | list | tuple):
+        return json.loads(budget.spend(_to_text(value), ref.path))
+    return value  # a number, a boolean or null
+
+
+def _fill_str(s: str, env: Mapping[str, Any], budget: _Budget) -> Any:
     if "{{" not in s:
         return s
     _refs(s)  # parse every template first so a bad one fails even if an earlier one is missing
     m = _TEMPLATE_RE.match(s)
     if m is not None and m.end() == len(s):
-        return copy.deepcopy(_lookup(_parse_ref(m.group(1)), env))
+        return _whole(_parse_ref(m.group(1)), env, budget)
+
+    def one(m: re.Match[str]) -> str:
+        ref = _parse_ref(m.group(1))
+        return budget.spend(_to_text(_lookup(ref, env)), ref.path)
+
+    end = _scan_end(s)
     # re.sub never rescans what it inserted, so data that looks like a template stays data.
-    return _TEMPLATE_RE.sub(lambda m: _to_text(_lookup(_parse_ref(m.group(1)), env)), s)
+    return _TEMPLATE_RE.sub(one, s[:end]) + s[end:]
 
 
 def _is_raw(value: Mapping[Any, Any]) -> bool:
     return len(value) == 1 and "$raw" in value
 
 
-def _fill(value: Any, env: Mapping[str, Any], depth: int) -> Any:
+def _fill(value: Any, env: Mapping[str, Any], depth: int, budget: _Budget) -> Any:
     if isinstance(value, str):
-        return _fill_str(value, env)
+        return _fill_str(value, env, budget)
     if isinstance(value, Mapping):
         if _is_raw(value):
             return copy.deepcopy(value["$raw"])
         depth = _enter(depth)
-        return {k: _fill(v, env, depth) for k, v in value.items()}
+        return {k: _fill(v, env, depth, budget) for k, v in value.items()}
     if isinstance(value, list | tuple):
         depth = _enter(depth)
-        return [_fill(v, env, depth) for v in value]
+        return [_fill(v, env, depth, budget) for v in value]
     return value
 
 
 def fill(value: Any, env: Mapping[str, Any]) -> Any:
     """A copy of a params value with every template replaced (see the module docstring)."""
-    return _fill(value, env, 0)
+    return _fill(value, env, 0, _Budget())
 
 
 # ---- conditions -------------------------------------------------------------------------------------------
@@ -282,23 +347,74 @@ def _orderable(a: Any, b: Any) -> bool:
     return all(isinstance(x, int | float) and not isinstance(x, bool) for x in (a, b))
 
 
+_REPEATS = frozenset({_re_constants.MAX_REPEAT, _re_constants.MIN_REPEAT, _re_constants.POSSESSIVE_REPEAT})
+
+
+def _subpatterns(av: Any) -> Iterator[Any]:
+    if isinstance(av, _re_parser.SubPattern):
+        yield av
+    elif isinstance(av, list | tuple):
+        for x in av:
+            yield from _subpatterns(x)
+
+
+def _unrolled(items: Any) -> int:
+    """The items of a parsed pattern, each repeat's body counted min-count times (at least once)."""
+    total = 0
+    for op, av in items:
+        if op in _REPEATS:
+            low, _high, body = av
+            total += max(low, 1) * _unrolled(body)
+        else:
+            total += 1 + sum(_unrolled(sub) for sub in _subpatterns(av))
+        if total > MAX_REGEX_UNROLLED:
+            break
+    return total
+
+
 @functools.lru_cache(maxsize=256)
-def _compile(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+def _compile(pattern: str) -> Any:
+    """The compiled regex.Pattern; TemplateError (without a path) when it is refused."""
+    try:
+        re.compile(pattern)  # the syntax (and the error messages) of re
+        size = _unrolled(_re_parser.parse(pattern))
+    except re.error as e:
+        raise TemplateError(f"bad regex: {e}") from None
+    except RecursionError:
+        raise TemplateError("bad regex: nested too deeply") from None
+    if size > MAX_REGEX_UNROLLED:
+        raise TemplateError(f"regex too large: its repeats unroll to more than {MAX_REGEX_UNROLLED} items")
+    try:
+        return regex.compile(pattern, flags=regex.VERSION0, cache_pattern=False)
+    except (regex.error, ValueError, OverflowError, RecursionError) as e:
+        raise TemplateError(f"bad regex: {e}") from None
 
 
-def _regex(pattern: Any, path: str | None) -> re.Pattern[str]:
+def _regex(pattern: Any, path: str | None) -> Any:
     if not isinstance(pattern, str):
         raise TemplateError("'match' needs a string pattern", path)
     if len(pattern) > MAX_REGEX_LEN:
         raise TemplateError(f"regex longer than {MAX_REGEX_LEN} chars", path)
     try:
         return _compile(pattern)
-    except re.error as e:
-        raise TemplateError(f"bad regex: {e}", path) from None
+    except TemplateError as e:
+        raise TemplateError(e.reason, path) from None
 
 
-def _apply(op: str, actual: Any, arg: Any, path: str) -> bool:
+def _search(pattern: str, subject: str, path: str, budget: _Budget) -> bool:
+    compiled = _regex(pattern, path)
+    try:
+        left = budget.seconds_left()
+        if left <= 0:
+            raise TimeoutError
+        return compiled.search(subject, timeout=left) is not None
+    except TimeoutError:
+        raise TemplateError(
+            f"regex took longer than {MAX_REGEX_SECONDS} s (the search time of one condition)", path
+        ) from None
+
+
+def _apply(op: str, actual: Any, arg: Any, path: str, budget: _Budget) -> bool:
     if actual is _MISSING:
         return op == "exists" and arg is False
     if op == "exists":
@@ -316,18 +432,18 @@ def _apply(op: str, actual: Any, arg: Any, path: str) -> bool:
             return False
         if len(actual) > MAX_MATCH_SUBJECT_LEN:
             raise TemplateError(f"'match' subject longer than {MAX_MATCH_SUBJECT_LEN} chars", path)
-        return _regex(arg, path).search(actual) is not None
+        return _search(arg, actual, path, budget)
     return _orderable(actual, arg) and _ORDER[op](actual, arg)
 
 
-def _matches(path: str, matcher: Any, env: Mapping[str, Any], depth: int) -> bool:
+def _matches(path: str, matcher: Any, env: Mapping[str, Any], depth: int, budget: _Budget) -> bool:
     segments = _parse_path(path)
     ops = _operators(matcher, path)
     if ops is None:
-        args = {"eq": _fill(matcher, env, depth)}
+        args = {"eq": _fill(matcher, env, depth, budget)}
     else:
         depth = _enter(depth)
-        args = {op: _fill(v, env, depth) for op, v in ops.items()}
+        args = {op: _fill(v, env, depth, budget) for op, v in ops.items()}
     # Argument errors are raised before evaluating so they do not depend on the data or on operator order.
     for op, arg in args.items():
         if op == "exists" and not isinstance(arg, bool):
@@ -335,45 +451,58 @@ def _matches(path: str, matcher: Any, env: Mapping[str, Any], depth: int) -> boo
         if op == "match":
             _regex(arg, path)
     actual, _ = _resolve(segments, env)
-    return all(_apply(op, actual, arg, path) for op, arg in args.items())
+    return all(_apply(op, actual, arg, path, budget) for op, arg in args.items())
 
 
-def _check(cond: Any, env: Mapping[str, Any], depth: int) -> bool:
+def _check(cond: Any, env: Mapping[str, Any], depth: int, budget: _Budget) -> bool:
     depth = _enter(depth)
     if isinstance(cond, list | tuple):
-        return any(_check(c, env, depth) for c in cond)
+        return any(_check(c, env, depth, budget) for c in cond)
     if not isinstance(cond, Mapping):
         raise TemplateError(f"a condition must be an object or a list, not {_kind(cond)}")
     comb = _combinator(cond)
     if comb == "not":
-        return not _check(cond[comb], env, depth)
+        return not _check(cond[comb], env, depth, budget)
     if comb is not None:
         items = cond[comb]
         if not isinstance(items, list | tuple):
             raise TemplateError(f"{comb!r} needs a list")
-        outcomes = (_check(c, env, depth) for c in items)
+        outcomes = (_check(c, env, depth, budget) for c in items)
         return all(outcomes) if comb == "all" else any(outcomes)
-    return all(_matches(str(path), m, env, depth) for path, m in cond.items())
+    return all(_matches(str(path), m, env, depth, budget) for path, m in cond.items())
 
 
 def check(condition: Any, env: Mapping[str, Any]) -> bool:
     """Evaluate a Condition (SPEC §5); raises TemplateError only for malformed conditions or values."""
-    return _check(condition, env, 0)
+    return _check(condition, env, 0, _Budget())
 
 
 # ---- static validation ------------------------------------------------------------------------------------
 
 
+# A location, spelled out only when it is reported: (parent, key) for ".key", (parent, i) for "[i]".
+# Building "a.<long key>[i]" for every item below a long key would copy the key once per item.
+_Loc = str | tuple["_Loc", str | int]
+
+
+def _spell(loc: _Loc) -> str:
+    steps: list[str] = []
+    while isinstance(loc, tuple):
+        loc, step = loc
+        steps.append(f"[{step}]" if isinstance(step, int) else f".{step}")
+    return loc + "".join(reversed(steps))
+
+
 @contextlib.contextmanager
-def _at(loc: str, *, bare: bool = False) -> Iterator[None]:
+def _at(loc: _Loc, *, bare: bool = False) -> Iterator[None]:
     """Report a TemplateError as the ValueError validation raises, prefixed with the location."""
     try:
         yield
     except TemplateError as e:
-        raise InvalidTemplate(loc, e.reason if bare else str(e)) from None
+        raise InvalidTemplate(_spell(loc), e.reason if bare else str(e)) from None
 
 
-def _strings(value: Any, loc: str, depth: int = 0, raw: bool = False) -> Iterator[tuple[str, str]]:
+def _strings(value: Any, loc: _Loc, depth: int = 0, raw: bool = False) -> Iterator[tuple[_Loc, str]]:
     """(location, string) for every string templating would touch, enforcing MAX_DEPTH on the way."""
     if isinstance(value, str):
         if not raw and "{{" in value:
@@ -383,12 +512,12 @@ def _strings(value: Any, loc: str, depth: int = 0, raw: bool = False) -> Iterato
             depth = _enter(depth)
         raw = raw or _is_raw(value)
         for k, v in value.items():
-            yield from _strings(v, f"{loc}.{k}", depth, raw)
+            yield from _strings(v, (loc, str(k)), depth, raw)
     elif isinstance(value, list | tuple):
         with _at(loc):
             depth = _enter(depth)
         for i, v in enumerate(value):
-            yield from _strings(v, f"{loc}[{i}]", depth, raw)
+            yield from _strings(v, (loc, i), depth, raw)
 
 
 def _validate_value(value: Any, loc: str, depth: int = 0) -> list[_Ref]:

@@ -112,6 +112,13 @@ def create(rid: Any = 1, on_conflict: Any = OMIT, **fields: Any) -> dict[str, An
     return req("tasks.create", params, id=rid)
 
 
+def nest_list(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 def with_cmd(bad: Any) -> dict[str, Any]:
     """tasks.create whose third command (index 2) is `bad`."""
     return create(commands=[GOOD_CMD, {"timer": 5}, bad])
@@ -170,6 +177,8 @@ ENVELOPE = [
     P(
         Case("json-nested-too-deep", b"[" * 5000 + b"]" * 5000, PARSE_ERROR, id=None),
     ),
+    # deeper than MAX_JSON_DEPTH but within what msgspec decodes: refused whole, before anything runs
+    P(Case("json-nested-300-in-kws", create(kws={"d": nest_list(300)}), PARSE_ERROR, id=None)),
     P(Case("not-an-object-number", "42", INVALID_REQUEST, "request", id=None)),
     P(Case("not-an-object-string", '"tasks.get"', INVALID_REQUEST, "request", id=None)),
     P(Case("not-an-object-null", "null", INVALID_REQUEST, "request", id=None)),
@@ -449,6 +458,14 @@ OTHER_METHODS = [
     P(Case("cancel-ids-string", req("tasks.cancel", {"ids": "a", "dry_run": False}), P_, "ids")),
     P(Case("cancel-bad-id", req("tasks.cancel", {"ids": ["ok", "a b"], "dry_run": False}), P_, "ids[1]")),
     P(Case("cancel-dry_run-string", req("tasks.cancel", {"ids": ["a"], "dry_run": "no"}), P_, "dry_run")),
+    # found by tests/test_hostile.py: a since Redis cannot take as a score or stream id (nan, inf, past
+    # year 9999) was an internal error (notifications.list; tasks.list with nan); it is invalid now
+    P(Case("list-since-nan", req("tasks.list", {"since": "nan"}), P_, "since")),
+    P(Case("list-since-inf", req("tasks.list", {"since": "inf"}), P_, "since")),
+    P(Case("list-since-after-9999", req("tasks.list", {"since": 1e12}), P_, "since")),
+    P(Case("notifications-since-inf", req("notifications.list", {"since": "inf"}), P_, "since")),
+    P(Case("notifications-since-1e308", req("notifications.list", {"since": 1e308}), P_, "since")),
+    P(Case("cancel-since-nan", req("tasks.cancel", {"app": "demo", "since": "nan"}), P_, "since")),
 ]
 
 NOTIFICATIONS = [

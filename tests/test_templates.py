@@ -10,6 +10,9 @@ import pytest
 from shared.templates import (
     MAX_DEPTH,
     MAX_MATCH_SUBJECT_LEN,
+    MAX_OUTPUT_LEN,
+    MAX_REGEX_SECONDS,
+    MAX_REGEX_UNROLLED,
     MAX_TEMPLATE_LEN,
     TemplateError,
     check,
@@ -245,7 +248,7 @@ def test_template_error_str() -> None:
 
 # ---- conditions ------------------------------------------------------------------------------------------
 
-CHECK_CASES: list[tuple[Any, bool]] = [
+CHECK_CASES: list[Any] = [
     # equality literals
     ({"results.0.status": "paid"}, True),
     ({"results.0.status": "unpaid"}, False),
@@ -293,7 +296,14 @@ CHECK_CASES: list[tuple[Any, bool]] = [
     ({"kws.d": {"has": "x"}}, True),
     ({"kws.d": {"has": "y"}}, False),
     ({"kws.a": {"has": 1}}, False),
-    # match (search)
+    # match (search), with the syntax and meaning of re
+    ({"kws.s": {"match": "(?i)^H"}}, True),
+    ({"kws.uni": {"match": "^\\w$"}}, True),
+    ({"kws.s": {"match": "(?P<x>h)(?P=x)?i"}}, True),
+    pytest.param(  # a known difference: regex reads a POSIX class where re warns of a "possible nested set"
+        {"kws.s": {"match": "[[:alpha:]]"}}, True, marks=pytest.mark.filterwarnings("ignore::FutureWarning")
+    ),
+    ({"kws.s": {"match": f"^h{{1,{MAX_REGEX_UNROLLED * 10}}}"}}, True),  # only minimum counts unroll
     ({"kws.s": {"match": "^h"}}, True),
     ({"kws.s": {"match": "i"}}, True),
     ({"kws.s": {"match": "^i"}}, False),
@@ -436,3 +446,115 @@ def test_validate_condition_errors(cond: Any, where: str, message: str) -> None:
     with pytest.raises(ValueError) as info:
         validate_condition(cond, where)
     assert str(info.value).startswith(message)
+
+
+# ---- limits against hostile input -------------------------------------------------------------------------
+
+BOMB_ENV: dict[str, Any] = {
+    "kws": {"s": "a" * 30_000 + "!", "x": "x" * 30_000, "p": "(a|aa)+$", "big": "b" * 1_000_000},
+    "results": [],
+    "task": {"id": "t1", "job_id": "j1", "attempt": 1, "group": None},
+}
+
+# Catastrophic backtracking: re would search for ages; the regex time limit cuts it off.
+REGEX_BOMBS: list[Any] = [
+    {"kws.s": {"match": "(a|aa)+$"}},
+    {"kws.s": {"match": "(a|a)*$"}},
+    {"kws.s": {"match": "(.*a){12}$"}},
+    {"kws.x": {"match": "(x+x+)+y"}},
+    {"kws.s": {"match": "{{ kws.p }}"}},  # the pattern comes from the data: no check at creation
+    [{"kws.s": {"match": "(a|aa)+$"}}] * 50,  # the searches of one evaluation share one budget
+    {"any": [{"kws.s": {"match": "x"}}, {"kws.s": {"match": "(a|a)*$"}}]},
+]
+
+
+@pytest.mark.parametrize("cond", REGEX_BOMBS, ids=repr)
+def test_regex_time_limit(cond: Any) -> None:
+    validate_condition(cond)
+    with pytest.raises(TemplateError) as info:
+        check(cond, BOMB_ENV)
+    assert info.value.path in ("kws.s", "kws.x")
+    assert f"regex took longer than {MAX_REGEX_SECONDS} s" in info.value.reason
+
+
+# regex unrolls a repeat's minimum count when it compiles: these would take gigabytes.
+UNROLL_BOMBS = [
+    "x{4294967294}",
+    "(?:x{1000}){1000}",
+    "a{1000000,}",
+    f"[ab]{{{MAX_REGEX_UNROLLED + 1}}}",
+    "(?=x{5000})",
+]
+
+
+@pytest.mark.parametrize("pattern", UNROLL_BOMBS)
+def test_regex_unroll_limit(pattern: str) -> None:
+    with pytest.raises(ValueError, match=r"^if\.kws\.s\.match: regex too large"):
+        validate_condition({"kws.s": {"match": pattern}})
+    with pytest.raises(TemplateError, match="regex too large") as info:  # templated: caught at run time
+        check({"kws.s": {"match": "{{ kws.p }}"}}, {**BOMB_ENV, "kws": {"s": "x", "p": pattern}})
+    assert info.value.path == "kws.s"
+
+
+@pytest.mark.parametrize(
+    "pattern", [f"x{{{MAX_REGEX_UNROLLED}}}", "(?:x{1000}){0,1000}", "x{0,100000}", "a*b+c?"]
+)
+def test_regex_unroll_within_limit(pattern: str) -> None:
+    validate_condition({"kws.s": {"match": pattern}})
+    assert check({"kws.s": {"match": pattern}}, {"kws": {"s": "x" * MAX_REGEX_UNROLLED + "abc"}}) is True
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("\\p{L}", "bad regex: bad escape"),  # regex-only syntax stays refused: the dialect is re's
+        ("(?V1)a", "bad regex"),
+        ("(?r)a", "bad regex"),
+        ("(" * 400 + ")" * 400, "bad regex"),
+    ],
+)
+def test_regex_dialect_is_re(pattern: str, reason: str) -> None:
+    with pytest.raises(ValueError, match="^if.kws.s.match: " + reason.replace("(", "\\(")):
+        validate_condition({"kws.s": {"match": pattern}})
+
+
+OUTPUT_BOMBS: list[Any] = [
+    "{{ kws.big }}" * (MAX_OUTPUT_LEN // 1_000_000 + 1),  # interpolated
+    ["{{ kws.big }}"] * (MAX_OUTPUT_LEN // 1_000_000 + 1),  # taken whole, copied each time
+    {"a": "x{{ kws }}" * 9, "b": ["{{ kws }}"] * 9},  # both, across the params
+]
+
+
+@pytest.mark.parametrize("value", OUTPUT_BOMBS, ids=lambda v: repr(v)[:40])
+def test_output_limit(value: Any) -> None:
+    validate_template(value)
+    with pytest.raises(TemplateError, match=f"templates produce more than {MAX_OUTPUT_LEN} chars") as info:
+        fill(value, BOMB_ENV)
+    assert info.value.path in ("kws.big", "kws")
+    with pytest.raises(TemplateError, match="templates produce more than"):  # conditions fill values too
+        check({"kws.s": {"in": value}}, BOMB_ENV)
+
+
+def test_output_within_limit() -> None:
+    n = MAX_OUTPUT_LEN // 1_000_000
+    assert fill(["{{ kws.big }}"] * n, BOMB_ENV) == [BOMB_ENV["kws"]["big"]] * n
+
+
+def test_unclosed_braces_stay_text() -> None:
+    s = "{{" * (MAX_TEMPLATE_LEN // 2 - 2)  # a template is never closed: all of it is literal text
+    validate_template({"v": [s] * 100})
+    assert fill({"v": [s, "}}" + s, s + "} }"]}, ENV) == {"v": [s, "}}" + s, s + "} }"]}
+    assert fill("{{ kws.s }}" + "{{" * 100, ENV) == "hi" + "{{" * 100
+
+
+def test_deep_default_is_refused() -> None:
+    deep = "[" * 2000 + "]" * 2000  # deeper than json decodes
+    with pytest.raises(ValueError, match="^params.v: kws.a: default is not a JSON literal"):
+        validate_template({"v": "{{ kws.a ?? " + deep + " }}"})
+
+
+def test_location_below_long_key() -> None:
+    key = "k" * 100_000
+    with pytest.raises(ValueError) as info:
+        validate_template({key: [0] * 1000 + [{"x": "{{ foo }}"}]})
+    assert str(info.value) == f"params.{key}[1000].x: foo: unknown root 'foo' (expected kws, results or task)"

@@ -267,6 +267,32 @@ async def make(store: Store, r: Any, k: Keys, status: str, **doc: Any) -> tuple[
 # =========================================================================== create
 
 
+@pytest.mark.parametrize("on_conflict", ["error", "replace"])
+async def test_create_many_script_writes_nothing_unless_every_task_can_be_stored(
+    store: Store, r: Any, k: Keys, on_conflict: str
+) -> None:
+    """create_many.lua checks every task of its partition before it writes one: an id that
+    exists (error) or a task that has not ended (replace) refuses the whole batch."""
+    held = await create(store, commands=[message()])  # WAITING: exists, and has not ended
+    new = [parse_task({"app": APP, "id": f"{held}-{i}", "commands": [call()]}) for i in range(3)]
+    batch = [*new[:2], parse_task({"app": APP, "id": held, "commands": [call()]}), new[2]]
+    keys: list[str] = []
+    args: list[Any] = [k.prefix, on_conflict]
+    for t in batch:
+        kk, a, _ = store._create_call(t, on_conflict, None)
+        keys += kk
+        args += [a[1], a[2], a[4], a[5], a[6], a[7]]
+    before = await snapshot(r, k, held)
+    res = await store.scripts.run("create_many", keys, args)
+    assert res == (["EXISTS", held] if on_conflict == "error" else ["INVALID_TRANSITION", held, "WAITING"])
+    assert await snapshot(r, k, held) == before
+    assert not any([await r.exists(k.task(t.id)) for t in new])
+    assert await r.xlen(k.stream(APP)) == before["stream"]
+    res = await store.scripts.run("create_many", keys[:12] + keys[18:], args[:14] + args[20:])
+    assert res == ["CREATED", 3]
+    assert [(await store.get(t.id))["status"] for t in new] == ["QUEUED"] * 3
+
+
 @pytest.mark.parametrize(
     "doc",
     [

@@ -225,3 +225,48 @@ local function settle(tkey, id, app, old, verdict, ts)
     finish(tkey, id, app, old, ts)
   end
 end
+
+-- Stores one new task: create.lua, and create_many.lua for each task of a batch.
+-- k: its keys {task, stream (of its priority), due, apps, attempts, inbox}
+-- a: {id, app, on_conflict ('error'|'ignore'|'replace'), due_at (UNIX s; '' = now),
+--     enabled ('1'|'0'), stream_name (apps member), fields (JSON array of field, value strings)}
+-- A task due now is put on its app stream in this same step, not at the next manager tick.
+-- Returns 'CREATED' | 'IGNORED' (it exists, on_conflict ignore) | 'EXISTS' |
+--         'INVALID_TRANSITION', status (replace of a task that has not ended)
+local function store_new(k, a, ts)
+  local tkey, id, app = k.task, a.id, a.app
+  local old = redis.call('HMGET', tkey, 'status', 'app')
+  if old[1] then
+    if a.on_conflict == 'ignore' then return 'IGNORED' end
+    if a.on_conflict ~= 'replace' then return 'EXISTS' end
+    if not TERMINAL[old[1]] then return 'INVALID_TRANSITION', old[1] end
+    unindex(tkey, id, old[2], old[1])
+    redis.call('ZREM', k.due, old[2] .. '/' .. id)
+    redis.call('DEL', tkey, k.attempts, k.inbox)
+  end
+
+  if redis.call('SADD', k.apps, a.stream_name) == 1 then
+    -- The group exists before anything is queued and starts at 0: nothing put on the stream
+    -- before the first executor of the app started can be skipped.
+    redis.pcall('XGROUP', 'CREATE', k.stream, GROUP, '0', 'MKSTREAM')  -- BUSYGROUP is fine
+  end
+
+  local fields = cjson.decode(a.fields)
+  for _, v in ipairs({'id', id, 'app', app, 'created', fmt(ts), 'stage', '0'}) do fields[#fields + 1] = v end
+  redis.call('HSET', tkey, unpack(fields))
+
+  local due_at = tonumber(a.due_at)
+  if a.enabled ~= '1' then
+    redis.call('HSET', tkey, 'next_run', '')
+    set_status(tkey, id, app, nil, 'IDLE', ts)
+  elseif due_at and due_at > ts then
+    redis.call('HSET', tkey, 'next_run', fmt(due_at))
+    redis.call('ZADD', k.due, due_at, app .. '/' .. id)
+    set_status(tkey, id, app, nil, 'IDLE', ts)
+  else
+    local plan = cjson.decode(redis.call('HGET', tkey, 'plan'))
+    local verdict = advance(tkey, id, app, 0, plan, ts)
+    settle(tkey, id, app, nil, verdict, ts)
+  end
+  return 'CREATED'
+end
