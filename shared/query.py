@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,6 +203,9 @@ def encode_cursor(choice: int, positions: list[Position]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+MAX_SKIP = 2**53  # a LIMIT offset Redis takes; a real cursor skips at most the ties of one score
+
+
 def decode_cursor(cursor: str) -> tuple[int, list[Position]]:
     try:
         choice, raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
@@ -209,7 +213,9 @@ def decode_cursor(cursor: str) -> tuple[int, list[Position]]:
             raise ValueError
         out = []
         for score, skip in raw:
-            if not (score is None or isinstance(score, int | float)) or not isinstance(skip, int) or skip < 0:
+            if score is not None and not (isinstance(score, int | float) and math.isfinite(score)):
+                raise ValueError  # json.loads takes NaN and Infinity, which Redis refuses as a bound
+            if not isinstance(skip, int) or not 0 <= skip <= MAX_SKIP:
                 raise ValueError
             out.append(Position(None if score is None else float(score), skip))
         return choice, out

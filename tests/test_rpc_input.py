@@ -453,6 +453,16 @@ OTHER_METHODS = [
     P(Case("list-cursor-base64-junk", req("tasks.list", {"cursor": "aGVsbG8"}), P_, "cursor")),
     P(Case("list-cursor-negative-skip", req("tasks.list", {"cursor": "WzEsWy0xXV0"}), P_, "cursor")),
     P(Case("list-cursor-number", req("tasks.list", {"cursor": 5}), P_, "cursor")),
+    # [0, [[0.0, 10**29]]]: an offset Redis cannot take; [0, [[NaN, 0]]]: a bound it refuses
+    P(
+        Case(
+            "list-cursor-huge-skip",
+            req("tasks.list", {"cursor": "WzAsIFtbMC4wLCAxMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDBdXV0"}),
+            P_,
+            "cursor",
+        )
+    ),  # noqa: E501
+    P(Case("list-cursor-nan-score", req("tasks.list", {"cursor": "WzAsIFtbTmFOLCAwXV1d"}), P_, "cursor")),
     P(Case("list-include_results-1", req("tasks.list", {"include_results": 1}), P_, "include_results")),
     P(Case("cancel-no-ids", req("tasks.cancel", {"dry_run": False}), P_, "ids")),
     P(Case("cancel-ids-string", req("tasks.cancel", {"ids": "a", "dry_run": False}), P_, "ids")),
