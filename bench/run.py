@@ -1076,6 +1076,18 @@ def render() -> None:
             )
         )
     w("")
+    scale = BENCH / "SCALE.md"
+    if scale.exists():  # the scale figures, measured by bench/scale.py (too long for make bench)
+        w("## Scale figures (bench/SCALE.md, copied)")
+        w("")
+        w(
+            "Measured by `.venv/bin/python bench/scale.py`, a separate run (about 7 minutes, most of it "
+            "loading 2,000,000 tasks), not by `make bench`; its date and checkout are in its first lines. "
+            "Copied here whole, headings one level down."
+        )
+        w("")
+        for line in scale.read_text().splitlines()[1:]:
+            w("#" + line if line.startswith("#") else line)
     RESULTS_MD.write_text("\n".join(L))
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO_ROOT, free_port
+from tests.helpers import REPO_ROOT, free_port, wait_for
 
 
 async def test_tokens_guard_every_route_but_healthz(daemons: Any) -> None:
@@ -67,3 +67,45 @@ async def test_insecure_flag_and_tokens_allow_open_address(daemons: Any) -> None
     assert (await m.rpc("system.info"))["partitions"] == 1
     m2 = await daemons.manager(STAGEWISE_HTTP=f"0.0.0.0:{free_port()}", STAGEWISE_API_TOKENS="t")
     assert (await m2.rpc("system.info"))["partitions"] == 1
+
+
+async def test_in_flight_limit_sheds_the_excess_and_serves_the_rest(daemons: Any) -> None:
+    """With STAGEWISE_MAX_INFLIGHT=2, two requests are served at once and 4 x 2 wait; past that a
+    request gets 503 with Retry-After at once.  The held requests are then all answered."""
+    m = await daemons.manager(STAGEWISE_MAX_INFLIGHT="2")
+    host, port = m.url.removeprefix("http://").split(":")
+    body = b'{"jsonrpc": "2.0", "id": 1, "method": "system.info"}'
+    head = (
+        f"POST /rpc HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    held = []
+    for _ in range(2 + 4 * 2):  # headers only: the server takes them in, the body never comes
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(head)
+        await writer.drain()
+        held.append((reader, writer))
+
+    async def shed() -> bool:
+        status, _ = await m.raw(body.decode(), {"Connection": "close"})
+        return status == 503
+
+    # Each probe that is not shed waits for a slot too (it can only add to the queue), so the queue
+    # fills up and a probe is answered 503 at once.
+    async def probe() -> bool:
+        try:
+            return await asyncio.wait_for(shed(), timeout=0.5)
+        except TimeoutError:
+            return False
+
+    await wait_for(probe, timeout=20, interval=0.05, what="a request beyond the queue to get 503")
+    for _, writer in held:  # the bodies: every held request is served
+        writer.write(body)
+        await writer.drain()
+    for reader, writer in held:
+        reply = await asyncio.wait_for(reader.read(), timeout=20)
+        writer.close()
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+        assert b'"namespace"' in reply, reply[:400]
+    status, reply = await m.raw(body.decode())
+    assert status == 200 and reply["result"]["namespace"]
