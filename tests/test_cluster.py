@@ -96,6 +96,24 @@ def _keys_by_master(cluster: RedisClusterServers, namespace: str) -> dict[int, l
     return out
 
 
+async def running_in_every_partition(m: Any, prefix: str, seconds: float) -> list[str]:
+    """One `demo.sleep` task per partition (ids `<prefix>-<n>` picked to cover them all),
+    each RUNNING when this returns."""
+    candidates = [f"{prefix}-{i}" for i in range(PARTITIONS * 8)]
+    ids = list({partition_of(i, PARTITIONS): i for i in candidates}.values())
+    assert len(ids) == PARTITIONS, "ids for every partition"
+    for tid in ids:
+        task = {
+            "id": tid,
+            "app": "demo",
+            "commands": [{"method": "demo.sleep", "params": {"seconds": seconds}}],
+        }
+        await m.rpc("tasks.create", {"task": task})
+    for tid in ids:
+        await task_until(m, tid, lambda v: v["status"] == "RUNNING", 10)
+    return ids
+
+
 async def test_connect_detects_the_cluster(cluster: RedisClusterServers, namespace: str) -> None:
     """connect() hands out a cluster client for a cluster node and a plain one otherwise; the
     scripts run on a cluster, each partition's keys on the master that owns its slot."""
@@ -208,21 +226,7 @@ async def test_cancel_reaches_the_executor(stack: Stack) -> None:
     """A cancel goes to the executor through its control list in the task's partition: on a
     cluster the executor pops each partition's list on its own."""
     m = stack.m
-    ids = [f"sleepy-{i}" for i in range(PARTITIONS * 3)]
-    ids = list({partition_of(i, PARTITIONS): i for i in ids}.values())
-    for tid in ids:
-        await m.rpc(
-            "tasks.create",
-            {
-                "task": {
-                    "id": tid,
-                    "app": "demo",
-                    "commands": [{"method": "demo.sleep", "params": {"seconds": 60}}],
-                }
-            },
-        )
-    for tid in ids:
-        await task_until(m, tid, lambda v: v["status"] == "RUNNING", 10)
+    ids = await running_in_every_partition(m, "sleepy", seconds=60)
     res = await m.rpc("tasks.cancel", {"ids": ids, "dry_run": False})
     assert all(b["changed"] for b in res), res
     for tid in ids:
@@ -316,20 +320,7 @@ async def test_lost_executor_is_reaped_and_a_stopped_one_leaves(
     """SIGKILL the executor with runs in every partition: the manager takes them back from each
     partition and a new executor finishes them; SIGTERM on that one leaves every registry."""
     m, d = stack.m, stack.d
-    ids = list({partition_of(f"lost-{i}", PARTITIONS): f"lost-{i}" for i in range(PARTITIONS * 4)}.values())
-    for tid in ids:
-        await m.rpc(
-            "tasks.create",
-            {
-                "task": {
-                    "id": tid,
-                    "app": "demo",
-                    "commands": [{"method": "demo.sleep", "params": {"seconds": 1}}],
-                }
-            },
-        )
-    for tid in ids:
-        await task_until(m, tid, lambda v: v["status"] == "RUNNING", 10)
+    ids = await running_in_every_partition(m, "lost", seconds=1)
     stack.ex.kill()
     await stack.ex.wait_exit()
     env: dict[str, Any] = {"STAGEWISE_PARTITIONS": PARTITIONS, "STAGEWISE_GRACE": 1}
