@@ -27,6 +27,29 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
+
+
+def _foreign(request: web.Request, loopback_only: bool) -> str | None:
+    """Why a request that a web page made the user's browser send is refused, or None.
+
+    Without tokens, the only thing between a page on some other site and this API is the
+    browser: a page may POST a "simple" (text/plain) request to http://127.0.0.1:8765/rpc.
+    Browsers name the sending page in `Origin`, so a request whose Origin is not this server
+    is refused (clients and curl send no Origin).  A page may also rename itself to us (DNS
+    rebinding: evil.example resolving to 127.0.0.1), so a manager listening on loopback only
+    answers requests addressed to a loopback name."""
+    host = request.host.lower()
+    if loopback_only:
+        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]")[0]
+        if name not in LOOPBACK_NAMES and not name.startswith("127."):
+            return f"this manager listens on loopback; Host {request.host!r} is not a loopback name"
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.lower() not in (f"http://{host}", f"https://{host}"):
+        return f"cross-site request from Origin {origin!r}"
+    return None
+
+
 def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
     limit = store.settings.body_limit
 
@@ -71,10 +94,19 @@ def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
     inflight = asyncio.Semaphore(store.settings.max_inflight)  # served at once
     waiting = [0]  # requests waiting for a slot
 
+    # Tokens are what stops a foreign page once they are set (it cannot read or send them),
+    # and a reverse proxy in front may rewrite Host or Origin: the checks are for the
+    # token-less manager, which the refusal to listen openly keeps on loopback by default.
+    open_api = not store.settings.api_tokens
+    loopback_only = store.settings.host.strip("[]") in LOOPBACK_NAMES
+
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path == "/healthz":  # probes stay open: they reveal nothing
             return await handler(request)
+        why = _foreign(request, loopback_only) if open_api else None
+        if why:
+            return _json({"error": why}, 403)
         if tokens and not _authorized(request.headers.get("Authorization", ""), tokens):
             return _json({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
         if waiting[0] >= 4 * store.settings.max_inflight:  # shed load rather than queue without bound

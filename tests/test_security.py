@@ -109,3 +109,32 @@ async def test_in_flight_limit_sheds_the_excess_and_serves_the_rest(daemons: Any
         assert b'"namespace"' in reply, reply[:400]
     status, reply = await m.raw(body.decode())
     assert status == 200 and reply["result"]["namespace"]
+
+
+async def test_without_tokens_requests_from_pages_of_other_sites_are_refused(daemons: Any) -> None:
+    """CSRF and DNS rebinding: a browser names the page that sent a request in Origin, and a page
+    that renamed itself to us (a name resolving to 127.0.0.1) still sends its own Host."""
+    m = await daemons.manager()
+    port = m.url.rsplit(":", 1)[1]
+    body = '{"jsonrpc": "2.0", "id": 1, "method": "system.info"}'
+    for headers in [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Origin": f"http://evil.example:{port}"},
+        {"Host": f"evil.example:{port}"},
+        {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"},
+    ]:
+        status, reply = await m.raw(body, headers)
+        assert status == 403, (headers, status, reply)
+    for headers in [{}, {"Origin": m.url}, {"Host": f"localhost:{port}"}]:  # clients, our own page
+        status, reply = await m.raw(body, headers)
+        assert status == 200 and reply["result"]["namespace"], (headers, status, reply)
+    status, _ = await m.get("/healthz", {"Host": "evil.example"})
+    assert status == 200
+
+    # With tokens a foreign page gets nowhere anyway (it cannot send them), and a reverse proxy
+    # may rewrite Host and Origin: no such checks then.
+    t = await daemons.manager(STAGEWISE_API_TOKENS="tok")
+    proxied = {"Authorization": "Bearer tok", "Host": "api.example", "Origin": "https://api.example"}
+    status, reply = await t.raw(body, proxied)
+    assert status == 200 and reply["result"]["namespace"], (status, reply)
