@@ -261,7 +261,7 @@ class Demo:
         return True
 
     def serve(self) -> None:
-        print(f"\nserving JSON-RPC on {self.base}/rpc — Ctrl-C to stop")
+        print(f"\nserving JSON-RPC on {self.base}/rpc and the dashboard on {self.base}/ — Ctrl-C to stop")
         while True:
             self.check_children()
             time.sleep(0.5)
