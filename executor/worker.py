@@ -148,6 +148,7 @@ class Executor:
         self.quiet = asyncio.Event()  # stop fetching
         self.reading = False  # between XREADGROUP and the end of the claims of what it read
         self._streams: list[tuple[int, str, Keys]] = []
+        self._where: dict[str, tuple[int, Keys]] = {}  # stream key -> (priority, partition)
         self._streams_at = 0.0
         self.log = slog.get(app=app.name, executor_id=self.id)
         self._leases = itertools.count(1)
@@ -329,19 +330,28 @@ class Executor:
             ]
             base = [(0, k.stream(self.app.name), k) for k in self.parts]
             self._streams = sorted(set(found) | set(base), key=lambda x: -x[0])
+            self._where = {key: (prio, k) for prio, key, k in self._streams}
             self._streams_at = now
         return self._streams
+
+    def _entries(self, got: Any) -> list[Entry]:
+        """XREADGROUP's reply as entries, highest priority first."""
+        where = self._where
+        out = [(where[s][1], s, eid, f, where[s][0]) for s, items in got for eid, f in items]
+        return sorted(out, key=lambda e: -e[4])
+
+    async def _at_most(self, out: list[Entry], free: int) -> list[Entry]:
+        """A blocking read over several streams may return one entry from each: the surplus
+        beyond `free` slots goes back on its stream (redeliver.lua) for someone to take."""
+        for k, stream, eid, f, _ in out[free:]:
+            await self.scripts.run("redeliver", [k.task(f["t"]), stream], [k.prefix, f["t"], eid, f["j"]])
+        return out[:free]
 
     async def read(self, free: int) -> list[Entry]:
         streams = await self.streams()
         if self.split:
             return await self.read_cluster(streams, free)
-
-        def entries_of(got: Any) -> list[Entry]:
-            where = {key: (prio, k) for prio, key, k in streams}
-            out = [(where[s][1], s, eid, f, where[s][0]) for s, items in got for eid, f in items]
-            return sorted(out, key=lambda e: -e[4])
-
+        entries_of = self._entries
         if streams[0][0] == streams[-1][0]:  # one priority in use: one blocking read
             got = await self.r.xreadgroup(
                 GROUP, self.id, {key: ">" for _, key, _ in streams}, count=free, block=1000
@@ -357,10 +367,7 @@ class Executor:
         got = await self.r.xreadgroup(
             GROUP, self.id, {key: ">" for _, key, _ in streams}, count=1, block=1000
         )
-        out = entries_of(got)
-        for k, stream, eid, f, _ in out[free:]:  # one per stream came at once: give back the surplus
-            await self.scripts.run("redeliver", [k.task(f["t"]), stream], [k.prefix, f["t"], eid, f["j"]])
-        return out[:free]
+        return await self._at_most(entries_of(got), free)
 
     async def read_cluster(self, streams: list[tuple[int, str, Keys]], free: int) -> list[Entry]:
         """`read` on a Redis Cluster with several partitions, where one XREADGROUP may only name
@@ -372,12 +379,7 @@ class Executor:
         time, at the cost of a read per partition per wait."""
         n = len(self.parts)
         turn = self._turn = (self._turn + 1) % n
-        where = {key: (prio, k) for prio, key, k in streams}
-
-        def entries_of(got: Any) -> list[Entry]:
-            out = [(where[s][1], s, eid, f, where[s][0]) for s, items in got for eid, f in items]
-            return sorted(out, key=lambda e: -e[4])
-
+        entries_of = self._entries
         out: list[Entry] = []
         for _, key, _ in sorted(streams, key=lambda x: (-x[0], (x[2].partition - turn) % n)):
             if len(out) >= free:
@@ -387,10 +389,8 @@ class Executor:
             return out
         k = self.parts[turn]
         mine = {key: ">" for _, key, kk in streams if kk is k}
-        out = entries_of(await self.r.xreadgroup(GROUP, self.id, mine, count=1, block=CLUSTER_BLOCK_MS))
-        for k, stream, eid, f, _ in out[free:]:  # one per stream came at once: give back the surplus
-            await self.scripts.run("redeliver", [k.task(f["t"]), stream], [k.prefix, f["t"], eid, f["j"]])
-        return out[:free]
+        got = await self.r.xreadgroup(GROUP, self.id, mine, count=1, block=CLUSTER_BLOCK_MS)
+        return await self._at_most(entries_of(got), free)
 
     async def claim(self, entries: list[Entry]) -> None:
         leases = [self.new_lease() for _ in entries]
