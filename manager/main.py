@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import signal
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiohttp import web
@@ -18,13 +17,6 @@ from shared import log as slog
 from shared import sdnotify  # systemd notify protocol: no-ops without $NOTIFY_SOCKET
 from shared.config import Settings
 from shared.store import Store, connect, is_cluster
-
-
-def _version() -> str:
-    try:
-        return version("stagewise")
-    except PackageNotFoundError:
-        return "0.0.0"
 
 
 def exposed_without_auth(settings: Settings) -> bool:
@@ -63,7 +55,7 @@ async def serve(settings: Settings) -> None:
                 log.info("manager_stopped")
                 return
     store = Store(r, settings)
-    runner = web.AppRunner(make_app(store, Dispatcher(Api(store, _version()))), access_log=None)
+    runner = web.AppRunner(make_app(store, Dispatcher(Api(store))), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
     await site.start()

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from importlib import metadata
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -140,15 +141,23 @@ def parse_since(value: float | str | None, field: str = "since") -> float | None
     return max(t, 0.0)
 
 
+def package_version() -> str:
+    """stagewise's installed version (system.info), "0.0.0" when it runs from a bare checkout."""
+    try:
+        return metadata.version("stagewise")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
 Handler = Callable[[Any], Awaitable[Any]]
 
 
 class Api:
     """The methods; each takes its decoded params Struct."""
 
-    def __init__(self, store: Store, version: str) -> None:
+    def __init__(self, store: Store, version: str | None = None) -> None:
         self.store = store
-        self.version = version
+        self.version = version or package_version()
         self.methods: dict[str, tuple[type[Struct], Handler]] = {
             "tasks.create": (CreateParams, self.create),
             "tasks.create_many": (CreateManyParams, self.create_many),

@@ -724,7 +724,6 @@ class RedisClient(AsyncClient):
             # Imported here so that HTTP-only users of this module never load the manager's code.
             import dataclasses
 
-            from manager.main import _version
             from manager.rpc import Api, Dispatcher
             from shared import config
             from shared.store import Store, connect
@@ -738,7 +737,7 @@ class RedisClient(AsyncClient):
                 partitions=partitions or settings.partitions,
             )
             self._redis = await connect(settings.redis_url, max_connections=self._max_connections)
-            self._dispatcher = Dispatcher(Api(Store(self._redis, settings), _version()))
+            self._dispatcher = Dispatcher(Api(Store(self._redis, settings)))
         return self._dispatcher
 
     async def _post(self, body: Any) -> Any:
