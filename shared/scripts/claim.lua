@@ -16,7 +16,7 @@ if not redis.call('ZSCORE', KEYS[3], ARGV[5]) then
   return {'DEAD'}
 end
 local t = prefetch(tkey, {'status', 'lease', 'job_id', 'app', 'max_exec', 'exec_used', 'attempt',
-  'exec_deadline', 'stage', 'stages', 'retries', 'doc', 'kws', 'executor_id', 'run_started',
+  'exec_deadline', 'stage', 'stages', 'retries', 'doc', 'kws',
   'tags', 'group', 'notify', 'error', 'cron', 'next_task'})
 
 local function reply()
