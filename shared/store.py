@@ -132,6 +132,17 @@ class Store:
         ]
         return keys, args, fields
 
+    def _create_many_calls(self, tasks: list[Task], on_conflict: str) -> list[tuple[list[str], list[Any]]]:
+        """KEYS and ARGV of create_many.lua, one call per partition the tasks fall in."""
+        parts: dict[int, tuple[list[str], list[Any]]] = {}
+        for t in tasks:
+            keys, args, _ = self._create_call(t, on_conflict, None)
+            prefix, tid, app, _oc, due_at, enabled, sname, fields = args
+            p_keys, p_args = parts.setdefault(self.keys(t.id).partition, ([], [prefix, on_conflict]))
+            p_keys += keys
+            p_args += [tid, app, due_at, enabled, sname, fields]
+        return list(parts.values())
+
     @staticmethod
     def _created(task: Task, res: Any, fields: list[str]) -> dict[str, str]:
         """The stored hash, so that the caller's view needs no read: CREATED sends back only
@@ -278,15 +289,8 @@ class Store:
                 f"{len(taken)} task(s) exist: {', '.join(taken[:10])}",
                 {"ids": taken[:100]},
             )
-        parts: dict[int, tuple[list[str], list[Any]]] = {}
-        for t in tasks:
-            keys, args, _ = self._create_call(t, on_conflict, None)
-            prefix, tid, app, _oc, due_at, enabled, sname, fields = args
-            p_keys, p_args = parts.setdefault(self.keys(t.id).partition, ([], [prefix, on_conflict]))
-            p_keys += keys
-            p_args += [tid, app, due_at, enabled, sname, fields]
         pipe = self.r.pipeline(transaction=False)
-        for p_keys, p_args in parts.values():
+        for p_keys, p_args in self._create_many_calls(tasks, on_conflict):
             self.scripts.queue(pipe, "create_many", p_keys, p_args)
         for res in await self.scripts.execute(pipe):
             if res[0] == "EXISTS":  # created meanwhile by someone else

@@ -276,12 +276,7 @@ async def test_create_many_script_writes_nothing_unless_every_task_can_be_stored
     held = await create(store, commands=[message()])  # WAITING: exists, and has not ended
     new = [parse_task({"app": APP, "id": f"{held}-{i}", "commands": [call()]}) for i in range(3)]
     batch = [*new[:2], parse_task({"app": APP, "id": held, "commands": [call()]}), new[2]]
-    keys: list[str] = []
-    args: list[Any] = [k.prefix, on_conflict]
-    for t in batch:
-        kk, a, _ = store._create_call(t, on_conflict, None)
-        keys += kk
-        args += [a[1], a[2], a[4], a[5], a[6], a[7]]
+    [(keys, args)] = store._create_many_calls(batch, on_conflict)  # one partition: one call
     before = await snapshot(r, k, held)
     res = await store.scripts.run("create_many", keys, args)
     assert res == (["EXISTS", held] if on_conflict == "error" else ["INVALID_TRANSITION", held, "WAITING"])
