@@ -42,7 +42,7 @@ from shared.config import Settings  # noqa: E402
 from shared.keys import GROUP, Keys  # noqa: E402
 from shared.models import Task, parse_task  # noqa: E402
 from shared.query import CHUNK, SCAN_BUDGET  # noqa: E402
-from shared.scripting import source  # noqa: E402
+from shared.scripting import Call, source  # noqa: E402
 from shared.store import Store, connect  # noqa: E402
 from tests.helpers import Daemons, ManagerProc, Proc, RedisServer, wait_for  # noqa: E402
 
@@ -111,39 +111,36 @@ async def load_finished(store: Store, n: int, progress: bool = True) -> None:
             app = f"app{b % APPS}"
             stream = k.stream(app)
             tasks = [parse_task(task_doc(j, app)) for j in range(b * BATCH, min(n, (b + 1) * BATCH))]
-            pipe = r.pipeline(transaction=False)
-            for t in tasks:
-                scripts.queue(pipe, "create", *create_call(store, t))
-            for res in await scripts.execute(pipe):
+            for res in await scripts.run_many([("create", *create_call(store, t)) for t in tasks]):
                 assert created_status(res) == "QUEUED", res[:2]
             entries: list[tuple[str, dict[str, str]]] = []
             while len(entries) < len(tasks):
                 got = await r.xreadgroup(GROUP, eid, {stream: ">"}, count=len(tasks) - len(entries))
                 entries += got[0][1]
-            pipe = r.pipeline(transaction=False)
-            leases = []
-            for mid, f in entries:
-                lease = uuid.uuid4().hex
-                leases.append(lease)
-                scripts.queue(
-                    pipe,
-                    "claim",
-                    [k.task(f["t"]), stream, k.executors(), k.running(eid), k.deadlines()],
-                    [k.prefix, f["t"], mid, f["j"], eid, lease],
-                )
-            claimed = await scripts.execute(pipe)
-            pipe = r.pipeline(transaction=False)
+            leases = [uuid.uuid4().hex for _ in entries]
+            claimed = await scripts.run_many(
+                [
+                    (
+                        "claim",
+                        [k.task(f["t"]), stream, k.executors(), k.running(eid), k.deadlines()],
+                        [k.prefix, f["t"], mid, f["j"], eid, lease],
+                    )
+                    for (mid, f), lease in zip(entries, leases, strict=True)
+                ]
+            )
+            commits: list[Call] = []
             for (_, f), lease, res in zip(entries, leases, claimed, strict=True):
                 assert res[0] == "OK", res
                 h = dict(zip(res[1::2], res[2::2], strict=True))
                 value = int(f["t"][1:])  # demo.echo(value=j) of task s<j>
-                scripts.queue(
-                    pipe,
-                    "commit",
-                    [k.task(f["t"]), k.attempts(f["t"])],
-                    [k.prefix, f["t"], f["j"], lease, h["stage"], 1, json.dumps(value), "ok"],
+                commits.append(
+                    (
+                        "commit",
+                        [k.task(f["t"]), k.attempts(f["t"])],
+                        [k.prefix, f["t"], f["j"], lease, h["stage"], 1, json.dumps(value), "ok"],
+                    )
                 )
-            for res in await scripts.execute(pipe):
+            for res in await scripts.run_many(commits):
                 assert res[0] == "FINISHED", res
             done[0] += len(tasks)
             if progress and (b // LOADERS) % 100 == 0:
@@ -166,10 +163,11 @@ async def load_idle(store: Store, n: int) -> None:
     sec, _ = await r.time()
     run_at = float(sec) + FAR
     for b in range(0, n, BATCH):
-        pipe = r.pipeline(transaction=False)
-        for j in range(b, min(n, b + BATCH)):
-            scripts.queue(pipe, "create", *create_call(store, parse_task(task_doc(j, "demo", run_at))))
-        for res in await scripts.execute(pipe):
+        calls = [
+            ("create", *create_call(store, parse_task(task_doc(j, "demo", run_at))))
+            for j in range(b, min(n, b + BATCH))
+        ]
+        for res in await scripts.run_many(calls):
             assert created_status(res) == "IDLE", res[:2]
 
 

@@ -86,22 +86,17 @@ class Batcher:
         t.add_done_callback(self.tasks.discard)
 
     async def _send(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        for name, keys, args, _ in batch:
-            self.scripts.queue(pipe, name, keys, args)
+        calls = [(name, keys, args) for name, keys, args, _ in batch]
         delay = 0.1
         while True:
             try:
-                results = await self.scripts.execute(pipe, raise_on_error=False)
+                results = await self.scripts.run_many(calls, raise_on_error=False)
                 break
             except (OSError, aredis.ConnectionError, aredis.TimeoutError):
                 # Applied or not, we cannot tell: send the same calls again.  Each script is
                 # fenced, and commit.lua answers REPLAY to a commit it has already applied.
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-                pipe = self.r.pipeline(transaction=False)
-                for name, keys, args, _ in batch:
-                    self.scripts.queue(pipe, name, keys, args)
             except Exception as e:  # noqa: BLE001 - anything else: every caller learns it
                 for *_, fut in batch:
                     if not fut.done():
@@ -394,18 +389,18 @@ class Executor:
 
     async def claim(self, entries: list[Entry]) -> None:
         leases = [self.new_lease() for _ in entries]
+        calls = [
+            (
+                "claim",
+                [k.task(f["t"]), stream, k.executors(), k.running(self.id), k.deadlines()],
+                [k.prefix, f["t"], eid, f["j"], self.id, lease],
+            )
+            for (k, stream, eid, f, _), lease in zip(entries, leases, strict=True)
+        ]
         delay = 0.1
         while True:
-            pipe = self.r.pipeline(transaction=False)
-            for (k, stream, eid, f, _), lease in zip(entries, leases, strict=True):
-                self.scripts.queue(
-                    pipe,
-                    "claim",
-                    [k.task(f["t"]), stream, k.executors(), k.running(self.id), k.deadlines()],
-                    [k.prefix, f["t"], eid, f["j"], self.id, lease],
-                )
             try:
-                results = await self.scripts.execute(pipe)
+                results = await self.scripts.run_many(calls)
                 break
             except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
                 # The entries stay pending on us; a replay with the same leases is safe

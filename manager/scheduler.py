@@ -90,11 +90,11 @@ class Scheduler:
         members = await self.r.zrangebyscore(k.due(), "-inf", now, start=0, num=self.settings.batch)
         if not members:
             return 0
-        pipe = self.r.pipeline(transaction=False)
+        calls = []
         for m in members:
-            app, tid = split_member(m)
-            self.scripts.queue(pipe, "wake", [k.task(tid), k.due()], [k.prefix, tid, m])
-        results = await self.scripts.execute(pipe)
+            _, tid = split_member(m)
+            calls.append(("wake", [k.task(tid), k.due()], [k.prefix, tid, m]))
+        results = await self.scripts.run_many(calls)
         for m, res in zip(members, results, strict=True):
             if res[0] not in ("NOT_DUE", "SKIP", "GONE"):
                 self._count("woken")
@@ -105,11 +105,11 @@ class Scheduler:
         members = await self.r.zrangebyscore(k.deadlines(), "-inf", now, start=0, num=self.settings.batch)
         if not members:
             return 0
-        pipe = self.r.pipeline(transaction=False)
+        calls = []
         for m in members:
             _, tid = split_member(m)
-            self.scripts.queue(pipe, "expire", [k.task(tid), k.deadlines()], [k.prefix, tid, m])
-        for m, res in zip(members, await self.scripts.execute(pipe), strict=True):
+            calls.append(("expire", [k.task(tid), k.deadlines()], [k.prefix, tid, m]))
+        for m, res in zip(members, await self.scripts.run_many(calls), strict=True):
             if res[0] == "FAILED":
                 self._count("exec_timeouts")
                 self.log.info("exec_timeout", member=m)
@@ -123,16 +123,13 @@ class Scheduler:
     async def reap_executor(self, k: Keys, eid: str) -> None:
         info: dict[str, Any] = await self.r.hgetall(k.executor(eid))
         members = await self.r.smembers(k.running(eid))
-        pipe = self.r.pipeline(transaction=False)
+        calls = []
         for m in members:
             _, tid = split_member(m)
-            self.scripts.queue(
-                pipe,
-                "reap",
-                [k.task(tid), k.running(eid)],
-                [k.prefix, tid, eid, self.settings.max_interruptions],
+            calls.append(
+                ("reap", [k.task(tid), k.running(eid)], [k.prefix, tid, eid, self.settings.max_interruptions])
             )
-        outcomes = await self.scripts.execute(pipe) if members else []
+        outcomes = await self.scripts.run_many(calls)
         app = info.get("app")
         redelivered = await redeliver_pending(self.r, self.scripts, k, app, eid) if app else 0
         # Leave the registry last: a manager that dies before this line repeats the work,

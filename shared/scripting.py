@@ -1,21 +1,31 @@
-"""Loads the Lua scripts of shared/scripts once, by name.
+"""Loads the Lua scripts of shared/scripts once, by name, and runs them.
 
 Each script is one state transition; ``_lib.lua`` (helpers every transition needs) is put in
-front of each.  redis-py's Script objects run EVALSHA and fall back to loading the script on
-NOSCRIPT, so a Redis restart or SCRIPT FLUSH costs one extra round trip, never an error.  On a
-Redis Cluster the EVALSHA goes to the node of the script's KEYS (all of one partition, so of
-one slot) and the SCRIPT LOAD of that fallback to every primary.
+front of each.  ``run`` calls one script through redis-py's Script object, which runs EVALSHA
+and loads the script on NOSCRIPT.  ``run_many`` sends many calls in one round trip: that is
+the hot path of the executor (claims, commits) and of the manager's batches, so on a single
+server it packs the EVALSHAs itself and reads the replies on one pooled connection under one
+timeout, instead of going through a redis-py pipeline (its per-argument encoding and its
+per-reply timeout were a third of the executor's CPU per stage).  On a Redis Cluster it uses a
+cluster pipeline, which routes each EVALSHA to the node of its KEYS (all of one partition, so
+of one slot).  Either way a script the server did not know (Redis restart, failover, SCRIPT
+FLUSH) is loaded and run again on its own, so an emptied script cache costs one extra round
+trip, never an error.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as aredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 NAMES = (
     "create",
@@ -45,6 +55,39 @@ def source(name: str) -> str:
     return lib + "\n" + (folder / f"{name}.lua").read_text()
 
 
+# (script name, KEYS, ARGV) of one script call
+Call = tuple[str, Sequence[str], Sequence[Any]]
+
+# run_many on one server: how many replies share one socket-timeout period.  A reply of one of
+# our scripts takes well under a millisecond, so a batch that needs more than socket_timeout
+# per this many replies is talking to a dead or stuck server.
+REPLIES_PER_TIMEOUT = 64
+
+
+def _arg(value: Any) -> bytes:
+    """One argument as redis-py would send it (str as UTF-8, numbers as their repr)."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return b"%d" % value
+    if isinstance(value, float):
+        return repr(value).encode()
+    raise TypeError(f"a script argument must be str, bytes, int or float, not {type(value).__name__}")
+
+
+def pack_evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
+    """EVALSHA sha numkeys KEYS... ARGV... in RESP, as one bytes string."""
+    parts = [b"EVALSHA", sha.encode(), b"%d" % len(keys)]
+    parts += [_arg(x) for x in keys]
+    parts += [_arg(x) for x in args]
+    out = [b"*%d\r\n" % len(parts)]
+    for b in parts:
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
 class Scripts:
     """The scripts registered on one client; ``await scripts.run("claim", keys, args)``."""
 
@@ -54,32 +97,56 @@ class Scripts:
         for name in NAMES:
             self._scripts[name] = client.register_script(source(name))
 
-    async def run(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
+    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
         return await self._scripts[name](keys=keys, args=args, client=client or self._client)
 
-    def queue(self, pipe: Any, name: str, keys: list[str], args: list[Any]) -> None:
-        """Adds the script call to a pipeline as a bare EVALSHA: redis-py's own script
-        support would send SCRIPT EXISTS before every pipeline; `execute` below handles the
-        NOSCRIPT of a script cache that was emptied (Redis restart, failover, SCRIPT FLUSH).
-        Queued through execute_command, which a cluster pipeline routes by the script's KEYS
-        (it refuses `.evalsha`); on a plain pipeline `.evalsha` does just this."""
-        script = self._scripts[name]
-        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        calls = getattr(pipe, "_sw_calls", None)
-        if calls is None:
-            calls = pipe._sw_calls = []
-        calls.append((len(pipe) - 1, name, keys, args))
-
-    async def execute(self, pipe: Any, raise_on_error: bool = True) -> list[Any]:
-        """Executes a pipeline holding queued scripts; a script the server did not know is
-        loaded and run again on its own (scripts are idempotent under such a replay: the
-        first attempt was refused before it ran)."""
-        calls = {i: (name, keys, args) for i, name, keys, args in getattr(pipe, "_sw_calls", [])}
-        results = await pipe.execute(raise_on_error=False)
+    async def run_many(self, calls: Sequence[Call], raise_on_error: bool = True) -> list[Any]:
+        """Runs the calls, in order, in one round trip; returns their replies in order.  With
+        `raise_on_error` false, a call that failed has its exception in its place and the
+        others still count; otherwise the first failure is raised (after all have run)."""
+        if not calls:
+            return []
+        if isinstance(self._client, aredis.Redis):
+            results = await self._one_server(calls)
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            for name, keys, args in calls:
+                pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
         for i, res in enumerate(results):
-            if isinstance(res, NoScriptError) and i in calls:
-                name, keys, args = calls[i]
-                results[i] = await self.run(name, keys, args)
-            elif raise_on_error and isinstance(res, Exception):
+            if isinstance(res, NoScriptError):
+                try:
+                    results[i] = res = await self.run(*calls[i])
+                except ResponseError as e:
+                    results[i] = res = e
+            if raise_on_error and isinstance(res, Exception):
                 raise res
         return results
+
+    async def _one_server(self, calls: Sequence[Call]) -> list[Any]:
+        """run_many on a single server: one pooled connection, our own RESP packing, and one
+        timeout per REPLIES_PER_TIMEOUT replies rather than one per reply.  A read that is cut
+        off (timeout, cancellation, lost connection) makes redis-py drop the connection, so a
+        connection with replies still unread never goes back into use."""
+        pool = self._client.connection_pool
+        data = b"".join(pack_evalsha(self._scripts[n].sha, k, a) for n, k, a in calls)
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(data, check_health=False)
+            out: list[Any] = []
+            period = conn.socket_timeout
+            loop = asyncio.get_running_loop()
+            try:
+                async with asyncio.timeout(period) as window:
+                    for i in range(len(calls)):
+                        if period and i and not i % REPLIES_PER_TIMEOUT:
+                            window.reschedule(loop.time() + period)
+                        try:  # math.inf: no timeout of its own, the window above bounds it
+                            out.append(await conn.read_response(timeout=math.inf))
+                        except ResponseError as e:
+                            out.append(e)
+            except TimeoutError:
+                raise RedisTimeoutError(f"no reply from Redis within {period} s") from None
+            return out
+        finally:
+            await pool.release(conn)

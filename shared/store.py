@@ -221,13 +221,9 @@ class Store:
     async def batch(self, op: str, ids: list[str], dry_run: bool, **extra: Any) -> list[dict[str, Any]]:
         """cancel / unlock / restart / delete / clean of each id: one BatchResult per id, in
         order; a bad id never fails the batch.  One fenced script per task, pipelined."""
-        pipe = self.r.pipeline(transaction=False)
-        for i in ids:
-            k = self.keys(i)
-            keys, args = self._batch_call(op, k, i, int(dry_run), extra)
-            self.scripts.queue(pipe, op, keys, args)
+        calls = [(op, *self._batch_call(op, self.keys(i), i, int(dry_run), extra)) for i in ids]
         out = []
-        for i, res in zip(ids, await self.scripts.execute(pipe, raise_on_error=False), strict=True):
+        for i, res in zip(ids, await self.scripts.run_many(calls, raise_on_error=False), strict=True):
             if isinstance(res, Exception):
                 out.append({"id": i, "status": None, "changed": False, "error": f"internal error: {res}"})
             elif res[0] == "NOT_FOUND":
@@ -289,10 +285,8 @@ class Store:
                 f"{len(taken)} task(s) exist: {', '.join(taken[:10])}",
                 {"ids": taken[:100]},
             )
-        pipe = self.r.pipeline(transaction=False)
-        for p_keys, p_args in self._create_many_calls(tasks, on_conflict):
-            self.scripts.queue(pipe, "create_many", p_keys, p_args)
-        for res in await self.scripts.execute(pipe):
+        calls = [("create_many", *call) for call in self._create_many_calls(tasks, on_conflict)]
+        for res in await self.scripts.run_many(calls):
             if res[0] == "EXISTS":  # created meanwhile by someone else
                 raise errors.RpcError(errors.TASK_EXISTS, f"task {res[1]!r} exists", {"ids": [res[1]]})
             if res[0] == "INVALID_TRANSITION":
@@ -420,17 +414,17 @@ async def _redeliver_stream(r: Any, scripts: Scripts, k: Keys, stream: str, cons
             break
         ids = [p["message_id"] for p in pending]
         bodies = {e[0]: e[1] for e in await r.xrange(stream, ids[0], ids[-1]) if e[1]}
-        pipe = r.pipeline(transaction=False)
+        calls, trimmed = [], []
         for mid in ids:
             body = bodies.get(mid)
             if body is None:  # trimmed away: nothing to re-send, just stop it pending
-                pipe.xack(stream, GROUP, mid)
+                trimmed.append(mid)
                 continue
-            scripts.queue(
-                pipe, "redeliver", [k.task(body["t"]), stream], [k.prefix, body["t"], mid, body["j"]]
-            )
-            n += 1
-        await scripts.execute(pipe)
+            calls.append(("redeliver", [k.task(body["t"]), stream], [k.prefix, body["t"], mid, body["j"]]))
+        if trimmed:
+            await r.xack(stream, GROUP, *trimmed)
+        await scripts.run_many(calls)
+        n += len(calls)
     try:
         await r.xgroup_delconsumer(stream, GROUP, consumer)
     except ResponseError:  # no such stream/group: nothing was pending either
