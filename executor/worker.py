@@ -229,6 +229,9 @@ class Executor:
             self.log.info("run_handed_back", task_id=run.task_id, job_id=run.job_id, result=res[0])
         roles[0].cancel()
         roles[2].cancel()
+        # Let them end before the client closes: a read cut off by the close would come back
+        # as a ConnectionError, which the control loop survives, and the cancel would be lost.
+        await asyncio.wait([roles[0], roles[2]])
         for k in self.parts:  # leave the registry: nothing of ours is running any more
             await redeliver_pending(self.r, self.scripts, k, self.app.name, self.id)
             pipe = self.r.pipeline(transaction=False)
@@ -273,13 +276,20 @@ class Executor:
             await self._control([k.control(self.id) for k in self.parts])
 
     async def _control(self, keys: list[str]) -> None:
+        me = asyncio.current_task()
         while True:
             try:
                 got = await self.r.blpop(keys, timeout=1)
             except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
+                if me and me.cancelling():
+                    raise asyncio.CancelledError from None
                 self.log.warning("control_failed", error=str(e))
                 await asyncio.sleep(0.5)
                 continue
+            if me and me.cancelling():
+                # redis-py can turn the cancel of a blocking read into an empty reply (seen at
+                # shutdown, with the socket timeout wrapped around the read): end as asked.
+                raise asyncio.CancelledError
             if not got:
                 continue
             msg = json.loads(got[1])

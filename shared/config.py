@@ -8,7 +8,6 @@ as the environment (``STAGEWISE_REDIS_URL = "..."``) or their short lower-case f
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -91,6 +90,8 @@ def load(path: str | None = None, env: dict[str, str] | None = None) -> Settings
     env = dict(os.environ if env is None else env)
     values: dict[str, Any] = {}
     if path:
+        import tomllib  # only with a config file
+
         with open(path, "rb") as f:
             data = tomllib.load(f)
         for key, raw in data.items():

@@ -1,10 +1,9 @@
 """Loads the Lua scripts of shared/scripts once, by name, and runs them.
 
 Each script is one state transition; ``_lib.lua`` (helpers every transition needs) is put in
-front of each.  ``run`` calls one script through redis-py's Script object, which runs EVALSHA
-and loads the script on NOSCRIPT.  ``run_many`` sends many calls in one round trip: that is
-the hot path of the executor (claims, commits) and of the manager's batches, so on a single
-server it packs the EVALSHAs itself and reads the replies on one pooled connection under one
+front of each.  ``run_many`` sends many calls in one round trip (``run`` is one call): that
+is the hot path of the executor (claims, commits) and of the manager, so on a single server
+it packs the EVALSHAs itself and reads the replies on one pooled connection under one
 timeout, instead of going through a redis-py pipeline (its per-argument encoding and its
 per-reply timeout were a third of the executor's CPU per stage).  On a Redis Cluster it uses a
 cluster pipeline, which routes each EVALSHA to the node of its KEYS (all of one partition, so
@@ -79,11 +78,13 @@ def _arg(value: Any) -> bytes:
 
 def pack_evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
     """EVALSHA sha numkeys KEYS... ARGV... in RESP, as one bytes string."""
-    parts = [b"EVALSHA", sha.encode(), b"%d" % len(keys)]
-    parts += [_arg(x) for x in keys]
-    parts += [_arg(x) for x in args]
-    out = [b"*%d\r\n" % len(parts)]
-    for b in parts:
+    n = b"%d" % len(keys)
+    out = [
+        b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+        % (3 + len(keys) + len(args), len(sha), sha.encode(), len(n), n)
+    ]
+    for x in (*keys, *args):
+        b = x.encode() if type(x) is str else _arg(x)
         out.append(b"$%d\r\n%s\r\n" % (len(b), b))
     return b"".join(out)
 
@@ -97,8 +98,11 @@ class Scripts:
         for name in NAMES:
             self._scripts[name] = client.register_script(source(name))
 
-    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
-        return await self._scripts[name](keys=keys, args=args, client=client or self._client)
+    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One script call; raises what the script raised."""
+        if isinstance(self._client, aredis.Redis):
+            return (await self.run_many([(name, keys, args)]))[0]
+        return await self._scripts[name](keys=keys, args=args, client=self._client)
 
     async def run_many(self, calls: Sequence[Call], raise_on_error: bool = True) -> list[Any]:
         """Runs the calls, in order, in one round trip; returns their replies in order.  With
@@ -114,9 +118,10 @@ class Scripts:
                 pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
             results = await pipe.execute(raise_on_error=False)
         for i, res in enumerate(results):
-            if isinstance(res, NoScriptError):
+            if isinstance(res, NoScriptError):  # redis-py's Script loads it and runs it again
+                name, keys, args = calls[i]
                 try:
-                    results[i] = res = await self.run(*calls[i])
+                    results[i] = res = await self._scripts[name](keys=keys, args=args, client=self._client)
                 except ResponseError as e:
                     results[i] = res = e
             if raise_on_error and isinstance(res, Exception):

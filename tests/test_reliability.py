@@ -249,6 +249,9 @@ async def test_graceful_shutdown_hands_back_and_exits_zero(daemons: Any) -> None
     await until(m, "g", lambda v: v["status"] == "RUNNING" and v["stage"] == 1)
     ex.terminate()
     assert await ex.wait_exit(10) == 0
+    log = ex.log_path.read_text()
+    # every role ended before the Redis client closed: no read of theirs was cut off by it
+    assert '"executor_stopped"' in log and "_failed" not in log, log[-2000:]
     v = await get(m, "g")
     assert v["status"] == "QUEUED" and v["stage"] == 1 and v["results"] == ["a"]
     attempts = await m.rpc("tasks.attempts", {"id": "g"})
@@ -257,6 +260,18 @@ async def test_graceful_shutdown_hands_back_and_exits_zero(daemons: Any) -> None
     # a new executor takes it from its current stage; the graceful hand-back is no interruption
     await daemons.executor(concurrency=4)
     await until(m, "g", lambda v: v["status"] == "RUNNING" and v["stage"] == 1)
+
+
+async def test_idle_executor_stops_cleanly(daemons: Any) -> None:
+    """SIGTERM on an executor with nothing to do: it exits 0, and its blocking reads (fetch,
+    cancel requests) end before its Redis client closes, so none of them logs a failure."""
+    await daemons.manager()
+    ex = await daemons.executor(concurrency=2)
+    await wait_for(lambda: "executor_started" in ex.log_tail(), timeout=10, what="the executor up")
+    ex.terminate()
+    assert await ex.wait_exit(10) == 0
+    log = ex.log_path.read_text()
+    assert '"executor_stopped"' in log and "_failed" not in log, log[-2000:]
 
 
 async def test_second_sigterm_stops_at_once(daemons: Any) -> None:
