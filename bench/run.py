@@ -1041,11 +1041,10 @@ def render() -> None:
             )
         w("")
         w(
-            "`SCRIPT` is `SCRIPT EXISTS`: redis-py sends it before every pipeline that holds script "
-            "calls (the "
-            "claim pipeline), so each XREADGROUP batch costs one more round trip. `HELLO` is the "
-            "handshake of each "
-            "new connection (the executor's pool and the bench handler's client)."
+            "`HELLO` is the handshake of each new connection: the executor's pool and the bench "
+            "handler's client, which is in the executor's process and opens a connection per "
+            "handler running at once.  Script calls go out as bare `EVALSHA`s (`Scripts.run_many`), "
+            "with no `SCRIPT EXISTS` before them."
         )
         w("")
 
@@ -1087,6 +1086,13 @@ def render() -> None:
         )
         w("")
         for line in scale.read_text().splitlines()[1:]:
+            w("#" + line if line.startswith("#") else line)
+        w("")
+    profile = BENCH / "PROFILE.md"
+    if profile.exists():  # the executor's profile before and after, from bench/profile.py runs
+        w("## Executor profile (bench/PROFILE.md, copied)")
+        w("")
+        for line in profile.read_text().splitlines()[1:]:
             w("#" + line if line.startswith("#") else line)
     RESULTS_MD.write_text("\n".join(L))
 
