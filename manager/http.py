@@ -83,16 +83,20 @@ def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
             {"status": status, "stage": int(h["stage"]), "stages": int(h["stages"])}, HTTP_CODE[status]
         )
 
-    async def healthz(request: web.Request) -> web.Response:
-        try:
-            await store.r.ping()
-        except Exception as e:  # any failure to reach Redis is "unhealthy", not a 500
-            return _json({"ok": False, "error": str(e)}, 503)
-        return _json({"ok": True})
-
     tokens = [t.encode() for t in store.settings.api_tokens]
     inflight = asyncio.Semaphore(store.settings.max_inflight)  # served at once
     waiting = [0]  # requests waiting for a slot
+    serving = [0]  # requests holding a slot
+
+    async def healthz(request: web.Request) -> web.Response:
+        # the request counts show how close the manager is to shedding load (503 past
+        # 4 x STAGEWISE_MAX_INFLIGHT waiting); they reveal nothing about any task
+        load = {"serving": serving[0], "waiting": waiting[0], "max_inflight": store.settings.max_inflight}
+        try:
+            await store.r.ping()
+        except Exception as e:  # any failure to reach Redis is "unhealthy", not a 500
+            return _json({"ok": False, "error": str(e), "requests": load}, 503)
+        return _json({"ok": True, "requests": load})
 
     # Tokens are what stops a foreign page once they are set (it cannot read or send them),
     # and a reverse proxy in front may rewrite Host or Origin: the checks are for the
@@ -116,9 +120,11 @@ def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
             await inflight.acquire()
         finally:
             waiting[0] -= 1
+        serving[0] += 1
         try:
             return await handler(request)
         finally:
+            serving[0] -= 1
             inflight.release()
 
     app = web.Application(client_max_size=limit, middlewares=[guard])

@@ -71,7 +71,9 @@ async def test_insecure_flag_and_tokens_allow_open_address(daemons: Any) -> None
 
 async def test_in_flight_limit_sheds_the_excess_and_serves_the_rest(daemons: Any) -> None:
     """With STAGEWISE_MAX_INFLIGHT=2, two requests are served at once and 4 x 2 wait; past that a
-    request gets 503 with Retry-After at once.  The held requests are then all answered."""
+    request gets 503 with Retry-After at once.  The held requests are then all answered.  Each
+    held request is counted on /healthz (which the limit does not apply to) before the next one
+    is sent, so the one beyond the queue is known to come last."""
     m = await daemons.manager(STAGEWISE_MAX_INFLIGHT="2")
     host, port = m.url.removeprefix("http://").split(":")
     body = b'{"jsonrpc": "2.0", "id": 1, "method": "system.info"}'
@@ -79,26 +81,28 @@ async def test_in_flight_limit_sheds_the_excess_and_serves_the_rest(daemons: Any
         f"POST /rpc HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode()
+
+    async def load() -> dict[str, int]:
+        status, doc = await m.get("/healthz")
+        assert status == 200, doc
+        return dict(doc["requests"])
+
+    assert await load() == {"serving": 0, "waiting": 0, "max_inflight": 2}
     held = []
-    for _ in range(2 + 4 * 2):  # headers only: the server takes them in, the body never comes
+    for i in range(2 + 4 * 2):  # headers only: the server takes them in, the body never comes
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(head)
         await writer.drain()
         held.append((reader, writer))
 
-    async def shed() -> bool:
-        status, _ = await m.raw(body.decode(), {"Connection": "close"})
-        return status == 503
+        async def counted(n: int = i + 1) -> bool:
+            got = await load()
+            return got["serving"] + got["waiting"] == n
 
-    # Each probe that is not shed waits for a slot too (it can only add to the queue), so the queue
-    # fills up and a probe is answered 503 at once.
-    async def probe() -> bool:
-        try:
-            return await asyncio.wait_for(shed(), timeout=0.5)
-        except TimeoutError:
-            return False
-
-    await wait_for(probe, timeout=20, interval=0.05, what="a request beyond the queue to get 503")
+        await wait_for(counted, timeout=10, what=f"held request {i + 1} counted by the manager")
+    assert await load() == {"serving": 2, "waiting": 8, "max_inflight": 2}
+    status, reply = await asyncio.wait_for(m.raw(body.decode(), {"Connection": "close"}), timeout=10)
+    assert status == 503, reply  # answered at once: it never waited for a slot
     for _, writer in held:  # the bodies: every held request is served
         writer.write(body)
         await writer.drain()
@@ -109,6 +113,7 @@ async def test_in_flight_limit_sheds_the_excess_and_serves_the_rest(daemons: Any
         assert b'"namespace"' in reply, reply[:400]
     status, reply = await m.raw(body.decode())
     assert status == 200 and reply["result"]["namespace"]
+    assert await load() == {"serving": 0, "waiting": 0, "max_inflight": 2}
 
 
 async def test_without_tokens_requests_from_pages_of_other_sites_are_refused(daemons: Any) -> None:
