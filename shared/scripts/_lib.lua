@@ -82,6 +82,18 @@ local function prefetch(tkey, names)
   return t
 end
 
+-- Appends name, value of each field of `names` that the hash holds to the reply list `out`.
+local function append_fields(out, key, names)
+  local vals = redis.call('HMGET', key, unpack(names))
+  for i, n in ipairs(names) do
+    if vals[i] then
+      out[#out + 1] = n
+      out[#out + 1] = vals[i]
+    end
+  end
+  return out
+end
+
 -- Every status change goes through here: the pending writes and status, indexes,
 -- notifications (tasks with notify), and the `ended` zset through which the manager
 -- reschedules cron tasks and starts next_task.  `t` holds STATUS_FIELDS when the caller

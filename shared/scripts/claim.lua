@@ -27,13 +27,7 @@ local function reply()
   if s > 0 then
     local names = {}
     for i = 0, s - 1 do names[#names + 1] = 'r.' .. i end
-    local vals = redis.call('HMGET', tkey, unpack(names))
-    for i, n in ipairs(names) do
-      if vals[i] then
-        out[#out + 1] = n
-        out[#out + 1] = vals[i]
-      end
-    end
+    append_fields(out, tkey, names)
   end
   return out
 end

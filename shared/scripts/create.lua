@@ -22,12 +22,4 @@ if code ~= 'CREATED' then return {code, from} end
 -- What this script set on top of ARGV[8] (the caller has the rest): no HGETALL of ~45 fields.
 local SET_HERE = {'id', 'app', 'created', 'stage', 'stage_started', 'status', 'updated', 'next_run',
   'queued_at', 'wait_deadline', 'exit_code', 'error'}
-local vals = redis.call('HMGET', KEYS[1], unpack(SET_HERE))
-local out = {'CREATED'}
-for i, f in ipairs(SET_HERE) do
-  if vals[i] then
-    out[#out + 1] = f
-    out[#out + 1] = vals[i]
-  end
-end
-return out
+return append_fields({'CREATED'}, KEYS[1], SET_HERE)
