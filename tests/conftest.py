@@ -26,7 +26,7 @@ import tests.helpers as _helpers  # noqa: E402
 # so that e.g. `RpcError` is one class whichever way a test imports it.
 sys.modules.setdefault("helpers", _helpers)
 
-from tests.helpers import Daemons, RedisServer, wait_for  # noqa: E402
+from tests.helpers import Daemons, RedisServer, started_for_tests, wait_for  # noqa: E402
 
 __all__ = ["wait_for"]
 
@@ -46,14 +46,8 @@ def _failed(node: pytest.Item) -> bool:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A private redis-server for the session: `.port`, `.url`, `.dir`, `.proc`."""
-    try:
-        server = RedisServer.start()
-    except RuntimeError as e:
-        pytest.fail(f"{e}\n(run the suite with `make test`, which installs redis-server)", pytrace=False)
-    try:
+    with started_for_tests(RedisServer.start) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

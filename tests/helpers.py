@@ -23,15 +23,34 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import redis
 from redis.crc import key_slot
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+S = TypeVar("S", "RedisServer", "RedisClusterServers")
+
+
+@contextlib.contextmanager
+def started_for_tests(start: Callable[[], S]) -> Iterator[S]:
+    """Servers from `start` for a fixture, stopped after it.  Without redis-server on the
+    machine the test fails with how to get it, not with a traceback."""
+    import pytest  # here: bench scripts import this module without pytest's plugins loaded
+
+    try:
+        servers = start()
+    except RuntimeError as e:
+        pytest.fail(f"{e}\n(run the suite with `make test`, which installs redis-server)", pytrace=False)
+    try:
+        yield servers
+    finally:
+        servers.stop()
 
 
 def free_port() -> int:

@@ -28,6 +28,7 @@ from tests.helpers import (
     Proc,
     RedisClusterServers,
     add_task,
+    started_for_tests,
     task_until,
     wait_for,
 )
@@ -38,14 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterServers]:
-    try:
-        c = RedisClusterServers.start(masters=3)
-    except RuntimeError as e:
-        pytest.fail(f"{e}\n(run the suite with `make test`, which installs redis-server)", pytrace=False)
-    try:
+    with started_for_tests(partial(RedisClusterServers.start, masters=3)) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")
