@@ -30,6 +30,7 @@ from redis.exceptions import ResponseError
 from executor.app import App, Ctx, ParamsError
 from shared import log as slog
 from shared import sdnotify  # systemd notify protocol: no-ops without $NOTIFY_SOCKET
+from shared.aio import raise_if_stop_requested
 from shared.config import Settings
 from shared.errors import StageError, stage_error
 from shared.keys import GROUP, Keys
@@ -59,6 +60,7 @@ class Failure(Exception):
 Entry = tuple[Keys, str, str, dict[str, str], int]
 
 CLUSTER_BLOCK_MS = 100  # Redis Cluster: how long an idle read blocks on one partition (read_cluster)
+ROLE_STOP_TIMEOUT = 5.0  # s shutdown waits for heartbeat and control to end (shutdown)
 
 
 class Batcher:
@@ -231,7 +233,11 @@ class Executor:
         roles[2].cancel()
         # Let them end before the client closes: a read cut off by the close would come back
         # as a ConnectionError, which the control loop survives, and the cancel would be lost.
-        await asyncio.wait([roles[0], roles[2]])
+        # Both loops honour a cancel even when redis-py swallows it (shared/aio.py); the bound
+        # is for what we have not seen: a stop must never hang on a role.
+        _, stuck = await asyncio.wait([roles[0], roles[2]], timeout=ROLE_STOP_TIMEOUT)
+        if stuck:
+            self.log.warning("roles_not_stopped", roles=sorted(t.get_name() for t in stuck))
         for k in self.parts:  # leave the registry: nothing of ours is running any more
             await redeliver_pending(self.r, self.scripts, k, self.app.name, self.id)
             pipe = self.r.pipeline(transaction=False)
@@ -245,6 +251,7 @@ class Executor:
     # ------------------------------------------------------------------ heartbeat
     async def heartbeat(self) -> None:
         while True:
+            raise_if_stop_requested()  # a cancel lost in a ping's socket write (shared/aio.py)
             await asyncio.sleep(self.settings.ping_interval)
             try:
                 for k in self.parts:
@@ -254,6 +261,7 @@ class Executor:
                     if not ok:
                         await self.declared_dead(k)
             except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
+                raise_if_stop_requested()
                 self.log.warning("ping_failed", error=str(e))
 
     async def declared_dead(self, k: Keys) -> None:
@@ -276,20 +284,17 @@ class Executor:
             await self._control([k.control(self.id) for k in self.parts])
 
     async def _control(self, keys: list[str]) -> None:
-        me = asyncio.current_task()
         while True:
             try:
                 got = await self.r.blpop(keys, timeout=1)
             except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
-                if me and me.cancelling():
-                    raise asyncio.CancelledError from None
+                raise_if_stop_requested()
                 self.log.warning("control_failed", error=str(e))
                 await asyncio.sleep(0.5)
                 continue
-            if me and me.cancelling():
-                # redis-py can turn the cancel of a blocking read into an empty reply (seen at
-                # shutdown, with the socket timeout wrapped around the read): end as asked.
-                raise asyncio.CancelledError
+            # A cancel can come back as a reply here: lost in the write of the BLPOP (3.11's
+            # wait_for, shared/aio.py) or turned into the empty reply of the blocking read.
+            raise_if_stop_requested()
             if not got:
                 continue
             msg = json.loads(got[1])

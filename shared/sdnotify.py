@@ -23,6 +23,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from shared.aio import raise_if_stop_requested
+
 Health = Callable[[], Awaitable[bool] | bool]
 
 _sock: socket.socket | None = None
@@ -117,6 +119,7 @@ async def watchdog(healthy: Health | None = None, log: Any = None) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # TimeoutError, a Redis error, ...: unhealthy, not fatal
+            raise_if_stop_requested()
             ok, why = False, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         if ok:
             notify("WATCHDOG=1")
@@ -126,4 +129,5 @@ async def watchdog(healthy: Health | None = None, log: Any = None) -> None:
             else:
                 log.warning("watchdog_withheld", reason=why)
         was_ok = ok
+        raise_if_stop_requested()  # a cancel that wait_for returned a result for (shared/aio.py)
         await asyncio.sleep(max(0.0, started + period - loop.time()))

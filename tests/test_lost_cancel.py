@@ -1,0 +1,123 @@
+"""A stop that Python 3.11's `asyncio.wait_for` swallows still stops the executor's loops.
+
+redis-py sends every command through `wait_for` when a socket timeout is set.  On 3.11 a task
+cancelled in the loop turn in which the awaited future completes gets the result and loses the
+cancel (CPython gh-86296; shared/aio.py).  A heartbeat that lost its cancel this way kept pinging,
+and the executor's stop waited for it forever: seen once in CI, on the cluster suite.  These tests
+make the cancel land at exactly that moment, on a real Redis, inside the role's own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executor.app import App
+from executor.worker import Executor
+from shared import sdnotify
+from shared.config import Settings
+from tests.helpers import wait_for
+
+
+def arriving_with_a_cancel(result: Any) -> asyncio.Future[Any]:
+    """A future that gets `result` in the same loop turn as the current task gets cancelled,
+    as when a stop lands just as redis-py's socket write completes."""
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    assert me is not None
+    fut: asyncio.Future[Any] = loop.create_future()
+
+    def arrive_and_cancel() -> None:
+        fut.set_result(result)
+        me.cancel()
+
+    loop.call_soon(arrive_and_cancel)
+    return fut
+
+
+async def lose_the_cancel(result: Any) -> Any:
+    """Hand `result` back through `wait_for` while the current task is being cancelled."""
+    return await asyncio.wait_for(arriving_with_a_cancel(result), 10)
+
+
+def _lose_in_ping(ex: Executor, lost: list[int]) -> None:
+    real = ex.scripts.run
+
+    async def run(name: str, keys: list[str], args: list[Any]) -> Any:
+        res = await real(name, keys, args)
+        if name == "ping" and not lost:
+            res = await lose_the_cancel(res)
+            lost.append(asyncio.current_task().cancelling())  # type: ignore[union-attr]
+        return res
+
+    ex.scripts.run = run  # type: ignore[method-assign]
+
+
+def _lose_in_blpop(ex: Executor, lost: list[int]) -> None:
+    real = ex.r.blpop
+
+    async def blpop(keys: list[str], timeout: float = 0) -> Any:  # noqa: ASYNC109 - redis-py's signature
+        res = await real(keys, timeout=0.01)  # a short block: the test need not wait a second
+        if not lost:
+            res = await lose_the_cancel(res)
+            lost.append(asyncio.current_task().cancelling())  # type: ignore[union-attr]
+        return res
+
+    ex.r.blpop = blpop
+
+
+ROLES: dict[str, tuple[Callable[[Executor], Awaitable[None]], Callable[[Executor, list[int]], None]]] = {
+    "heartbeat": (Executor.heartbeat, _lose_in_ping),
+    "control": (Executor.control, _lose_in_blpop),
+}
+
+
+@pytest.mark.parametrize("role", sorted(ROLES))
+async def test_role_ends_on_a_cancel_that_wait_for_lost(redis_url: str, namespace: str, role: str) -> None:
+    loop_of, lose = ROLES[role]
+    settings = Settings(redis_url=redis_url, namespace=namespace, ping_interval=0.01)
+    ex = Executor(App("lost-cancel"), settings, concurrency=1)
+    await ex.start()
+    try:
+        lost: list[int] = []
+        lose(ex, lost)
+        task = asyncio.create_task(loop_of(ex))
+        await wait_for(task.done, timeout=5, what=f"the {role} loop to end")
+        # The cancel was really lost on the way (a CancelledError never reached the role) and
+        # the role still ended as cancelled, as Task.cancel() asks.
+        assert lost == ([1] if sys.version_info < (3, 12) else [])  # 3.12's wait_for raises
+        assert task.cancelled()
+    finally:
+        ex.pool.shutdown(wait=False)
+        await ex.r.aclose()
+
+
+async def test_watchdog_ends_on_a_cancel_that_wait_for_lost(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The systemd watchdog pinger awaits its health check through `wait_for` too."""
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "20000")  # a check every 10 ms
+    checks: list[asyncio.Future[bool]] = []
+
+    def healthy() -> asyncio.Future[bool]:
+        if checks:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(True)
+        else:  # the first check answers as the pinger is cancelled
+            fut = arriving_with_a_cancel(True)
+        checks.append(fut)
+        return fut
+
+    task = asyncio.create_task(sdnotify.watchdog(healthy))
+    try:
+        await wait_for(task.done, timeout=5, what="the watchdog pinger to end")
+    finally:  # a pinger that lost its cancel must not outlive the test: a second one ends it
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+    assert task.cancelled() and len(checks) == 1, len(checks)
