@@ -94,13 +94,14 @@ class Scripts:
 
     def __init__(self, client: aredis.Redis) -> None:
         self._client = client
+        self._single = isinstance(client, aredis.Redis)  # else a RedisCluster: cluster pipeline
         self._scripts: dict[str, AsyncScript] = {}
         for name in NAMES:
             self._scripts[name] = client.register_script(source(name))
 
     async def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """One script call; raises what the script raised."""
-        if isinstance(self._client, aredis.Redis):
+        if self._single:
             return (await self.run_many([(name, keys, args)]))[0]
         return await self._scripts[name](keys=keys, args=args, client=self._client)
 
@@ -110,7 +111,7 @@ class Scripts:
         others still count; otherwise the first failure is raised (after all have run)."""
         if not calls:
             return []
-        if isinstance(self._client, aredis.Redis):
+        if self._single:
             results = await self._one_server(calls)
         else:
             pipe = self._client.pipeline(transaction=False)
