@@ -598,12 +598,17 @@ class Executor:
                 deadline=deadline,
             )
         try:
-            async with asyncio.timeout(max(deadline - wall, 0)):
+            async with asyncio.timeout(max(deadline - wall, 0)) as window:
                 if method.is_async:
                     value = await method.fn(**kwargs)
                 else:
                     loop = asyncio.get_running_loop()
                     value = await loop.run_in_executor(self.pool, partial(method.fn, **kwargs))
+            if window.expired():
+                # The time ran out, yet the handler returned: the timeout's cancel was lost in
+                # the handler (swallowed by it, or by a Redis write of its own on Python 3.11,
+                # shared/aio.py).  A call that outlived its deadline timed out all the same.
+                raise TimeoutError
         except TimeoutError:
             if timeout and wall + timeout <= exec_deadline:
                 raise Failure(

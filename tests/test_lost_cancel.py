@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aredis
 
+from executor import worker
 from executor.app import App
 from executor.worker import Executor
 from shared import sdnotify
 from shared.config import Settings
+from shared.keys import Keys
 from tests.helpers import wait_for
 
 
@@ -121,3 +124,69 @@ async def test_watchdog_ends_on_a_cancel_that_wait_for_lost(
         task.cancel()
         await asyncio.wait([task], timeout=5)
     assert task.cancelled() and len(checks) == 1, len(checks)
+
+
+class _Lines:
+    """Stands in for the executor's logger: keeps (level, event, fields)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        def emit(event: str, **fields: Any) -> None:
+            self.lines.append((level, event, fields))
+
+        return emit
+
+
+async def test_stop_does_not_wait_forever_for_a_role(
+    redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A heartbeat that ignores every cancel (what no code of ours does now) holds the stop up
+    for ROLE_STOP_TIMEOUT only: the executor leaves the registry and returns, and says which
+    role it left behind."""
+    monkeypatch.setattr(worker, "ROLE_STOP_TIMEOUT", 0.2)
+    release = asyncio.Event()
+    ignored: list[int] = []
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                ignored.append(1)
+
+    settings = Settings(redis_url=redis_url, namespace=namespace, grace=0.1)
+    ex = Executor(App("stubborn"), settings, concurrency=1)
+    ex.heartbeat = stubborn  # type: ignore[method-assign]
+    ex.log = lines = _Lines()
+    stop = asyncio.Event()
+    serving = asyncio.create_task(ex.serve(stop))
+    await wait_for(
+        lambda: (
+            ex.r is not None
+            and ("info", "executor_started", {"concurrency": 1, "cluster": False}) in lines.lines
+        ),
+        timeout=5,
+        what="the executor up",
+    )
+    heartbeat = next(t for t in asyncio.all_tasks() if t.get_name() == "heartbeat")
+    stop.set()
+    try:
+        await wait_for(serving.done, timeout=5, what="the stop to end")
+        assert serving.result() is None
+        left = [f["roles"] for level, event, f in lines.lines if event == "roles_not_stopped"]
+        # control may be named too: a cancel that lands as its BLPOP is sent is lost (shared/aio.py)
+        # and it ends only when that 1 s read returns; the wait does not hold the stop up for it.
+        assert len(left) == 1 and "heartbeat" in left[0] and set(left[0]) <= {"heartbeat", "control"}, (
+            lines.lines
+        )
+        assert ignored and not heartbeat.done()
+        probe = aredis.Redis.from_url(redis_url)
+        try:  # it left the registry all the same
+            assert await probe.zscore(Keys(namespace, 0).executors(), ex.id) is None
+        finally:
+            await probe.aclose()
+    finally:
+        release.set()
+        await asyncio.wait([heartbeat], timeout=5)

@@ -127,6 +127,29 @@ async def test_retry_then_success_keeps_results_aligned(daemons: Any, tmp_path: 
     assert v["status"] == "FINISHED" and v["retries"] == 2 and v["results"] == ["x", 3, 3]
 
 
+async def test_a_call_that_outlives_its_timeout_times_out(daemons: Any, tmp_path: Any) -> None:
+    """A handler that keeps running through the timeout's cancel and then returns has still
+    exceeded its timeout: the stage fails with STAGE_TIMEOUT; its late result is not kept."""
+    m = await daemons.manager()
+    await daemons.executor("tests.flaky_app:app", concurrency=2, FLAKY_DIR=str(tmp_path))
+    await m.rpc(
+        "tasks.create",
+        {
+            "task": {
+                "id": "outlive",
+                "app": "flaky",
+                "commands": [{"method": "flaky.outlive", "params": {"seconds": 0.6}, "timeout": 0.2}],
+            }
+        },
+    )
+    v = await until(m, "outlive", lambda v: v["status"] in TERMINAL)
+    assert v["status"] == "FAILED" and v["error"]["code"] == "STAGE_TIMEOUT", v
+    assert v["results"] == []
+    attempts = await m.rpc("tasks.attempts", {"id": "outlive"})
+    assert [a["outcome"] for a in attempts] == ["timeout"]
+    assert attempts[0]["ended"] - attempts[0]["started"] >= 0.6  # it did run to its end
+
+
 async def test_stage_timeout_and_exec_timeout(daemons: Any) -> None:
     m = await daemons.manager()
     await daemons.executor(concurrency=2)
