@@ -231,10 +231,10 @@ class Executor:
             self.log.info("run_handed_back", task_id=run.task_id, job_id=run.job_id, result=res[0])
         roles[0].cancel()
         roles[2].cancel()
-        # Let them end before the client closes: a read cut off by the close would come back
-        # as a ConnectionError, which the control loop survives, and the cancel would be lost.
-        # Both loops honour a cancel even when redis-py swallows it (shared/aio.py); the bound
-        # is for what we have not seen: a stop must never hang on a role.
+        # Let them end before the client closes, so that no read of theirs is cut off by the
+        # close.  Both loops honour a cancel even when redis-py swallows it (shared/aio.py),
+        # control within its 1 s pop; the bound is for what we have not seen: a stop must
+        # never hang on a role.
         _, stuck = await asyncio.wait([roles[0], roles[2]], timeout=ROLE_STOP_TIMEOUT)
         if stuck:
             self.log.warning("roles_not_stopped", roles=sorted(t.get_name() for t in stuck))

@@ -13,13 +13,9 @@ from __future__ import annotations
 import asyncio
 
 
-def stop_requested() -> bool:
-    """True when the current task has a cancel request that no CancelledError has answered."""
-    me = asyncio.current_task()
-    return bool(me and me.cancelling())
-
-
 def raise_if_stop_requested() -> None:
-    """Raise the CancelledError that a swallowed cancel should have raised."""
-    if stop_requested():
+    """Raise the CancelledError that a swallowed cancel should have raised: the current task
+    has a cancel request that no CancelledError has answered."""
+    me = asyncio.current_task()
+    if me and me.cancelling():
         raise asyncio.CancelledError

@@ -22,6 +22,7 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -89,12 +90,19 @@ def pack_evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
     return b"".join(out)
 
 
+def is_cluster(r: Any) -> bool:
+    """True for a client that talks to a Redis Cluster (shared.store.connect makes one for a
+    cluster node): every command, and every script, may then only name keys of one slot, i.e.
+    of one partition."""
+    return isinstance(r, RedisCluster)
+
+
 class Scripts:
     """The scripts registered on one client; ``await scripts.run("claim", keys, args)``."""
 
     def __init__(self, client: aredis.Redis) -> None:
         self._client = client
-        self._single = isinstance(client, aredis.Redis)  # else a RedisCluster: cluster pipeline
+        self._single = not is_cluster(client)  # a cluster gets a cluster pipeline
         self._scripts: dict[str, AsyncScript] = {}
         for name in NAMES:
             self._scripts[name] = client.register_script(source(name))

@@ -23,7 +23,7 @@ from shared.keys import GROUP, Keys, parse_stream_name, partition_of, stream_nam
 from shared.models import Task
 from shared.policy import next_cron
 from shared.query import Filters, scan
-from shared.scripting import Scripts
+from shared.scripting import Scripts, is_cluster  # noqa: F401 - is_cluster: for connect's callers
 from shared.status import Status
 
 _TIMES = ("created", "updated", "queued_at", "next_run", "wait_deadline", "exec_deadline")
@@ -493,9 +493,3 @@ async def connect(url: str, max_connections: int) -> Any:
         await rc.aclose()
         raise
     return rc
-
-
-def is_cluster(r: Any) -> bool:
-    """True for a client from `connect` that talks to a Redis Cluster: every command (and every
-    script) may then only name keys of one slot, i.e. of one partition."""
-    return isinstance(r, RedisCluster)

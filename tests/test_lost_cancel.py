@@ -48,15 +48,20 @@ async def lose_the_cancel(result: Any) -> Any:
     return await asyncio.wait_for(arriving_with_a_cancel(result), 10)
 
 
+async def _first_loses_the_cancel(res: Any, lost: list[int]) -> Any:
+    """The first reply comes back with a lost cancel; `lost` keeps the task's cancel count then."""
+    if not lost:
+        res = await lose_the_cancel(res)
+        lost.append(asyncio.current_task().cancelling())  # type: ignore[union-attr]
+    return res
+
+
 def _lose_in_ping(ex: Executor, lost: list[int]) -> None:
     real = ex.scripts.run
 
     async def run(name: str, keys: list[str], args: list[Any]) -> Any:
         res = await real(name, keys, args)
-        if name == "ping" and not lost:
-            res = await lose_the_cancel(res)
-            lost.append(asyncio.current_task().cancelling())  # type: ignore[union-attr]
-        return res
+        return await _first_loses_the_cancel(res, lost) if name == "ping" else res
 
     ex.scripts.run = run  # type: ignore[method-assign]
 
@@ -65,11 +70,8 @@ def _lose_in_blpop(ex: Executor, lost: list[int]) -> None:
     real = ex.r.blpop
 
     async def blpop(keys: list[str], timeout: float = 0) -> Any:  # noqa: ASYNC109 - redis-py's signature
-        res = await real(keys, timeout=0.01)  # a short block: the test need not wait a second
-        if not lost:
-            res = await lose_the_cancel(res)
-            lost.append(asyncio.current_task().cancelling())  # type: ignore[union-attr]
-        return res
+        # a short block: the test need not wait a second
+        return await _first_loses_the_cancel(await real(keys, timeout=0.01), lost)
 
     ex.r.blpop = blpop
 
