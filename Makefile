@@ -39,8 +39,13 @@ test: venv compile redis chromium
 run: venv compile redis
 	$(BIN)/python examples/run.py
 
+# mypy cannot follow the editable install's import hook, so it reads `stagewise` from a tree
+# of links laid out as the wheel installs it (shared/ at the top, manager/ and executor/ in it).
 lint: venv
 	$(BIN)/ruff check .
+	@rm -rf build/lint && mkdir -p build/lint/stagewise
+	@for f in shared/*; do ln -s ../../../$$f build/lint/stagewise/; done
+	@ln -s ../../../manager ../../../executor build/lint/stagewise/
 	$(BIN)/mypy
 
 bench: venv compile redis
@@ -50,5 +55,5 @@ chaos: venv compile redis
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 clean:
-	rm -rf run/ .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf run/ build/ .pytest_cache .mypy_cache .ruff_cache *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from executor import App
+from stagewise.executor import App
 
 ROOT = Path(__file__).resolve().parent.parent
 DONE = "latency-parts:done"
@@ -51,7 +51,7 @@ async def main(n: int) -> None:
 
     import redis.asyncio as aredis
 
-    from shared.client import RedisClient
+    from stagewise.client import RedisClient
     from tests.helpers import Daemons, RedisServer
 
     srv = RedisServer.start()

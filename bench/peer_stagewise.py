@@ -29,7 +29,7 @@ from typing import Any
 import redis.asyncio as aredis
 from common import DONE, REDIS_URL, bounded_gather
 
-from executor import App
+from stagewise.executor import App
 
 NAMESPACE = "bench"
 
@@ -180,7 +180,7 @@ async def setup() -> None:
         await asyncio.sleep(0.05)
     _url += "/rpc"
     if VIA == "redis":
-        from shared.client import RedisClient
+        from stagewise.client import RedisClient
 
         global _direct
         _direct = RedisClient(REDIS_URL, namespace=NAMESPACE, max_connections=INFLIGHT + 8)

@@ -478,7 +478,7 @@ def _extra_monitor(call: Any) -> None:
     import psutil
     import redis
 
-    from shared.scripting import NAMES, source
+    from stagewise.scripting import NAMES, source
 
     shas = {}
     for n in NAMES:
@@ -832,7 +832,7 @@ def render() -> None:
         "three-stage task whose stages pass the value on with `{{ results.N }}` templates."
     )
     w(
-        "- **stagewise enqueue (noop, latency, chain too):** `shared.client.RedisClient.create`, one task per "
+        "- **stagewise enqueue (noop, latency, chain too):** `stagewise.client.RedisClient.create`, one task per "
         "call, "
         f"{INFLIGHT} calls in flight like the peers' async clients"
         f"{f' ({INFLIGHT_FALLBACK} after the failure above)' if meta.get('inflight_failures') else ''}: "

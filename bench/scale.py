@@ -37,13 +37,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from manager.scheduler import Scheduler  # noqa: E402
-from shared.config import Settings  # noqa: E402
-from shared.keys import GROUP, Keys  # noqa: E402
-from shared.models import Task, parse_task  # noqa: E402
-from shared.query import CHUNK, SCAN_BUDGET  # noqa: E402
-from shared.scripting import Call, source  # noqa: E402
-from shared.store import Store, connect  # noqa: E402
+from stagewise.config import Settings  # noqa: E402
+from stagewise.keys import GROUP, Keys  # noqa: E402
+from stagewise.manager.scheduler import Scheduler  # noqa: E402
+from stagewise.models import Task, parse_task  # noqa: E402
+from stagewise.query import CHUNK, SCAN_BUDGET  # noqa: E402
+from stagewise.scripting import Call, source  # noqa: E402
+from stagewise.store import Store, connect  # noqa: E402
 from tests.helpers import Daemons, ManagerProc, Proc, RedisServer, wait_for  # noqa: E402
 
 BATCH = 1000  # scripts per pipeline when loading
@@ -521,7 +521,7 @@ def report(res: dict[str, Any], args: argparse.Namespace, started: str, wall: fl
     L.append("")
     L.append("## 3. Manager scheduling pass, 1,000 vs. 1,000,000 stored idle tasks\n")
     L.append(
-        "In-process `manager.scheduler.Scheduler(Store(client, settings))`; one pass = `due`, `deadlines`, "
+        "In-process `stagewise.manager.scheduler.Scheduler(Store(client, settings))`; one pass = `due`, `deadlines`, "
         f"`ended`, `reap` on the namespace's partition when nothing is due; {args.passes} passes, no other "
         "client talking to Redis. Redis commands per pass from INFO stats total_commands_processed. "
         "`trim` + `trim_notes` (every 2 s in the manager) are timed separately (20 runs).\n"

@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 from typing import Any, NoReturn
 
-from executor import App, Ctx
+from stagewise.executor import App, Ctx
 
 app = App("demo")
 

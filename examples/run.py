@@ -160,7 +160,7 @@ class Demo:
         )
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"
-        cli = [sys.executable, "-m", "shared.cli"]
+        cli = [sys.executable, "-m", "stagewise"]
         self.children.append(Child("manager", [*cli, "manager"], env))
         self.children.append(
             Child("executor", [*cli, "executor", "examples.app:app", "--concurrency", "8"], env)

@@ -1,5 +1,5 @@
-"""The stagewise executor: ``from executor import App`` to write an app."""
+"""The stagewise executor: ``from stagewise.executor import App`` to write an app."""
 
-from executor.app import App, Ctx
+from stagewise.executor.app import App, Ctx
 
 __all__ = ["App", "Ctx"]

@@ -27,18 +27,18 @@ import msgspec
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
-from executor.app import App, Ctx, ParamsError
-from shared import log as slog
-from shared import sdnotify  # systemd notify protocol: no-ops without $NOTIFY_SOCKET
-from shared.aio import raise_if_stop_requested
-from shared.config import Settings
-from shared.errors import StageError, stage_error
-from shared.keys import GROUP, Keys
-from shared.models import command_kind
-from shared.policy import next_retry_delay
-from shared.scripting import Scripts
-from shared.store import app_streams, connect, is_cluster, redeliver_pending, results_of
-from shared.templates import TemplateError, check, fill
+from stagewise import log as slog
+from stagewise import sdnotify  # systemd notify protocol: no-ops without $NOTIFY_SOCKET
+from stagewise.aio import raise_if_stop_requested
+from stagewise.config import Settings
+from stagewise.errors import StageError, stage_error
+from stagewise.executor.app import App, Ctx, ParamsError
+from stagewise.keys import GROUP, Keys
+from stagewise.models import command_kind
+from stagewise.policy import next_retry_delay
+from stagewise.scripting import Scripts
+from stagewise.store import app_streams, connect, is_cluster, redeliver_pending, results_of
+from stagewise.templates import TemplateError, check, fill
 
 _encoder = msgspec.json.Encoder()
 _decode = msgspec.json.Decoder().decode

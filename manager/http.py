@@ -9,13 +9,13 @@ from typing import Any
 
 from aiohttp import web
 
-from manager import dashboard
-from manager.metrics import metrics_handler
-from manager.rpc import Dispatcher
-from shared import errors
-from shared.errors import RpcError
-from shared.status import HTTP_CODE, Status
-from shared.store import Store
+from stagewise import errors
+from stagewise.errors import RpcError
+from stagewise.manager import dashboard
+from stagewise.manager.metrics import metrics_handler
+from stagewise.manager.rpc import Dispatcher
+from stagewise.status import HTTP_CODE, Status
+from stagewise.store import Store
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

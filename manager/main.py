@@ -10,13 +10,13 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisClusterException, RedisError
 
-from manager.http import make_app
-from manager.rpc import Api, Dispatcher
-from manager.scheduler import Scheduler
-from shared import log as slog
-from shared import sdnotify  # systemd notify protocol: no-ops without $NOTIFY_SOCKET
-from shared.config import Settings
-from shared.store import Store, connect, is_cluster
+from stagewise import log as slog
+from stagewise import sdnotify  # systemd notify protocol: no-ops without $NOTIFY_SOCKET
+from stagewise.config import Settings
+from stagewise.manager.http import make_app
+from stagewise.manager.rpc import Api, Dispatcher
+from stagewise.manager.scheduler import Scheduler
+from stagewise.store import Store, connect, is_cluster
 
 
 def exposed_without_auth(settings: Settings) -> bool:
@@ -39,7 +39,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Wait for Redis first: whether it is a single server or a Redis Cluster decides which
-    # client to use (shared.store.connect).  HTTP handlers are bounded by max_inflight and use
+    # client to use (stagewise.store.connect).  HTTP handlers are bounded by max_inflight and use
     # one connection at a time; + scheduler.
     r: Any = None
     while r is None:

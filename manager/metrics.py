@@ -45,10 +45,10 @@ from prometheus_client.registry import Collector
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared import log as slog
-from shared.keys import GROUP, Keys, parse_stream_name
-from shared.status import Status
-from shared.store import Store
+from stagewise import log as slog
+from stagewise.keys import GROUP, Keys, parse_stream_name
+from stagewise.status import Status
+from stagewise.store import Store
 
 # Upper bounds (s) of the stage duration buckets; the Lua side must use the same list.
 BUCKETS: tuple[float, ...] = (

@@ -16,13 +16,13 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from shared import errors
-from shared import log as slog
-from shared.errors import RpcError
-from shared.models import AppName, Tag, TaskId, convert, parse_task
-from shared.query import Filters
-from shared.status import HTTP_CODE, Status
-from shared.store import Store, view
+from stagewise import errors
+from stagewise import log as slog
+from stagewise.errors import RpcError
+from stagewise.models import AppName, Tag, TaskId, convert, parse_task
+from stagewise.query import Filters
+from stagewise.status import HTTP_CODE, Status
+from stagewise.store import Store, view
 
 MAX_BATCH = 100
 # Deeper JSON is refused as a parse error: the decoders recurse, and how deep they get depends on

@@ -18,10 +18,10 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from shared import log as slog
-from shared.keys import GROUP, Keys, split_member
-from shared.policy import catch_up_cron
-from shared.store import Store, new_job_id, redeliver_pending
+from stagewise import log as slog
+from stagewise.keys import GROUP, Keys, split_member
+from stagewise.policy import catch_up_cron
+from stagewise.store import Store, new_job_id, redeliver_pending
 
 TRIM_EVERY = 2.0  # s
 CLEAN_EVERY = 60.0  # s

@@ -1,6 +1,6 @@
 """``stagewise``: the command line.  ``stagewise manager`` and ``stagewise executor MODULE:APP``
 run the daemons (SPEC §9); the other commands (``task ...``, ``executors``, ``group``,
-``notifications``, ``info``) talk to a manager through `shared.client`.
+``notifications``, ``info``) talk to a manager through `stagewise.client`.
 
 Client commands take ``--url`` (default: $STAGEWISE_URL, else ``http://`` + STAGEWISE_HTTP),
 ``--token`` (default: $STAGEWISE_API_TOKEN, else the first of STAGEWISE_API_TOKENS) and ``--json``
@@ -25,19 +25,19 @@ from typing import Any
 
 import uvloop
 
-from shared import config, log
+from stagewise import config, log
 
 
 def _executor(module_app: str, concurrency: int, settings: config.Settings) -> None:
-    from executor.app import App
-    from executor.worker import Executor
+    from stagewise.executor.app import App
+    from stagewise.executor.worker import Executor
 
     mod_name, _, attr = module_app.partition(":")
     if os.getcwd() not in sys.path:  # like `python -m`: the app module is found from the cwd
         sys.path.insert(0, os.getcwd())
     app = getattr(importlib.import_module(mod_name), attr or "app")
     if not isinstance(app, App):
-        raise SystemExit(f"{module_app} is not an executor.App")
+        raise SystemExit(f"{module_app} is not a stagewise.App")
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -68,7 +68,7 @@ def _daemon(args: argparse.Namespace) -> None:
         raise SystemExit(f"stagewise: configuration error: {e}") from None
     log.configure(settings.log_level, role=args.cmd)
     if args.cmd == "manager":
-        from manager.main import exposed_without_auth, serve
+        from stagewise.manager.main import exposed_without_auth, serve
 
         if exposed_without_auth(settings) and not args.insecure:
             raise SystemExit(
@@ -130,7 +130,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="allow listening on a non-loopback address without STAGEWISE_API_TOKENS",
     )
     ex = sub.add_parser("executor", help="run an executor daemon for one app")
-    ex.add_argument("app", help="MODULE:APP, an executor.App instance")
+    ex.add_argument("app", help="MODULE:APP, a stagewise.App instance")
     ex.add_argument("--concurrency", type=int, default=8)
 
     # Client options may also follow the command name: their sub-parser defaults are SUPPRESS, so a
@@ -785,7 +785,7 @@ COMMANDS: dict[str, Handler] = {
 
 
 def _run_client(args: argparse.Namespace) -> int:
-    from shared.client import AsyncClient, StagewiseError
+    from stagewise.client import AsyncClient, StagewiseError
 
     handler = TASK_COMMANDS[args.task_cmd] if args.cmd == "task" else COMMANDS[args.cmd]
     try:

@@ -693,7 +693,7 @@ class AsyncClient:
 
 class RedisClient(AsyncClient):
     """An `AsyncClient` that needs no manager: every call runs in this process, through the
-    manager's own method table (`manager.rpc.Dispatcher`) against Redis, with the same
+    manager's own method table (`stagewise.manager.rpc.Dispatcher`) against Redis, with the same
     validation, the same scripts and the same errors as over HTTP.
 
         async with RedisClient("redis://127.0.0.1:6379/0", namespace="stagewise") as c:
@@ -724,9 +724,9 @@ class RedisClient(AsyncClient):
             # Imported here so that HTTP-only users of this module never load the manager's code.
             import dataclasses
 
-            from manager.rpc import Api, Dispatcher
-            from shared import config
-            from shared.store import Store, connect
+            from stagewise import config
+            from stagewise.manager.rpc import Api, Dispatcher
+            from stagewise.store import Store, connect
 
             url, namespace, partitions = self._settings
             settings = config.load()

@@ -12,9 +12,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from msgspec import Meta, Struct, field
 
-from shared import templates
-from shared.errors import RpcError, invalid_params
-from shared.policy import cron_valid, next_cron
+from stagewise import templates
+from stagewise.errors import RpcError, invalid_params
+from stagewise.policy import cron_valid, next_cron
 
 TaskId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
 AppName = Annotated[str, Meta(pattern=r"^[a-z0-9_.-]{1,64}$")]

@@ -17,9 +17,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared import errors
-from shared.keys import Keys
-from shared.status import Status
+from stagewise import errors
+from stagewise.keys import Keys
+from stagewise.status import Status
 
 CHUNK = 200  # candidates read per index per round trip
 SCAN_BUDGET = 20_000  # candidates looked at per page before answering with what was found

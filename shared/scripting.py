@@ -50,7 +50,7 @@ NAMES = (
 
 @cache
 def source(name: str) -> str:
-    folder = resources.files("shared") / "scripts"
+    folder = resources.files("stagewise") / "scripts"
     lib = (folder / "_lib.lua").read_text()
     return lib + "\n" + (folder / f"{name}.lua").read_text()
 

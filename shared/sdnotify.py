@@ -23,7 +23,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from shared.aio import raise_if_stop_requested
+from stagewise.aio import raise_if_stop_requested
 
 Health = Callable[[], Awaitable[bool] | bool]
 

@@ -1,7 +1,7 @@
 """Redis-facing operations on tasks, shared by the manager and the executor.
 
 Every state change is one Lua script (shared/scripts); this module builds their KEYS and
-ARGV from shared.keys and maps their return codes to results or RpcErrors, in one place.
+ARGV from stagewise.keys and maps their return codes to results or RpcErrors, in one place.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from shared import errors
-from shared.config import Settings
-from shared.keys import GROUP, Keys, parse_stream_name, partition_of, stream_name
-from shared.models import Task
-from shared.policy import next_cron
-from shared.query import Filters, scan
-from shared.scripting import Scripts, is_cluster  # noqa: F401 - is_cluster: for connect's callers
-from shared.status import Status
+from stagewise import errors
+from stagewise.config import Settings
+from stagewise.keys import GROUP, Keys, parse_stream_name, partition_of, stream_name
+from stagewise.models import Task
+from stagewise.policy import next_cron
+from stagewise.query import Filters, scan
+from stagewise.scripting import Scripts, is_cluster  # noqa: F401 - is_cluster: for connect's callers
+from stagewise.status import Status
 
 _TIMES = ("created", "updated", "queued_at", "next_run", "wait_deadline", "exec_deadline")
 

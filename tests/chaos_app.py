@@ -9,7 +9,7 @@ import random
 
 import redis.asyncio as aredis
 
-from executor import App, Ctx
+from stagewise.executor import App, Ctx
 
 app = App("chaos")
 _r: aredis.Redis | None = None

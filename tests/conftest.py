@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # make `tests.helpers`, `examples.app`, `shared` importable
+if str(ROOT) not in sys.path:  # make `tests.helpers`, `examples.app` importable
     sys.path.insert(0, str(ROOT))
 
 import tests.helpers as _helpers  # noqa: E402

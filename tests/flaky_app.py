@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from executor import App
+from stagewise.executor import App
 
 app = App("flaky")
 

@@ -2,7 +2,7 @@
 
 - `wait_for(pred, ...)`: the only sanctioned way to wait for something in a test.
 - `RedisServer`: a private, throw-away redis-server process.
-- `Daemons`: starts manager / executor processes (`python -m shared.cli ...`) with logs in a
+- `Daemons`: starts manager / executor processes (`python -m stagewise ...`) with logs in a
   temp dir, and stops them all (SIGTERM, then SIGKILL) at the end.
 
 Import as `from tests.helpers import ...` (conftest makes the repo root importable).
@@ -469,7 +469,7 @@ class Daemons:
         """Start a manager on a free port and wait until GET /healthz answers 200."""
         env.setdefault("STAGEWISE_HTTP", f"127.0.0.1:{free_port()}")
         full_env = self.env(**env)
-        argv = [sys.executable, "-m", "shared.cli", "manager", *args]
+        argv = [sys.executable, "-m", "stagewise", "manager", *args]
         log_path = self._log_path("manager")
         m = ManagerProc(log_path.stem, argv, full_env, log_path, full_env["STAGEWISE_HTTP"], self.session)
         self.procs.append(m)
@@ -493,7 +493,7 @@ class Daemons:
         self, app: str = "examples.app:app", concurrency: int = 8, args: Sequence[str] = (), **env: Any
     ) -> Proc:
         """Start `stagewise executor APP --concurrency N` (does not wait for registration)."""
-        argv = [sys.executable, "-m", "shared.cli", "executor", app, "--concurrency", str(concurrency), *args]
+        argv = [sys.executable, "-m", "stagewise", "executor", app, "--concurrency", str(concurrency), *args]
         log_path = self._log_path("executor")
         p = Proc(log_path.stem, argv, self.env(**env), log_path)
         self.procs.append(p)

@@ -1,4 +1,4 @@
-"""The `stagewise` client commands, run as real subprocesses (`python -m shared.cli ...`) against a
+"""The `stagewise` client commands, run as real subprocesses (`python -m stagewise ...`) against a
 real manager and a demo executor (one pair for the whole module, as in test_client.py)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from shared import cli
+from stagewise import cli
 from tests.helpers import (
     REPO_ROOT,
     ManagerProc,
@@ -55,7 +55,7 @@ def _env() -> dict[str, str]:
 
 async def sw(m: ManagerProc | None, *args: str, stdin: str | None = None, timeout: float = 30) -> Run:  # noqa: ASYNC109
     """Run `stagewise ARGS... --url M.URL`; its exit code and output."""
-    argv = [sys.executable, "-m", "shared.cli", *args]
+    argv = [sys.executable, "-m", "stagewise", *args]
     if m is not None:
         argv += ["--url", m.url]
     proc = await asyncio.create_subprocess_exec(

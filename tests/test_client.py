@@ -1,4 +1,4 @@
-"""shared.client against a real manager and a demo executor: every method, async, sync and
+"""stagewise.client against a real manager and a demo executor: every method, async, sync and
 in-process (RedisClient, straight to Redis).
 
 One manager and one executor serve the whole module (starting them per test would cost more than
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from shared.client import (
+from stagewise.client import (
     AsyncClient,
     Client,
     InvalidParams,

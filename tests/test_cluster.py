@@ -1,7 +1,7 @@
 """stagewise on a real Redis Cluster: three masters on loopback (tests.helpers.RedisClusterServers),
 real manager and executor processes with STAGEWISE_PARTITIONS=6 and a namespace whose partitions
 land on every master, tasks through JSON-RPC.  The daemons find out by themselves that the URL
-names a cluster node (shared.store.connect)."""
+names a cluster node (stagewise.store.connect)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.config import Settings
-from shared.keys import Keys, partition_of
-from shared.models import parse_task
-from shared.store import Store, connect, is_cluster
+from stagewise.config import Settings
+from stagewise.keys import Keys, partition_of
+from stagewise.models import parse_task
+from stagewise.store import Store, connect, is_cluster
 from tests.helpers import (
     TERMINAL,
     Daemons,

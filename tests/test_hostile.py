@@ -41,9 +41,9 @@ import redis.asyncio
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from manager.rpc import MAX_JSON_DEPTH
-from shared.keys import Keys, split_member
-from shared.templates import MAX_REGEX_SECONDS
+from stagewise.keys import Keys, split_member
+from stagewise.manager.rpc import MAX_JSON_DEPTH
+from stagewise.templates import MAX_REGEX_SECONDS
 from tests.helpers import TERMINAL, Daemons, ManagerProc, RpcError, task_until, wait_for
 
 BODY_LIMIT = 1 << 20  # the manager's default STAGEWISE_BODY_LIMIT

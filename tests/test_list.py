@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from shared.config import Settings
-from shared.errors import RpcError
-from shared.models import parse_task
-from shared.query import Filters
-from shared.store import Store
+from stagewise.config import Settings
+from stagewise.errors import RpcError
+from stagewise.models import parse_task
+from stagewise.query import Filters
+from stagewise.store import Store
 
 
 @pytest.mark.parametrize("partitions", [1, 3])

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 
-from executor import worker
-from executor.app import App
-from executor.worker import Executor
-from shared import sdnotify
-from shared.config import Settings
-from shared.keys import Keys
+from stagewise import sdnotify
+from stagewise.config import Settings
+from stagewise.executor import worker
+from stagewise.executor.app import App
+from stagewise.executor.worker import Executor
+from stagewise.keys import Keys
 from tests.helpers import wait_for
 
 

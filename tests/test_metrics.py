@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from manager.metrics import BUCKETS, gather, metrics_key, render
-from shared.config import Settings
-from shared.keys import Keys
-from shared.store import Store
+from stagewise.config import Settings
+from stagewise.keys import Keys
+from stagewise.manager.metrics import BUCKETS, gather, metrics_key, render
+from stagewise.store import Store
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,12 +11,12 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.config import Settings
-from shared.keys import Keys
-from shared.models import parse_task
-from shared.query import Filters
-from shared.scripting import Call, Scripts, pack_evalsha
-from shared.store import Store
+from stagewise.config import Settings
+from stagewise.keys import Keys
+from stagewise.models import parse_task
+from stagewise.query import Filters
+from stagewise.scripting import Call, Scripts, pack_evalsha
+from stagewise.store import Store
 
 
 async def test_pipelined_scripts_after_script_flush(r: Any, redis_url: str, namespace: str) -> None:

@@ -38,7 +38,7 @@ async def _run_manager(env: dict[str, str], *args: str) -> tuple[int | None, str
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "shared.cli",
+        "stagewise",
         "manager",
         *args,
         env=env,

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from shared import sdnotify
-from shared.config import Settings
-from shared.keys import Keys
+from stagewise import sdnotify
+from stagewise.config import Settings
+from stagewise.keys import Keys
 from tests.helpers import Daemons, Proc, RedisServer, wait_for
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"

@@ -1,4 +1,4 @@
-"""Table-driven tests of shared.templates (SPEC §4 templates, §5 conditions). Pure: no Redis, no I/O."""
+"""Table-driven tests of stagewise.templates (SPEC §4 templates, §5 conditions). Pure: no Redis, no I/O."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shared.templates import (
+from stagewise.templates import (
     MAX_DEPTH,
     MAX_MATCH_SUBJECT_LEN,
     MAX_OUTPUT_LEN,

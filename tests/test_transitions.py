@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from shared.config import Settings
-from shared.errors import INVALID_TRANSITION, NOT_WAITING_FOR_MESSAGE, TASK_EXISTS, RpcError
-from shared.keys import GROUP, Keys, member
-from shared.models import parse_task
-from shared.status import Status
-from shared.store import Store
+from stagewise.config import Settings
+from stagewise.errors import INVALID_TRANSITION, NOT_WAITING_FOR_MESSAGE, TASK_EXISTS, RpcError
+from stagewise.keys import GROUP, Keys, member
+from stagewise.models import parse_task
+from stagewise.status import Status
+from stagewise.store import Store
 from tests.helpers import wait_for
 
 APP = "demo"

@@ -8,11 +8,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from executor.app import App, ParamsError
-from shared import config
-from shared.keys import Keys, member, partition_of, split_member
-from shared.policy import next_cron, next_retry_delay
-from shared.status import ACTIVE, HTTP_CODE, TERMINAL, Status, allowed
+from stagewise import config
+from stagewise.executor.app import App, ParamsError
+from stagewise.keys import Keys, member, partition_of, split_member
+from stagewise.policy import next_cron, next_retry_delay
+from stagewise.status import ACTIVE, HTTP_CODE, TERMINAL, Status, allowed
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,5 @@
+"""``python -m stagewise``: the ``stagewise`` command."""
+
+from stagewise.cli import main
+
+main()
