@@ -478,7 +478,7 @@ def _extra_monitor(call: Any) -> None:
     import psutil
     import redis
 
-    from stagewise.scripting import NAMES, source
+    from stagewise.storage.runner import NAMES, source
 
     shas = {}
     for n in NAMES:

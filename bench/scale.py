@@ -39,11 +39,13 @@ sys.path.insert(0, str(REPO))
 
 from stagewise.config import Settings  # noqa: E402
 from stagewise.keys import GROUP, Keys  # noqa: E402
+from stagewise.manager.query import CHUNK, SCAN_BUDGET  # noqa: E402
 from stagewise.manager.scheduler import Scheduler  # noqa: E402
+from stagewise.manager.store import Store  # noqa: E402
 from stagewise.models import Task, parse_task  # noqa: E402
-from stagewise.query import CHUNK, SCAN_BUDGET  # noqa: E402
-from stagewise.scripting import Call, source  # noqa: E402
-from stagewise.store import Store, connect  # noqa: E402
+from stagewise.storage import calls  # noqa: E402
+from stagewise.storage.connection import connect  # noqa: E402
+from stagewise.storage.runner import source  # noqa: E402
 from tests.helpers import Daemons, ManagerProc, Proc, RedisServer, wait_for  # noqa: E402
 
 BATCH = 1000  # scripts per pipeline when loading
@@ -68,19 +70,9 @@ def fmt_n(n: float) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-def create_call(store: Store, task: Task) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of create.lua for `task`, as Store.create builds them."""
-    keys, args, _ = store._create_call(task, "error", None)
-    return keys, args
-
-
-def created_status(res: list[Any]) -> str | None:
-    """Status from create.lua's reply: {'CREATED', status} or {'CREATED', field, value, ...}."""
-    if not res or res[0] != "CREATED":
-        return None
-    if len(res) == 2:
-        return str(res[1])
-    return dict(zip(res[1::2], res[2::2], strict=True)).get("status")
+def create_call(store: Store, task: Task) -> calls.Call[dict[str, str]]:
+    """create.lua for `task`, as Store.create calls it."""
+    return calls.create(store.keys(task.id), task, "error")
 
 
 def task_doc(j: int, app: str, run_at: float | None = None) -> dict[str, Any]:
@@ -111,8 +103,8 @@ async def load_finished(store: Store, n: int, progress: bool = True) -> None:
             app = f"app{b % APPS}"
             stream = k.stream(app)
             tasks = [parse_task(task_doc(j, app)) for j in range(b * BATCH, min(n, (b + 1) * BATCH))]
-            for res in await scripts.run_many([("create", *create_call(store, t)) for t in tasks]):
-                assert created_status(res) == "QUEUED", res[:2]
+            for h in await scripts.run_many([create_call(store, t) for t in tasks]):
+                assert h["status"] == "QUEUED", h
             entries: list[tuple[str, dict[str, str]]] = []
             while len(entries) < len(tasks):
                 got = await r.xreadgroup(GROUP, eid, {stream: ">"}, count=len(tasks) - len(entries))
@@ -120,28 +112,19 @@ async def load_finished(store: Store, n: int, progress: bool = True) -> None:
             leases = [uuid.uuid4().hex for _ in entries]
             claimed = await scripts.run_many(
                 [
-                    (
-                        "claim",
-                        [k.task(f["t"]), stream, k.executors(), k.running(eid), k.deadlines()],
-                        [k.prefix, f["t"], mid, f["j"], eid, lease],
-                    )
+                    calls.claim(k, stream, mid, f["t"], f["j"], eid, lease)
                     for (mid, f), lease in zip(entries, leases, strict=True)
                 ]
             )
-            commits: list[Call] = []
+            commits: list[calls.Call[calls.Commit]] = []
             for (_, f), lease, res in zip(entries, leases, claimed, strict=True):
-                assert res[0] == "OK", res
-                h = dict(zip(res[1::2], res[2::2], strict=True))
+                assert res.code == "OK", res
                 value = int(f["t"][1:])  # demo.echo(value=j) of task s<j>
                 commits.append(
-                    (
-                        "commit",
-                        [k.task(f["t"]), k.attempts(f["t"])],
-                        [k.prefix, f["t"], f["j"], lease, h["stage"], 1, json.dumps(value), "ok"],
-                    )
+                    calls.commit(k, f["t"], f["j"], lease, int(res.fields["stage"]), json.dumps(value), "ok")
                 )
             for res in await scripts.run_many(commits):
-                assert res[0] == "FINISHED", res
+                assert res.code == "FINISHED", res
             done[0] += len(tasks)
             if progress and (b // LOADERS) % 100 == 0:
                 el = time.perf_counter() - t0
@@ -163,12 +146,11 @@ async def load_idle(store: Store, n: int) -> None:
     sec, _ = await r.time()
     run_at = float(sec) + FAR
     for b in range(0, n, BATCH):
-        calls = [
-            ("create", *create_call(store, parse_task(task_doc(j, "demo", run_at))))
-            for j in range(b, min(n, b + BATCH))
+        batch = [
+            create_call(store, parse_task(task_doc(j, "demo", run_at))) for j in range(b, min(n, b + BATCH))
         ]
-        for res in await scripts.run_many(calls):
-            assert created_status(res) == "IDLE", res[:2]
+        for h in await scripts.run_many(batch):
+            assert h["status"] == "IDLE", h
 
 
 # --------------------------------------------------------------------------- measurements

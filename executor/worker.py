@@ -34,10 +34,12 @@ from stagewise.config import Settings
 from stagewise.errors import StageError, stage_error
 from stagewise.executor.app import App, Ctx, ParamsError
 from stagewise.keys import GROUP, Keys
-from stagewise.models import command_kind
-from stagewise.policy import next_retry_delay
-from stagewise.scripting import Scripts
-from stagewise.store import app_streams, connect, is_cluster, redeliver_pending, results_of
+from stagewise.policy import retry_delay
+from stagewise.storage import calls
+from stagewise.storage.calls import results_of
+from stagewise.storage.connection import connect, is_cluster
+from stagewise.storage.runner import Scripts
+from stagewise.storage.streams import app_streams, redeliver_pending
 from stagewise.templates import TemplateError, check, fill
 
 _encoder = msgspec.json.Encoder()
@@ -71,14 +73,14 @@ class Batcher:
 
     def __init__(self, r: Any, scripts: Scripts) -> None:
         self.r, self.scripts = r, scripts
-        self.queue: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []
+        self.queue: list[tuple[calls.Call[Any], asyncio.Future[Any]]] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def run(self, call: calls.Call[calls.R]) -> calls.R:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if not self.queue:
             asyncio.get_running_loop().call_soon(self._flush)
-        self.queue.append((name, keys, args, fut))
+        self.queue.append((call, fut))
         return await fut
 
     def _flush(self) -> None:
@@ -87,12 +89,12 @@ class Batcher:
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
 
-    async def _send(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]) -> None:
-        calls = [(name, keys, args) for name, keys, args, _ in batch]
+    async def _send(self, batch: list[tuple[calls.Call[Any], asyncio.Future[Any]]]) -> None:
+        pending = [call for call, _ in batch]
         delay = 0.1
         while True:
             try:
-                results = await self.scripts.run_many(calls, raise_on_error=False)
+                results = await self.scripts.run_many(pending, raise_on_error=False)
                 break
             except (OSError, aredis.ConnectionError, aredis.TimeoutError):
                 # Applied or not, we cannot tell: send the same calls again.  Each script is
@@ -168,7 +170,7 @@ class Executor:
             "concurrency",
             self.concurrency,
         ]
-        await self.scripts.run("ping", [k.executors(), k.executor(self.id)], [k.prefix, self.id, 1, *info])
+        await self.scripts.run(calls.ping(k, self.id, info))
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -223,12 +225,8 @@ class Executor:
         for run in list(self.runs.values()):  # past the grace period: hand back, not lose
             if run.aio and not run.aio.done():
                 run.aio.cancel()
-            res = await self.scripts.run(
-                "handback",
-                [run.keys.task(run.task_id)],
-                [run.keys.prefix, run.task_id, run.job_id, run.lease],
-            )
-            self.log.info("run_handed_back", task_id=run.task_id, job_id=run.job_id, result=res[0])
+            res = await self.scripts.run(calls.handback(run.keys, run.task_id, run.job_id, run.lease))
+            self.log.info("run_handed_back", task_id=run.task_id, job_id=run.job_id, result=res.code)
         roles[0].cancel()
         roles[2].cancel()
         # Let them end before the client closes, so that no read of theirs is cut off by the
@@ -255,9 +253,7 @@ class Executor:
             await asyncio.sleep(self.settings.ping_interval)
             try:
                 for k in self.parts:
-                    ok = await self.scripts.run(
-                        "ping", [k.executors(), k.executor(self.id)], [k.prefix, self.id, 0]
-                    )
+                    ok = await self.scripts.run(calls.ping(k, self.id))
                     if not ok:
                         await self.declared_dead(k)
             except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
@@ -354,7 +350,7 @@ class Executor:
         """A blocking read over several streams may return one entry from each: the surplus
         beyond `free` slots goes back on its stream (redeliver.lua) for someone to take."""
         for k, stream, eid, f, _ in out[free:]:
-            await self.scripts.run("redeliver", [k.task(f["t"]), stream], [k.prefix, f["t"], eid, f["j"]])
+            await self.scripts.run(calls.redeliver(k, stream, f["t"], eid, f["j"]))
         return out[:free]
 
     async def read(self, free: int) -> list[Entry]:
@@ -404,18 +400,14 @@ class Executor:
 
     async def claim(self, entries: list[Entry]) -> None:
         leases = [self.new_lease() for _ in entries]
-        calls = [
-            (
-                "claim",
-                [k.task(f["t"]), stream, k.executors(), k.running(self.id), k.deadlines()],
-                [k.prefix, f["t"], eid, f["j"], self.id, lease],
-            )
+        claims = [
+            calls.claim(k, stream, eid, f["t"], f["j"], self.id, lease)
             for (k, stream, eid, f, _), lease in zip(entries, leases, strict=True)
         ]
         delay = 0.1
         while True:
             try:
-                results = await self.scripts.run_many(calls)
+                results = await self.scripts.run_many(claims)
                 break
             except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
                 # The entries stay pending on us; a replay with the same leases is safe
@@ -425,13 +417,12 @@ class Executor:
                 delay = min(delay * 2, 2.0)
         dead: set[int] = set()
         for (k, _, _, f, _), lease, res in zip(entries, leases, results, strict=True):
-            if res[0] != "OK":
+            if res.code != "OK":
                 self.slots.release()
-                if res[0] == "DEAD":
+                if res.code == "DEAD":
                     dead.add(k.partition)
                 continue
-            h = dict(zip(res[1::2], res[2::2], strict=True))
-            run = Run(f["t"], k, h, lease)
+            run = Run(f["t"], k, res.fields, lease)
             self.runs[run.task_id] = run
             run.aio = asyncio.create_task(self.run(run))
         for p in dead:
@@ -460,11 +451,9 @@ class Executor:
         raw = await self.r.hget(k.task(run.task_id), "stage")
         stage = int(raw) if raw is not None else stage
         err = stage_error(StageError.STAGE_ERROR, f"executor error: {e}"[:2000], stage, type(e).__name__)
-        await self.scripts.run(
-            "fail",
-            [k.task(run.task_id), k.attempts(run.task_id), k.due()],
-            [k.prefix, run.task_id, run.job_id, run.lease, stage, _J(err), 1.0, "error", 0],
-        )
+        doc = _decode(run.h["doc"])
+        delay = retry_delay(int(run.h.get("retries") or 0), doc.get("max_retries", 0), 1.0)
+        await self.scripts.run(calls.fail(k, run.task_id, run.job_id, run.lease, stage, err, delay))
 
     async def _run(self, run: Run) -> None:
         h, k = run.h, run.keys
@@ -477,78 +466,60 @@ class Executor:
         task_env = {"id": run.task_id, "job_id": run.job_id, "attempt": attempt, "group": doc.get("group")}
         env = {"kws": kws, "results": results, "task": task_env}
         exec_deadline = float(h["exec_deadline"])
-        tkey, akey = k.task(run.task_id), k.attempts(run.task_id)
         ids = {"task_id": run.task_id, "job_id": run.job_id}  # on every line about this run
         log = self.log
+        # The claim and every commit leave the run at a call stage: timers and messages are
+        # resolved by the scripts (commit.lua, wake.lua), never handed to an executor.
         while True:
             cmd = commands[stage]
-            if command_kind(cmd) != "call":
-                res = await self.batcher.run(
-                    "commit", [tkey, akey], [k.prefix, run.task_id, run.job_id, run.lease, stage, 0, "", ""]
+            t0 = time.monotonic()
+            try:
+                outcome, result, value = await self.call(cmd, env, run, stage, attempt, exec_deadline)
+            except Failure as f:
+                final = f.error["code"] == StageError.EXEC_TIMEOUT  # the run's time budget is spent
+                delay = retry_delay(
+                    int(h.get("retries") or 0), doc.get("max_retries", 0), float(doc.get("retry_backoff", 1.0)), final
                 )
-            else:
-                t0 = time.monotonic()
-                try:
-                    outcome, result, value = await self.call(cmd, env, run, stage, attempt, exec_deadline)
-                except Failure as f:
-                    retries = int(h.get("retries") or 0)
-                    delay = next_retry_delay(retries + 1, float(doc.get("retry_backoff", 1.0)))
-                    res = await self.batcher.run(
-                        "fail",
-                        [tkey, akey, k.due()],
-                        [
-                            k.prefix,
-                            run.task_id,
-                            run.job_id,
-                            run.lease,
-                            stage,
-                            _J(f.error),
-                            delay,
-                            f.outcome,
-                            int(f.error["code"] == StageError.EXEC_TIMEOUT),
-                            cmd["method"],
-                        ],
-                    )
-                    log.info(
-                        "stage",
-                        **ids,
-                        stage=stage,
-                        method=cmd["method"],
-                        outcome=f.outcome,
-                        error=f.error["code"],
-                        ms=round((time.monotonic() - t0) * 1000, 3),
-                        next=res[0],
-                    )
-                    return
-                res = await self.batcher.run(
-                    "commit",
-                    [tkey, akey],
-                    [k.prefix, run.task_id, run.job_id, run.lease, stage, 1, result, outcome, cmd["method"]],
+                failed = await self.batcher.run(
+                    calls.fail(k, run.task_id, run.job_id, run.lease, stage, f.error, delay, f.outcome, cmd["method"])
                 )
                 log.info(
                     "stage",
                     **ids,
                     stage=stage,
                     method=cmd["method"],
-                    outcome=outcome,
+                    outcome=f.outcome,
+                    error=f.error["code"],
                     ms=round((time.monotonic() - t0) * 1000, 3),
-                    next=res[0],
+                    next=failed.code,
                 )
-                results.append(value)
-            match res[0]:
+                return
+            res = await self.batcher.run(
+                calls.commit(k, run.task_id, run.job_id, run.lease, stage, result, outcome, cmd["method"])
+            )
+            log.info(
+                "stage",
+                **ids,
+                stage=stage,
+                method=cmd["method"],
+                outcome=outcome,
+                ms=round((time.monotonic() - t0) * 1000, 3),
+                next=res.code,
+            )
+            results.append(value)
+            match res.code:
                 case "RUN":
-                    stage = int(res[1])
-                    for i in range(2, len(res), 2):  # messages taken from the inbox on the way
-                        results.append(_decode(res[i + 1]))
+                    assert res.stage is not None
+                    stage = res.stage
+                    for _, taken in res.taken:  # messages taken from the inbox on the way
+                        results.append(_decode(taken))
                 case "STALE":
                     log.warning("run_abandoned", **ids, stage=stage, reason="stale")
                     return
                 case "REPLAY":  # our commit landed but its reply was lost: give the run back whole
-                    res = await self.scripts.run(
-                        "handback", [tkey], [k.prefix, run.task_id, run.job_id, run.lease]
-                    )
+                    back = await self.scripts.run(calls.handback(k, run.task_id, run.job_id, run.lease))
                     log.warning(
-                        "run_handed_back", **ids, stage=stage, reason="commit replayed", result=res[0]
+                        "run_handed_back", **ids, stage=stage, reason="commit replayed", result=back.code
                     )
                     return
                 case _:  # WAITING / FINISHED: the task is no longer ours

@@ -14,8 +14,8 @@ from stagewise.errors import RpcError
 from stagewise.manager import dashboard
 from stagewise.manager.metrics import metrics_handler
 from stagewise.manager.rpc import Dispatcher
+from stagewise.manager.store import Store
 from stagewise.status import HTTP_CODE, Status
-from stagewise.store import Store
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

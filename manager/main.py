@@ -16,7 +16,8 @@ from stagewise.config import Settings
 from stagewise.manager.http import make_app
 from stagewise.manager.rpc import Api, Dispatcher
 from stagewise.manager.scheduler import Scheduler
-from stagewise.store import Store, connect, is_cluster
+from stagewise.manager.store import Store
+from stagewise.storage.connection import connect, is_cluster
 
 
 def exposed_without_auth(settings: Settings) -> bool:
@@ -39,7 +40,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Wait for Redis first: whether it is a single server or a Redis Cluster decides which
-    # client to use (stagewise.store.connect).  HTTP handlers are bounded by max_inflight and use
+    # client to use (stagewise.storage.connection.connect).  HTTP handlers are bounded by max_inflight and use
     # one connection at a time; + scheduler.
     r: Any = None
     while r is None:

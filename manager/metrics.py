@@ -17,9 +17,9 @@ Gauges (read from the indexes, streams and sorted sets the scripts maintain):
 
 Counters and histograms are aggregated at write time, by the scripts that decide (commit.lua,
 fail.lua, and `fail()` in _lib.lua for every way a task can fail), into one hash per partition
-and app, `{ns:p}:m:<app>` (`metrics_key`), with the fields:
+and app, `{ns:p}:m:<app>` (`Keys.metrics`), with the fields:
   d|<le>|<outcome>|<method>   HINCRBY 1: stage attempts whose duration fell in bucket <le>
-                              (not cumulative: the first of BUCKETS >= duration, or +Inf)
+                              (not cumulative: the first of DURATION_BUCKETS >= duration, or +Inf)
   s|<outcome>|<method>        HINCRBYFLOAT seconds: the sum of those durations
   retries                     HINCRBY 1: failed attempts that will be retried
   f|<code>                    HINCRBY 1: tasks that ended FAILED, by error code
@@ -46,20 +46,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stagewise import log as slog
-from stagewise.keys import GROUP, Keys, parse_stream_name
+from stagewise.keys import DURATION_BUCKETS, GROUP, Keys, parse_stream_name
+from stagewise.manager.store import Store
 from stagewise.status import Status
-from stagewise.store import Store
 
-# Upper bounds (s) of the stage duration buckets; the Lua side must use the same list.
-BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
-)  # fmt: skip
+BUCKETS = DURATION_BUCKETS  # defined once, in stagewise.keys, and given to the scripts from there
 INF = "+Inf"
 
-
-def metrics_key(k: Keys, app: str) -> str:
-    """Hash of the write-time aggregates of one app in one partition (see the module doc)."""
-    return f"{k.prefix}:m:{app}"
 
 
 @dataclass
@@ -140,7 +133,7 @@ async def gather(store: Store) -> Snapshot:
     for k, app in apps:
         for st in Status:
             pipe.zcard(k.idx_app_status(app, st))
-        pipe.hgetall(metrics_key(k, app))
+        pipe.hgetall(k.metrics(app))
     for k, name in streams:
         pipe.xinfo_groups(k.stream_of(name))
     for k, eid in live:
@@ -192,7 +185,7 @@ def _int(v: Any) -> int:
 
 
 def _aggregates(snap: Snapshot, app: str, h: dict[str, str]) -> None:
-    """Folds one `metrics_key` hash into the snapshot; fields it does not know are ignored."""
+    """Folds one `Keys.metrics` hash into the snapshot; fields it does not know are ignored."""
     for f, v in h.items():
         try:
             kind, _, rest = f.partition("|")

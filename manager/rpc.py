@@ -19,10 +19,10 @@ from msgspec import Meta, Struct
 from stagewise import errors
 from stagewise import log as slog
 from stagewise.errors import RpcError
+from stagewise.manager.query import Filters
+from stagewise.manager.store import Store, view
 from stagewise.models import AppName, Tag, TaskId, convert, parse_task
-from stagewise.query import Filters
 from stagewise.status import HTTP_CODE, Status
-from stagewise.store import Store, view
 
 MAX_BATCH = 100
 # Deeper JSON is refused as a parse error: the decoders recurse, and how deep they get depends on

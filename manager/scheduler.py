@@ -20,8 +20,10 @@ import redis.asyncio as aredis
 
 from stagewise import log as slog
 from stagewise.keys import GROUP, Keys, split_member
+from stagewise.manager.store import Store
 from stagewise.policy import catch_up_cron
-from stagewise.store import Store, new_job_id, redeliver_pending
+from stagewise.storage import calls
+from stagewise.storage.streams import redeliver_pending
 
 TRIM_EVERY = 2.0  # s
 CLEAN_EVERY = 60.0  # s
@@ -90,27 +92,19 @@ class Scheduler:
         members = await self.r.zrangebyscore(k.due(), "-inf", now, start=0, num=self.settings.batch)
         if not members:
             return 0
-        calls = []
-        for m in members:
-            _, tid = split_member(m)
-            calls.append(("wake", [k.task(tid), k.due()], [k.prefix, tid, m]))
-        results = await self.scripts.run_many(calls)
+        results = await self.scripts.run_many([calls.wake(k, m) for m in members])
         for m, res in zip(members, results, strict=True):
-            if res[0] not in ("NOT_DUE", "SKIP", "GONE"):
+            if res.code not in ("NOT_DUE", "SKIP", "GONE"):
                 self._count("woken")
-                self.log.debug("woken", member=m, status=res[0])
+                self.log.debug("woken", member=m, status=res.code)
         return len(members)
 
     async def deadlines(self, k: Keys, now: float) -> int:
         members = await self.r.zrangebyscore(k.deadlines(), "-inf", now, start=0, num=self.settings.batch)
         if not members:
             return 0
-        calls = []
-        for m in members:
-            _, tid = split_member(m)
-            calls.append(("expire", [k.task(tid), k.deadlines()], [k.prefix, tid, m]))
-        for m, res in zip(members, await self.scripts.run_many(calls), strict=True):
-            if res[0] == "FAILED":
+        for m, res in zip(members, await self.scripts.run_many([calls.expire(k, m) for m in members]), strict=True):
+            if res.code == "FAILED":
                 self._count("exec_timeouts")
                 self.log.info("exec_timeout", member=m)
         return len(members)
@@ -123,13 +117,9 @@ class Scheduler:
     async def reap_executor(self, k: Keys, eid: str) -> None:
         info: dict[str, Any] = await self.r.hgetall(k.executor(eid))
         members = await self.r.smembers(k.running(eid))
-        calls = []
-        for m in members:
-            _, tid = split_member(m)
-            calls.append(
-                ("reap", [k.task(tid), k.running(eid)], [k.prefix, tid, eid, self.settings.max_interruptions])
-            )
-        outcomes = await self.scripts.run_many(calls)
+        outcomes = await self.scripts.run_many(
+            [calls.reap(k, split_member(m)[1], eid, self.settings.max_interruptions) for m in members]
+        )
         app = info.get("app")
         redelivered = await redeliver_pending(self.r, self.scripts, k, app, eid) if app else 0
         # Leave the registry last: a manager that dies before this line repeats the work,
@@ -138,14 +128,14 @@ class Scheduler:
         pipe.zrem(k.executors(), eid)
         pipe.delete(k.executor(eid), k.running(eid))
         await pipe.execute()
-        requeued = sum(1 for o in outcomes if o[0] == "QUEUED")
+        requeued = sum(1 for o in outcomes if o.code == "QUEUED")
         self._count("executors_reaped")
         self.log.warning(
             "executor_dead",
             executor_id=eid,
             app=app,
             requeued=requeued,
-            failed=sum(1 for o in outcomes if o[0] == "FAILED"),
+            failed=sum(1 for o in outcomes if o.code == "FAILED"),
             redelivered=redelivered,
         )
 
@@ -181,27 +171,13 @@ class Scheduler:
             if h and h.get("next_task") and h["status"] == "FINISHED":
                 nxt = h["next_task"]
                 nk = self.store.keys(nxt)
-                res = await self.scripts.run(
-                    "restart",
-                    [nk.task(nxt), nk.due(), nk.inbox(nxt), nk.ended()],
-                    [nk.prefix, nxt, 0, new_job_id(), "first", "", "chain", h["job_id"]],
-                )
-                self.log.info(
-                    "chained",
-                    task_id=tid,
-                    next_task=nxt,
-                    result=res[0],
-                    error=res[2] if len(res) > 2 else None,
-                )
+                res = await self.scripts.run(calls.restart(nk, nxt, mode="chain", chain_from=h["job_id"]))
+                self.log.info("chained", task_id=tid, next_task=nxt, result=res["status"], error=res["error"])
             if h and h.get("cron") and h["status"] in ("FINISHED", "FAILED"):
                 queued = float(h["queued_at"]) if h.get("queued_at") else now
                 due_at = catch_up_cron(h["cron"], h.get("tz") or "UTC", queued, now)
-                res = await self.scripts.run(
-                    "restart",
-                    [k.task(tid), k.due(), k.inbox(tid), k.ended()],
-                    [k.prefix, tid, 0, new_job_id(), "first", due_at, "cron", ""],
-                )
-                self.log.info("cron_rescheduled", task_id=tid, next_run=due_at, result=res[0])
+                res = await self.scripts.run(calls.restart(k, tid, due_at=due_at, mode="cron"))
+                self.log.info("cron_rescheduled", task_id=tid, next_run=due_at, result=res["status"])
             await self.r.zrem(k.ended(), m)
         return len(members)
 

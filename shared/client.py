@@ -726,7 +726,8 @@ class RedisClient(AsyncClient):
 
             from stagewise import config
             from stagewise.manager.rpc import Api, Dispatcher
-            from stagewise.store import Store, connect
+            from stagewise.manager.store import Store
+            from stagewise.storage.connection import connect
 
             url, namespace, partitions = self._settings
             settings = config.load()

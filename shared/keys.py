@@ -4,9 +4,10 @@ All keys of a namespace partition share the Redis Cluster hash tag ``{namespace:
 so one Lua script can touch all keys of a task (its hash, its app stream, the indexes) and a
 namespace can still be spread over a cluster partition by partition (SPEC §10).
 
-The Lua scripts derive a few keys themselves from the same prefix (status/app indexes, an
-executor's running set); those derivations are in ``scripts/_lib.lua`` and mirror the
-functions below, which the tests check against each other.
+The Lua scripts derive keys from data they read (status and app indexes, an executor's
+running set, ...).  They do not spell key names themselves: their ``k_*`` functions are
+generated from the methods below (``stagewise.storage.prelude``), and so are the consumer
+group name and the duration buckets of the metrics hash.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from __future__ import annotations
 import zlib
 
 GROUP = "executors"  # the one consumer group on every app stream
+
+# Upper bounds (s) of the stage duration buckets of the metrics hash (Keys.metrics): the
+# scripts count each attempt in the first bucket >= its duration; GET /metrics reads them.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+)  # fmt: skip
 
 
 def partition_of(task_id: str, partitions: int) -> int:
@@ -126,6 +133,11 @@ class Keys:
     def ended(self) -> str:
         """ZSET member -> time: FINISHED/FAILED tasks with cron or next_task to act on."""
         return f"{self.prefix}:ended"
+
+    def metrics(self, app: str) -> str:
+        """Hash of write-time aggregates of one app (stage durations, retries, failures by
+        code), counted by the scripts that decide; read by GET /metrics."""
+        return f"{self.prefix}:m:{app}"
 
     def notes(self) -> str:
         """Stream of notifications (tasks with notify), bounded in length and age."""

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
-
-if TYPE_CHECKING:
-    pass
 
 # croniter is imported where cron is used (the manager, validation), not at module load:
 # the executor needs only next_retry_delay, and croniter with dateutil costs it ~5 MB.
@@ -24,6 +20,17 @@ def next_retry_delay(retry: int, backoff: float, rand: float | None = None) -> f
         rand = random.random()
     base = backoff * 2 ** max(retry - 1, 0)
     return min(max(base * (1 - JITTER + 2 * JITTER * rand), 0.0), MAX_RETRY_DELAY)
+
+
+def retry_delay(
+    retries: int, max_retries: int, backoff: float, final: bool = False, rand: float | None = None
+) -> float | None:
+    """The retry decision for a failed attempt: the delay before the next try, or None when
+    the run fails now (no retries left, or `final`: the run's time budget is spent).
+    `retries` counts the retries made so far in this run."""
+    if final or retries >= max_retries:
+        return None
+    return next_retry_delay(retries + 1, backoff, rand)
 
 
 def cron_valid(expr: str) -> bool:

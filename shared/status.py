@@ -35,6 +35,12 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
     (Status.WAITING, Status.QUEUED): "timer due, message received, message timeout (continue)",
     (Status.WAITING, Status.FAILED): "message timeout (fail)",
     (Status.SUSPENDED, Status.QUEUED): "due",
+    # a run due at a timer or message stage waits (or passes messages already sent) at once,
+    # where an executor would only have handed it on (wake.lua, restart.lua)
+    (Status.IDLE, Status.WAITING): "due at a timer or message stage",
+    (Status.SUSPENDED, Status.WAITING): "retry due at a timer or message stage",
+    (Status.IDLE, Status.FINISHED): "due with only messages already sent left",
+    (Status.SUSPENDED, Status.FINISHED): "retry due with only messages already sent left",
     (Status.QUEUED, Status.SUSPENDED): "lost delivery detected",
     **{(s, Status.CANCELED): "tasks.cancel" for s in ACTIVE},
     **{(s, Status.IDLE): "restart, cron's next fire, next_task chaining" for s in TERMINAL},

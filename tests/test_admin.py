@@ -188,7 +188,7 @@ async def test_clean(daemons: Any) -> None:
     assert (await m.rpc("tasks.get", {"id": "old"}))["cleaned"] is False
     await m.rpc("tasks.clean", {"older_than": 0, "dry_run": False})
     v = await m.rpc("tasks.get", {"id": "old"})
-    assert v["cleaned"] is True and v["kws"] == {} and v["results"] == [None] and v["status"] == "FINISHED"
+    assert v["cleaned"] is True and v["kws"] == {} and v["results"] is None and v["status"] == "FINISHED"
     s = await m.rpc("tasks.get", {"id": "sys"})
     assert s["cleaned"] is False and s["results"] == ["v"]
     assert ids(await m.rpc("tasks.list", {"cleaned": True})) == {"old"}
@@ -201,7 +201,7 @@ async def test_periodic_clean(daemons: Any) -> None:
     await daemons.executor(concurrency=2)
     await m.rpc("tasks.create", {"task": echo("p", "v")})
     v = await until(m, "p", lambda v: v["cleaned"], within=90)
-    assert v["results"] == [None]
+    assert v["results"] is None
 
 
 async def test_notifications(daemons: Any) -> None:

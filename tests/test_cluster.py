@@ -1,7 +1,7 @@
 """stagewise on a real Redis Cluster: three masters on loopback (tests.helpers.RedisClusterServers),
 real manager and executor processes with STAGEWISE_PARTITIONS=6 and a namespace whose partitions
 land on every master, tasks through JSON-RPC.  The daemons find out by themselves that the URL
-names a cluster node (stagewise.store.connect)."""
+names a cluster node (stagewise.storage.connection.connect)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stagewise.config import Settings
 from stagewise.keys import Keys, partition_of
+from stagewise.manager.store import Store
 from stagewise.models import parse_task
-from stagewise.store import Store, connect, is_cluster
+from stagewise.storage.connection import connect, is_cluster
 from tests.helpers import (
     TERMINAL,
     Daemons,

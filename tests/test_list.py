@@ -9,9 +9,9 @@ import pytest
 
 from stagewise.config import Settings
 from stagewise.errors import RpcError
+from stagewise.manager.query import Filters
+from stagewise.manager.store import Store
 from stagewise.models import parse_task
-from stagewise.query import Filters
-from stagewise.store import Store
 
 
 @pytest.mark.parametrize("partitions", [1, 3])

@@ -24,6 +24,7 @@ from stagewise.executor import worker
 from stagewise.executor.app import App
 from stagewise.executor.worker import Executor
 from stagewise.keys import Keys
+from stagewise.storage.calls import Call
 from tests.helpers import wait_for
 
 
@@ -59,9 +60,9 @@ async def _first_loses_the_cancel(res: Any, lost: list[int]) -> Any:
 def _lose_in_ping(ex: Executor, lost: list[int]) -> None:
     real = ex.scripts.run
 
-    async def run(name: str, keys: list[str], args: list[Any]) -> Any:
-        res = await real(name, keys, args)
-        return await _first_loses_the_cancel(res, lost) if name == "ping" else res
+    async def run(call: Call[Any]) -> Any:
+        res = await real(call)
+        return await _first_loses_the_cancel(res, lost) if call.script == "ping" else res
 
     ex.scripts.run = run  # type: ignore[method-assign]
 

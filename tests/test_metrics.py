@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stagewise.config import Settings
 from stagewise.keys import Keys
-from stagewise.manager.metrics import BUCKETS, gather, metrics_key, render
-from stagewise.store import Store
+from stagewise.manager.metrics import gather, render
+from stagewise.manager.store import Store
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +133,7 @@ async def test_reads_the_write_side_structure(redis_url: str, namespace: str, r:
     k = Keys(namespace, 0)
     await r.sadd(k.apps(), "demo", "demo:2")
     await r.hset(
-        metrics_key(k, "demo"),
+        k.metrics("demo"),
         mapping={
             "d|0.005|ok|demo.echo": 2,
             "d|0.5|ok|demo.echo": 1,
@@ -166,14 +165,6 @@ async def test_reads_the_write_side_structure(redis_url: str, namespace: str, r:
     assert val(s, "stagewise_retries_total", app="demo") == 3
     assert val(s, "stagewise_failures_total", app="demo", code="STAGE_ERROR") == 2
     assert val(s, "stagewise_failures_total", app="demo", code="EXEC_TIMEOUT") == 1
-
-
-def test_lua_buckets_are_the_readers_buckets() -> None:
-    """The scripts bucket durations with their own copy of BUCKETS: it must be the same list."""
-    lib = (ROOT / "shared" / "scripts" / "_lib.lua").read_text()
-    m = re.search(r"local BUCKETS = \{(.*?)\}", lib, re.S)
-    assert m, "BUCKETS not found in _lib.lua"
-    assert tuple(float(x) for x in re.findall(r"'([^']+)'", m.group(1))) == BUCKETS
 
 
 async def test_counters_and_histograms_move(daemons: Any) -> None:

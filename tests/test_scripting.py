@@ -13,10 +13,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stagewise.config import Settings
 from stagewise.keys import Keys
+from stagewise.manager.query import Filters
+from stagewise.manager.store import Store
 from stagewise.models import parse_task
-from stagewise.query import Filters
-from stagewise.scripting import Call, Scripts, pack_evalsha
-from stagewise.store import Store
+from stagewise.storage.calls import Call
+from stagewise.storage.runner import Scripts, pack_evalsha
 
 
 async def test_pipelined_scripts_after_script_flush(r: Any, redis_url: str, namespace: str) -> None:
@@ -56,9 +57,10 @@ def test_pack_evalsha_refuses_what_redis_would_get_wrong(bad: Any) -> None:
         pack_evalsha("0" * 40, [], ["ok", bad])
 
 
-def _wake(ns: str, due: str, member: str) -> Call:
+def _wake(ns: str, due: str, member: str) -> Call[list[str]]:
+    """wake.lua with a due key of the test's choosing, its reply left as it came."""
     k = Keys(ns, 0)
-    return ("wake", [k.task(member), due], [k.prefix, member, f"a/{member}"])
+    return Call("wake", [k.task(member), due], [k.prefix, member, f"a/{member}"], list)
 
 
 async def test_run_many_puts_each_reply_and_error_in_its_place(r: Any, namespace: str) -> None:

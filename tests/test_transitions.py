@@ -1,8 +1,9 @@
 """The state transitions of SPEC §6, driven one Lua script at a time against the real Redis.
 
 No daemons: the test plays the executor (read the stream, claim, commit, fail, hand back) and
-the manager (wake, expire, reap) by hand through the scripts of shared/scripts, with the KEYS
-and ARGV of each script's header, and reads the outcome back from the task hash.  Allowed
+the manager (wake, expire, reap) by hand through the scripts, with the calls the daemons use
+(stagewise.storage.calls: each script's KEYS, ARGV and decoded reply), and reads the outcome
+back from the task hash.  Allowed
 transitions end in the right status, stage, results and error, with the task in exactly one
 status index; refused ones and stale (fenced) writes change nothing at all.
 """
@@ -20,9 +21,12 @@ import pytest
 from stagewise.config import Settings
 from stagewise.errors import INVALID_TRANSITION, NOT_WAITING_FOR_MESSAGE, TASK_EXISTS, RpcError
 from stagewise.keys import GROUP, Keys, member
+from stagewise.manager.store import Store
 from stagewise.models import parse_task
+from stagewise.policy import retry_delay
 from stagewise.status import Status
-from stagewise.store import Store
+from stagewise.storage import calls
+from stagewise.storage.calls import Call, Claim, Code, Commit, Fail, Wake
 from tests.helpers import wait_for
 
 APP = "demo"
@@ -95,12 +99,7 @@ async def read_entry(
 
 async def register(store: Store, k: Keys, executor_id: str) -> None:
     info = ["app", APP, "host", "test", "pid", 1]
-    assert (
-        await store.scripts.run(
-            "ping", [k.executors(), k.executor(executor_id)], [k.prefix, executor_id, "1", *info]
-        )
-        == 1
-    )
+    assert await store.scripts.run(calls.ping(k, executor_id, info)) is True
 
 
 async def claim(
@@ -113,13 +112,11 @@ async def claim(
     lease: str,
     *,
     registered: bool = True,
-) -> list[Any]:
+) -> Claim:
     if registered:
         await register(store, k, executor_id)
     return await store.scripts.run(
-        "claim",
-        [k.task(task_id), k.stream(APP), k.executors(), k.running(executor_id), k.deadlines()],
-        [k.prefix, task_id, entry_id, job_id, executor_id, lease],
+        calls.claim(k, k.stream(APP), entry_id, task_id, job_id, executor_id, lease)
     )
 
 
@@ -129,17 +126,12 @@ async def take(store: Store, r: Any, k: Keys, tid: str, executor: str = "ex1") -
     assert entry is not None and entry[1]["t"] == tid, entry
     lease = uuid.uuid4().hex
     res = await claim(store, k, tid, entry[0], entry[1]["j"], executor, lease)
-    assert res[0] == "OK", res
+    assert res.code == "OK", res
     return Lease(entry[1]["j"], lease, executor)
 
 
-async def commit(
-    store: Store, k: Keys, tid: str, run: Lease, stage: int, result: Any = None, *, has_result: bool = True
-) -> list[Any]:
-    args = ["1", json.dumps(result), "ok"] if has_result else ["0", "", ""]
-    return await store.scripts.run(
-        "commit", [k.task(tid), k.attempts(tid)], [k.prefix, tid, run.job, run.lease, stage, *args]
-    )
+async def commit(store: Store, k: Keys, tid: str, run: Lease, stage: int, result: Any = None) -> Commit:
+    return await store.scripts.run(calls.commit(k, tid, run.job, run.lease, stage, json.dumps(result), "ok"))
 
 
 def stage_error(stage: int, code: str = "STAGE_ERROR") -> dict[str, Any]:
@@ -148,55 +140,43 @@ def stage_error(stage: int, code: str = "STAGE_ERROR") -> dict[str, Any]:
 
 async def fail(
     store: Store, k: Keys, tid: str, run: Lease, stage: int, *, delay: float = 60.0, final: bool = False
-) -> list[Any]:
-    return await store.scripts.run(
-        "fail",
-        [k.task(tid), k.attempts(tid), k.due()],
-        [
-            k.prefix,
-            tid,
-            run.job,
-            run.lease,
-            stage,
-            json.dumps(stage_error(stage)),
-            delay,
-            "error",
-            int(final),
-        ],
-    )
+) -> Fail:
+    """A failed attempt, retried after `delay` while the task's retries last (the executor's
+    decision: stagewise.policy.retry_delay), or failing the run now when `final`."""
+    h = await store.raw(tid)
+    assert h is not None
+    retry = retry_delay(int(h["retries"]), int(h["max_retries"]), 1.0, final)
+    retry = None if retry is None else delay
+    return await store.scripts.run(calls.fail(k, tid, run.job, run.lease, stage, stage_error(stage), retry))
 
 
-async def handback(store: Store, k: Keys, tid: str, run: Lease) -> list[Any]:
-    return await store.scripts.run("handback", [k.task(tid)], [k.prefix, tid, run.job, run.lease])
+async def handback(store: Store, k: Keys, tid: str, run: Lease) -> Code:
+    return await store.scripts.run(calls.handback(k, tid, run.job, run.lease))
 
 
 # --------------------------------------------------------------------------- the manager
 
 
-async def wake(store: Store, k: Keys, tid: str) -> list[Any]:
-    return await store.scripts.run(
-        "wake", [k.task(tid), k.due(), k.stream(APP)], [k.prefix, tid, member(APP, tid)]
-    )
+async def wake(store: Store, k: Keys, tid: str) -> Wake:
+    return await store.scripts.run(calls.wake(k, member(APP, tid)))
 
 
-async def wake_when_due(store: Store, k: Keys, tid: str, within: float = 2.0) -> list[Any]:
+async def wake_when_due(store: Store, k: Keys, tid: str, within: float = 2.0) -> Wake:
     """Polls wake.lua itself (idempotent: NOT_DUE changes nothing) until it acts."""
 
-    async def acted() -> list[Any] | None:
+    async def acted() -> Wake | None:
         res = await wake(store, k, tid)
-        return None if res[0] == "NOT_DUE" else res
+        return None if res.code == "NOT_DUE" else res
 
     return await wait_for(acted, timeout=within, what=f"wake of {tid}")
 
 
-async def expire(store: Store, k: Keys, tid: str) -> list[Any]:
-    return await store.scripts.run("expire", [k.task(tid), k.deadlines()], [k.prefix, tid, member(APP, tid)])
+async def expire(store: Store, k: Keys, tid: str) -> Code:
+    return await store.scripts.run(calls.expire(k, member(APP, tid)))
 
 
-async def reap(store: Store, k: Keys, tid: str, executor: str, max_interruptions: int = 5) -> list[Any]:
-    return await store.scripts.run(
-        "reap", [k.task(tid), k.running(executor)], [k.prefix, tid, executor, max_interruptions]
-    )
+async def reap(store: Store, k: Keys, tid: str, executor: str, max_interruptions: int = 5) -> Code:
+    return await store.scripts.run(calls.reap(k, tid, executor, max_interruptions))
 
 
 # --------------------------------------------------------------------------- reading back
@@ -276,14 +256,14 @@ async def test_create_many_script_writes_nothing_unless_every_task_can_be_stored
     held = await create(store, commands=[message()])  # WAITING: exists, and has not ended
     new = [parse_task({"app": APP, "id": f"{held}-{i}", "commands": [call()]}) for i in range(3)]
     batch = [*new[:2], parse_task({"app": APP, "id": held, "commands": [call()]}), new[2]]
-    [(keys, args)] = store._create_many_calls(batch, on_conflict)  # one partition: one call
+    name, keys, args, _ = calls.create_many(k, batch, on_conflict)  # one partition: one call
     before = await snapshot(r, k, held)
-    res = await store.scripts.run("create_many", keys, args)
+    res = await store.scripts.run(Call(name, keys, args, list))  # the reply as the script sent it
     assert res == (["EXISTS", held] if on_conflict == "error" else ["INVALID_TRANSITION", held, "WAITING"])
     assert await snapshot(r, k, held) == before
     assert not any([await r.exists(k.task(t.id)) for t in new])
     assert await r.xlen(k.stream(APP)) == before["stream"]
-    res = await store.scripts.run("create_many", keys[:12] + keys[18:], args[:14] + args[20:])
+    res = await store.scripts.run(Call(name, keys[:12] + keys[18:], args[:14] + args[20:], list))
     assert res == ["CREATED", 3]
     assert [(await store.get(t.id))["status"] for t in new] == ["QUEUED"] * 3
 
@@ -338,7 +318,7 @@ async def test_create_disabled_is_idle_and_never_due(store: Store, r: Any, k: Ke
     assert v["next_run"] is None
     assert await r.zscore(k.due(), member(APP, tid)) is None
     assert await r.xlen(k.stream(APP)) == 0
-    assert await wake(store, k, tid) == ["NOT_DUE"]
+    assert await wake(store, k, tid) == Wake("NOT_DUE", None)
 
 
 @pytest.mark.parametrize("old", TERMINAL)
@@ -356,7 +336,7 @@ async def test_create_replace_over_a_terminal_task_starts_afresh(
     if old == "CANCELED":  # canceled while QUEUED: its old entry is still unread, and stale
         entry = await read_entry(r, k)
         assert entry is not None and entry[1]["j"] == before["job_id"]
-        assert await claim(store, k, tid, entry[0], entry[1]["j"], "ex1", "l0") == ["STALE"]
+        assert await claim(store, k, tid, entry[0], entry[1]["j"], "ex1", "l0") == Claim("STALE", {})
     # the new run is on the stream; a claim takes it
     run = await take(store, r, k, tid)
     assert run.job == v["job_id"]
@@ -369,15 +349,73 @@ async def test_create_replace_over_a_terminal_task_starts_afresh(
 async def test_idle_is_queued_by_wake_once_due(store: Store, r: Any, k: Keys) -> None:
     tid = await create(store, run_at=time.time() + 0.2)
     before = await snapshot(r, k, tid)
-    assert await wake(store, k, tid) == ["NOT_DUE"]  # refused: nothing changes
+    assert await wake(store, k, tid) == Wake("NOT_DUE", None)  # refused: nothing changes
     assert await snapshot(r, k, tid) == before
-    assert await wake_when_due(store, k, tid) == ["QUEUED"]
+    assert await wake_when_due(store, k, tid) == Wake("QUEUED", None)
     v = await check(store, r, k, tid, "QUEUED", stage=0)
     assert v["next_run"] is None and v["queued_at"] is not None
     assert await r.zscore(k.due(), member(APP, tid)) is None
     entry = await read_entry(r, k)
     assert entry is not None and entry[1] == {"t": tid, "j": v["job_id"]}
-    assert await wake(store, k, tid) == ["NOT_DUE"]  # the due entry is gone: acted once
+    assert await wake(store, k, tid) == Wake("NOT_DUE", None)  # the due entry is gone: acted once
+
+
+@pytest.mark.parametrize(
+    "first", [timer(60), message(), message(timeout=30)], ids=["timer", "message", "message_timeout"]
+)
+async def test_idle_due_at_a_wait_stage_waits_without_an_executor(
+    store: Store, r: Any, k: Keys, first: dict[str, Any]
+) -> None:
+    """A run due at a timer or message stage is advanced by wake.lua itself: it waits at once
+    and nothing is put on the stream for an executor to claim and hand on."""
+    tid = await create(store, run_at=time.time() + 0.1, commands=[first, call()])
+    assert await wake_when_due(store, k, tid) == Wake("WAITING", None)
+    await check(store, r, k, tid, "WAITING", stage=0, executor_id=None)
+    assert await r.xlen(k.stream(APP)) == 0
+    timeout = first.get("timer") or (first.get("message") or {}).get("timeout")
+    due = await r.zscore(k.due(), member(APP, tid))
+    assert (due is None) == (timeout is None)
+
+
+async def test_idle_due_at_a_message_already_sent_goes_on_to_the_call(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, run_at=time.time() + 0.1, commands=[message(), call()])
+    await store.send(tid, {"early": 1})  # kept in the inbox: the message stage is ahead
+    assert await wake_when_due(store, k, tid) == Wake("QUEUED", None)
+    await check(store, r, k, tid, "QUEUED", stage=1, results=[{"early": 1}])
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 1, "b") == Commit("FINISHED", 2, [])
+
+
+async def test_retry_from_the_first_stage_waits_at_its_timer(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store, commands=[timer(0.1), call()], max_retries=1, restart_policy="first")
+    assert await wake_when_due(store, k, tid) == Wake("QUEUED", None)
+    run = await take(store, r, k, tid)
+    assert (await fail(store, k, tid, run, 1, delay=0.1)).code == "RETRY"
+    await check(store, r, k, tid, "SUSPENDED", stage=0, results=[])
+    assert await wake_when_due(store, k, tid) == Wake("WAITING", None)
+    await check(store, r, k, tid, "WAITING", stage=0)
+    assert await wake_when_due(store, k, tid) == Wake("QUEUED", None)
+    await check(store, r, k, tid, "QUEUED", stage=1, results=[None])
+
+
+async def test_a_run_queued_at_a_wait_stage_is_advanced_by_the_claim(store: Store, r: Any, k: Keys) -> None:
+    """Versions before 0.2 queued such runs for an executor to hand on; claim.lua advances
+    them itself (the entry is dropped as STALE), so an executor only ever runs calls."""
+    tid = await create(store, commands=[timer(60), call()])
+    v = await store.get(tid)
+    assert v["status"] == "WAITING"
+    # what an old wake.lua left: QUEUED at stage 0 (a timer) with a stream entry
+    await r.hset(k.task(tid), "status", "QUEUED")
+    await r.zrem(k.idx_status("WAITING"), tid)
+    await r.zrem(k.idx_app_status(APP, "WAITING"), tid)
+    await r.zrem(k.due(), member(APP, tid))
+    await r.xadd(k.stream(APP), {"t": tid, "j": v["job_id"]})
+    entry = await read_entry(r, k)
+    assert entry is not None
+    assert await claim(store, k, tid, entry[0], entry[1]["j"], "ex1", "l1") == Claim("STALE", {})
+    await check(store, r, k, tid, "WAITING", stage=0, executor_id=None)
+    assert await r.zscore(k.due(), member(APP, tid)) is not None
+    assert await pending(r, k) == 0
 
 
 # =========================================================================== claim
@@ -389,7 +427,7 @@ async def test_claim_runs_the_task_and_acknowledges_the_entry(store: Store, r: A
     assert entry is not None and await pending(r, k) == 1
     res = await claim(store, k, tid, entry[0], entry[1]["j"], "ex1", "lease-1")
     assert res[0] == "OK"
-    h = dict(zip(res[1::2], res[2::2], strict=True))
+    h = res.fields
     stored = await r.hgetall(k.task(tid))
     # what the executor runs the task with, as stored after the claim
     assert set(h) == {"doc", "kws", "job_id", "stage", "stages", "retries", "attempt", "exec_deadline"}
@@ -420,7 +458,7 @@ async def test_claim_of_an_entry_whose_task_is_not_queued_is_stale(
         await create(store, "replace", id=tid)
         assert (await store.get(tid))["job_id"] != entry[1]["j"]
     before = await snapshot(r, k, tid)
-    assert await claim(store, k, tid, entry[0], entry[1]["j"], "ex2", "lease-2") == ["STALE"]
+    assert await claim(store, k, tid, entry[0], entry[1]["j"], "ex2", "lease-2") == Claim("STALE", {})
     assert await snapshot(r, k, tid) == before
     assert await pending(r, k) == 0
     assert not await r.sismember(k.running("ex2"), member(APP, tid))
@@ -434,7 +472,7 @@ async def test_claim_by_an_unregistered_executor_is_dead_and_leaves_the_entry_pe
     assert entry is not None
     before = await snapshot(r, k, tid)
     res = await claim(store, k, tid, entry[0], entry[1]["j"], "ghost", "lease-g", registered=False)
-    assert res == ["DEAD"]
+    assert res == Claim("DEAD", {})
     assert await snapshot(r, k, tid) == before
     assert await pending(r, k) == 1
     await check(store, r, k, tid, "QUEUED")
@@ -448,14 +486,11 @@ async def test_claim_replayed_with_the_same_lease_answers_the_same(store: Store,
     assert first[0] == "OK"
     again = await claim(store, k, tid, entry[0], entry[1]["j"], "ex1", "lease-1")
     # the same hash (a reply may list a field twice; the later value is the current one)
-    assert again[0] == "OK"
-    assert dict(zip(again[1::2], again[2::2], strict=True)) == dict(
-        zip(first[1::2], first[2::2], strict=True)
-    )
+    assert again == first
     await check(store, r, k, tid, "RUNNING", attempt=1)
     assert await pending(r, k) == 0
     # a different lease on the same entry is not a replay
-    assert await claim(store, k, tid, entry[0], entry[1]["j"], "ex1", "lease-2") == ["STALE"]
+    assert await claim(store, k, tid, entry[0], entry[1]["j"], "ex1", "lease-2") == Claim("STALE", {})
     await check(store, r, k, tid, "RUNNING", attempt=1)
 
 
@@ -465,10 +500,10 @@ async def test_claim_replayed_with_the_same_lease_answers_the_same(store: Store,
 async def test_commit_goes_on_to_the_next_call(store: Store, r: Any, k: Keys) -> None:
     tid = await create(store, commands=[call(), call(), call()])
     run = await take(store, r, k, tid)
-    assert await commit(store, k, tid, run, 0, {"a": 1}) == ["RUN", 1]
+    assert await commit(store, k, tid, run, 0, {"a": 1}) == Commit("RUN", 1, [])
     v = await check(store, r, k, tid, "RUNNING", stage=1, results=[{"a": 1}], locked=True)
     assert v["executor_id"] == "ex1"
-    assert await commit(store, k, tid, run, 1, [2]) == ["RUN", 2]
+    assert await commit(store, k, tid, run, 1, [2]) == Commit("RUN", 2, [])
     await check(store, r, k, tid, "RUNNING", stage=2, results=[{"a": 1}, [2]])
     attempts = await store.attempts(tid)
     assert [(a["stage"], a["outcome"], a["job_id"], a["executor_id"]) for a in attempts] == [
@@ -480,8 +515,8 @@ async def test_commit_goes_on_to_the_next_call(store: Store, r: Any, k: Keys) ->
 async def test_commit_of_the_last_stage_finishes(store: Store, r: Any, k: Keys) -> None:
     tid = await create(store, commands=[call(), call()])
     run = await take(store, r, k, tid)
-    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
-    assert await commit(store, k, tid, run, 1, "b") == ["FINISHED", 2]
+    assert await commit(store, k, tid, run, 0, "a") == Commit("RUN", 1, [])
+    assert await commit(store, k, tid, run, 1, "b") == Commit("FINISHED", 2, [])
     v = await check(store, r, k, tid, "FINISHED", stage=2, results=["a", "b"], exit_code=0, error=None)
     assert v["executor_id"] is None and not v["locked"]
     assert not await r.sismember(k.running("ex1"), member(APP, tid))
@@ -498,7 +533,7 @@ async def test_commit_before_a_wait_stage_waits(
 ) -> None:
     tid = await create(store, commands=[call(), command, call()])
     run = await take(store, r, k, tid)
-    assert await commit(store, k, tid, run, 0, "a") == ["WAITING", 1]
+    assert await commit(store, k, tid, run, 0, "a") == Commit("WAITING", 1, [])
     v = await check(store, r, k, tid, "WAITING", stage=1, results=["a"], executor_id=None, locked=False)
     due = await r.zscore(k.due(), member(APP, tid))
     if due_in is None:
@@ -518,7 +553,9 @@ async def test_a_stage_result_is_committed_once(store: Store, r: Any, k: Keys, l
     before = await snapshot(r, k, tid)
     # a second commit of the same stage by the same run is a replay (its reply was lost):
     # recognised while the run still holds the task, refused once it does not; never applied
-    assert await commit(store, k, tid, run, 0, "twice") == (["STALE"] if last else ["REPLAY", "1"])
+    assert await commit(store, k, tid, run, 0, "twice") == (
+        Commit("STALE", None, []) if last else Commit("REPLAY", 1, [])
+    )
     assert await snapshot(r, k, tid) == before
     assert (await store.get(tid))["results"][0] == "once"
     assert [a["stage"] for a in await store.attempts(tid)] == [0]
@@ -530,24 +567,24 @@ async def test_a_stage_result_is_committed_once(store: Store, r: Any, k: Keys, l
 async def test_timer_ends_and_the_task_is_queued(store: Store, r: Any, k: Keys) -> None:
     tid = await create(store, commands=[call(), timer(0.2), call()])
     run = await take(store, r, k, tid)
-    assert await commit(store, k, tid, run, 0, "a") == ["WAITING", 1]
-    assert await wake(store, k, tid) == ["NOT_DUE"]
+    assert await commit(store, k, tid, run, 0, "a") == Commit("WAITING", 1, [])
+    assert await wake(store, k, tid) == Wake("NOT_DUE", None)
     await check(store, r, k, tid, "WAITING", stage=1)
-    assert await wake_when_due(store, k, tid) == ["QUEUED"]
+    assert await wake_when_due(store, k, tid) == Wake("QUEUED", None)
     v = await check(store, r, k, tid, "QUEUED", stage=2, results=["a", None])
     assert v["wait_deadline"] is None and v["job_id"] == run.job
     assert await r.zscore(k.due(), member(APP, tid)) is None
     run2 = await take(store, r, k, tid, executor="ex2")
     assert run2.job == run.job
-    assert await commit(store, k, tid, run2, 2, "c") == ["FINISHED", 3]
+    assert await commit(store, k, tid, run2, 2, "c") == Commit("FINISHED", 3, [])
     await check(store, r, k, tid, "FINISHED", results=["a", None, "c"])
 
 
 async def test_trailing_timer_finishes_the_task(store: Store, r: Any, k: Keys) -> None:
     tid = await create(store, commands=[call(), timer(0.2)])
     run = await take(store, r, k, tid)
-    assert await commit(store, k, tid, run, 0, "a") == ["WAITING", 1]
-    assert await wake_when_due(store, k, tid) == ["FINISHED"]
+    assert await commit(store, k, tid, run, 0, "a") == Commit("WAITING", 1, [])
+    assert await wake_when_due(store, k, tid) == Wake("FINISHED", None)
     await check(store, r, k, tid, "FINISHED", stage=2, results=["a", None], exit_code=0)
     assert await r.xlen(k.stream(APP)) == 1  # nothing queued for an executor
 
@@ -556,7 +593,7 @@ async def test_trailing_timer_finishes_the_task(store: Store, r: Any, k: Keys) -
 async def test_message_received_queues_the_task(store: Store, r: Any, k: Keys, spec: dict[str, Any]) -> None:
     tid = await create(store, commands=[call(), message(**spec), call()])
     run = await take(store, r, k, tid)
-    assert await commit(store, k, tid, run, 0, "a") == ["WAITING", 1]
+    assert await commit(store, k, tid, run, 0, "a") == Commit("WAITING", 1, [])
     await store.send(tid, {"ok": [1, 2]})
     v = await check(store, r, k, tid, "QUEUED", stage=2, results=["a", {"ok": [1, 2]}])
     assert v["wait_deadline"] is None
@@ -585,7 +622,7 @@ async def test_message_sent_early_is_taken_at_once(store: Store, r: Any, k: Keys
         await store.send(tid, {"early": 1})
     assert await r.lrange(k.inbox(tid), 0, -1) == ['{"early":1}']
     await check(store, r, k, tid, "RUNNING")
-    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 2, 1, '{"early":1}']
+    assert await commit(store, k, tid, run, 0, "a") == Commit("RUN", 2, [(1, '{"early":1}')])
     v = await check(store, r, k, tid, "RUNNING", stage=2, results=["a", {"early": 1}])
     assert v["executor_id"] == "ex1"
     assert await r.llen(k.inbox(tid)) == 0
@@ -594,29 +631,29 @@ async def test_message_sent_early_is_taken_at_once(store: Store, r: Any, k: Keys
 async def test_messages_sent_early_are_kept_in_order(store: Store, r: Any, k: Keys) -> None:
     tid = await create(store, commands=[call(), timer(0.2), message(), call(), message()])
     run = await take(store, r, k, tid)
-    assert await commit(store, k, tid, run, 0, "a") == ["WAITING", 1]
+    assert await commit(store, k, tid, run, 0, "a") == Commit("WAITING", 1, [])
     await store.send(tid, "m1")  # WAITING at the timer: kept for stage 2
     await store.send(tid, "m2")  # kept for stage 4
-    assert await wake_when_due(store, k, tid) == ["QUEUED"]
+    assert await wake_when_due(store, k, tid) == Wake("QUEUED", None)
     await check(store, r, k, tid, "QUEUED", stage=3, results=["a", None, "m1"])
     run = await take(store, r, k, tid)
-    assert await commit(store, k, tid, run, 3, "d") == ["FINISHED", 5]
+    assert await commit(store, k, tid, run, 3, "d") == Commit("FINISHED", 5, [])
     await check(store, r, k, tid, "FINISHED", results=["a", None, "m1", "d", "m2"])
 
 
 async def test_message_timeout_continue_records_null(store: Store, r: Any, k: Keys) -> None:
     tid = await create(store, commands=[call(), message(timeout=0.2, on_timeout="continue"), call()])
     run = await take(store, r, k, tid)
-    assert await commit(store, k, tid, run, 0, "a") == ["WAITING", 1]
-    assert await wake_when_due(store, k, tid) == ["QUEUED"]
+    assert await commit(store, k, tid, run, 0, "a") == Commit("WAITING", 1, [])
+    assert await wake_when_due(store, k, tid) == Wake("QUEUED", None)
     await check(store, r, k, tid, "QUEUED", stage=2, results=["a", None], error=None)
 
 
 async def test_message_timeout_fail_fails_the_run(store: Store, r: Any, k: Keys) -> None:
     tid = await create(store, commands=[call(), message(timeout=0.2, on_timeout="fail"), call()])
     run = await take(store, r, k, tid)
-    assert await commit(store, k, tid, run, 0, "a") == ["WAITING", 1]
-    assert await wake_when_due(store, k, tid) == ["FAILED"]
+    assert await commit(store, k, tid, run, 0, "a") == Commit("WAITING", 1, [])
+    assert await wake_when_due(store, k, tid) == Wake("FAILED", None)
     v = await check(store, r, k, tid, "FAILED", stage=1, results=["a"], exit_code=1)
     assert v["error"]["code"] == "MESSAGE_TIMEOUT" and v["error"]["stage"] == 1
     assert await r.zscore(k.due(), member(APP, tid)) is None
@@ -631,8 +668,8 @@ async def test_message_timeout_fail_fails_the_run(store: Store, r: Any, k: Keys)
 async def test_failed_attempt_without_retries_fails(store: Store, r: Any, k: Keys) -> None:
     tid = await create(store, commands=[call(), call()], max_retries=0)
     run = await take(store, r, k, tid)
-    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
-    assert await fail(store, k, tid, run, 1) == ["FAILED"]
+    assert await commit(store, k, tid, run, 0, "a") == Commit("RUN", 1, [])
+    assert await fail(store, k, tid, run, 1) == Fail("FAILED", None)
     v = await check(store, r, k, tid, "FAILED", stage=1, results=["a"], exit_code=1, retries=0)
     assert v["error"] == stage_error(1)
     assert v["executor_id"] is None and not v["locked"]
@@ -649,7 +686,7 @@ async def test_failed_attempt_without_retries_fails(store: Store, r: Any, k: Key
 async def test_failed_attempt_with_retries_is_suspended_then_queued(store: Store, r: Any, k: Keys) -> None:
     tid = await create(store, commands=[call(), call()], max_retries=2)
     run = await take(store, r, k, tid)
-    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
+    assert await commit(store, k, tid, run, 0, "a") == Commit("RUN", 1, [])
     res = await fail(store, k, tid, run, 1, delay=0.2)
     assert res[0] == "RETRY"
     v = await check(store, r, k, tid, "SUSPENDED", stage=1, results=["a"], retries=1, executor_id=None)
@@ -657,7 +694,7 @@ async def test_failed_attempt_with_retries_is_suspended_then_queued(store: Store
     assert v["next_run"] == pytest.approx(time.time() + 0.2, abs=1)
     assert await r.zscore(k.due(), member(APP, tid)) == pytest.approx(v["next_run"], abs=1e-3)
     assert not await r.sismember(k.running("ex1"), member(APP, tid))
-    assert await wake_when_due(store, k, tid) == ["QUEUED"]
+    assert await wake_when_due(store, k, tid) == Wake("QUEUED", None)
     v = await check(store, r, k, tid, "QUEUED", stage=1, results=["a"], retries=1, next_run=None)
     assert await r.zscore(k.due(), member(APP, tid)) is None
     run2 = await take(store, r, k, tid, executor="ex2")
@@ -669,16 +706,16 @@ async def test_last_retry_failing_fails_the_run(store: Store, r: Any, k: Keys) -
     tid = await create(store, max_retries=1)
     run = await take(store, r, k, tid)
     assert (await fail(store, k, tid, run, 0, delay=0))[0] == "RETRY"
-    assert await wake_when_due(store, k, tid) == ["QUEUED"]
+    assert await wake_when_due(store, k, tid) == Wake("QUEUED", None)
     run = await take(store, r, k, tid)
-    assert await fail(store, k, tid, run, 0) == ["FAILED"]
+    assert await fail(store, k, tid, run, 0) == Fail("FAILED", None)
     await check(store, r, k, tid, "FAILED", retries=1, error=stage_error(0))
 
 
 async def test_failure_marked_final_fails_whatever_retries_are_left(store: Store, r: Any, k: Keys) -> None:
     tid = await create(store, max_retries=5)
     run = await take(store, r, k, tid)
-    assert await fail(store, k, tid, run, 0, final=True) == ["FAILED"]
+    assert await fail(store, k, tid, run, 0, final=True) == Fail("FAILED", None)
     await check(store, r, k, tid, "FAILED", retries=0)
 
 
@@ -688,13 +725,13 @@ async def test_restart_policy_of_a_retry(
 ) -> None:
     tid = await create(store, commands=[call(), call(), call()], max_retries=1, restart_policy=policy)
     run = await take(store, r, k, tid)
-    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
-    assert await commit(store, k, tid, run, 1, "b") == ["RUN", 2]
+    assert await commit(store, k, tid, run, 0, "a") == Commit("RUN", 1, [])
+    assert await commit(store, k, tid, run, 1, "b") == Commit("RUN", 2, [])
     assert (await fail(store, k, tid, run, 2, delay=0))[0] == "RETRY"
     await check(store, r, k, tid, "SUSPENDED", stage=stage, results=results)
     h = await r.hgetall(k.task(tid))
     assert [f for f in sorted(h) if f.startswith("r.")] == [f"r.{i}" for i in range(len(results))]
-    assert await wake_when_due(store, k, tid) == ["QUEUED"]
+    assert await wake_when_due(store, k, tid) == Wake("QUEUED", None)
     await check(store, r, k, tid, "QUEUED", stage=stage, results=results)
     run = await take(store, r, k, tid)
     for s in range(stage, 3):
@@ -712,11 +749,11 @@ async def test_lost_or_handed_back_run_is_queued_again_at_its_stage(
 ) -> None:
     tid = await create(store, commands=[call(), call()])
     run = await take(store, r, k, tid)
-    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
+    assert await commit(store, k, tid, run, 0, "a") == Commit("RUN", 1, [])
     if how == "reap":
-        assert await reap(store, k, tid, "ex1") == ["QUEUED"]
+        assert await reap(store, k, tid, "ex1") == Code("QUEUED")
     else:
-        assert await handback(store, k, tid, run) == ["QUEUED"]
+        assert await handback(store, k, tid, run) == Code("QUEUED")
     v = await check(store, r, k, tid, "QUEUED", stage=1, results=["a"], executor_id=None, locked=False)
     assert v["job_id"] == run.job
     h = await r.hgetall(k.task(tid))
@@ -726,29 +763,29 @@ async def test_lost_or_handed_back_run_is_queued_again_at_its_stage(
     attempts = await store.attempts(tid)
     assert (attempts[-1]["stage"], attempts[-1]["outcome"]) == (1, "lost" if how == "reap" else "handed_back")
     run2 = await take(store, r, k, tid, executor="ex2")
-    assert await commit(store, k, tid, run2, 1, "b") == ["FINISHED", 2]
+    assert await commit(store, k, tid, run2, 1, "b") == Commit("FINISHED", 2, [])
     await check(store, r, k, tid, "FINISHED", results=["a", "b"], attempt=2)
 
 
 async def test_reap_of_a_task_the_executor_no_longer_holds_is_skipped(store: Store, r: Any, k: Keys) -> None:
     tid = await create(store)
     run = await take(store, r, k, tid)
-    assert await commit(store, k, tid, run, 0, "a") == ["FINISHED", 1]
+    assert await commit(store, k, tid, run, 0, "a") == Commit("FINISHED", 1, [])
     before = await snapshot(r, k, tid)
-    assert await reap(store, k, tid, "ex1") == ["SKIP"]
+    assert await reap(store, k, tid, "ex1") == Code("SKIP")
     assert await snapshot(r, k, tid) == before
 
 
 async def test_executor_lost_too_often_on_one_stage_fails(store: Store, r: Any, k: Keys) -> None:
     tid = await create(store, commands=[call(), call()])
     run = await take(store, r, k, tid, executor="ex0")
-    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
+    assert await commit(store, k, tid, run, 0, "a") == Commit("RUN", 1, [])
     for i in range(1, 3):  # max_interruptions 2: lost twice on stage 1 is still re-queued
-        assert await reap(store, k, tid, run.executor, max_interruptions=2) == ["QUEUED"]
+        assert await reap(store, k, tid, run.executor, max_interruptions=2) == Code("QUEUED")
         run = await take(store, r, k, tid, executor=f"ex{i}")
-        assert await handback(store, k, tid, run) == ["QUEUED"]  # graceful: not counted
+        assert await handback(store, k, tid, run) == Code("QUEUED")  # graceful: not counted
         run = await take(store, r, k, tid, executor=f"ex{i}")
-    assert await reap(store, k, tid, run.executor, max_interruptions=2) == ["FAILED"]
+    assert await reap(store, k, tid, run.executor, max_interruptions=2) == Code("FAILED")
     v = await check(store, r, k, tid, "FAILED", stage=1, results=["a"], exit_code=1)
     assert v["error"]["code"] == "EXECUTOR_LOST" and v["error"]["stage"] == 1
     assert not await r.sismember(k.running(run.executor), member(APP, tid))
@@ -757,10 +794,10 @@ async def test_executor_lost_too_often_on_one_stage_fails(store: Store, r: Any, 
 async def test_interruptions_are_counted_per_stage(store: Store, r: Any, k: Keys) -> None:
     tid = await create(store, commands=[call(), call()])
     run = await take(store, r, k, tid)
-    assert await reap(store, k, tid, "ex1", max_interruptions=1) == ["QUEUED"]  # stage 0, once
+    assert await reap(store, k, tid, "ex1", max_interruptions=1) == Code("QUEUED")  # stage 0, once
     run = await take(store, r, k, tid, executor="ex2")
-    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
-    assert await reap(store, k, tid, "ex2", max_interruptions=1) == ["QUEUED"]  # stage 1, once
+    assert await commit(store, k, tid, run, 0, "a") == Commit("RUN", 1, [])
+    assert await reap(store, k, tid, "ex2", max_interruptions=1) == Code("QUEUED")  # stage 1, once
     await check(store, r, k, tid, "QUEUED", stage=1)
 
 
@@ -773,14 +810,14 @@ async def test_execution_deadline_fails_the_run_and_tells_the_executor(
     v = await store.get(tid)
     assert v["exec_deadline"] == pytest.approx(time.time() + 1, abs=0.5)
     before = await snapshot(r, k, tid)
-    assert await expire(store, k, tid) == ["NOT_DUE"]
+    assert await expire(store, k, tid) == Code("NOT_DUE")
     assert await snapshot(r, k, tid) == before
 
-    async def expired() -> list[Any] | None:
+    async def expired() -> Code | None:
         res = await expire(store, k, tid)
-        return None if res == ["NOT_DUE"] else res
+        return None if res == Code("NOT_DUE") else res
 
-    assert await wait_for(expired, timeout=2.5, what="execution deadline") == ["FAILED"]
+    assert await wait_for(expired, timeout=2.5, what="execution deadline") == Code("FAILED")
     v = await check(store, r, k, tid, "FAILED", stage=0, exit_code=1, executor_id=None, retries=0)
     assert v["error"]["code"] == "EXEC_TIMEOUT" and v["error"]["stage"] == 0
     assert await r.zscore(k.deadlines(), member(APP, tid)) is None
@@ -806,7 +843,7 @@ async def test_cancel_from_each_non_terminal_status(store: Store, r: Any, k: Key
     assert not await r.sismember(k.running("ex1"), member(APP, tid))
     ctl = [json.loads(m) for m in await r.lrange(k.control("ex1"), 0, -1)]
     assert ctl == ([{"cancel": tid, "job_id": run.job}] if status == "RUNNING" and run else [])
-    assert await wake(store, k, tid) == ["NOT_DUE"]
+    assert await wake(store, k, tid) == Wake("NOT_DUE", None)
 
 
 @pytest.mark.parametrize("status", NON_TERMINAL)
@@ -929,7 +966,7 @@ async def test_send_to_an_unknown_task(store: Store) -> None:
 async def test_stale_write_is_dropped(store: Store, r: Any, k: Keys, script: str, stale: str) -> None:
     tid = await create(store, commands=[call(), call(), call()], max_retries=3)
     run = await take(store, r, k, tid)
-    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
+    assert await commit(store, k, tid, run, 0, "a") == Commit("RUN", 1, [])
     bad, stage = run, 1
     if stale == "job":
         bad = Lease(uuid.uuid4().hex, run.lease, run.executor)
@@ -945,10 +982,12 @@ async def test_stale_write_is_dropped(store: Store, r: Any, k: Keys, script: str
     else:
         res = await handback(store, k, tid, bad)
     # an old stage of the same run and lease can only be a replayed commit: named so, not applied
-    assert res == (["REPLAY", "1"] if (script, stale) == ("commit", "old_stage") else ["STALE"])
+    assert res[0] == ("REPLAY" if (script, stale) == ("commit", "old_stage") else "STALE")
+    if script == "commit":
+        assert res[1] == (1 if stale == "old_stage" else None)
     assert await snapshot(r, k, tid) == before
     # the holder of the run is unaffected
-    assert await commit(store, k, tid, run, 1, "b") == ["RUN", 2]
+    assert await commit(store, k, tid, run, 1, "b") == Commit("RUN", 2, [])
 
 
 @pytest.mark.parametrize("after", ["reap", "cancel", "expire", "handback", "reclaimed"])
@@ -956,25 +995,25 @@ async def test_old_executor_is_fenced_off(store: Store, r: Any, k: Keys, after: 
     tid = await create(store, commands=[call(), call()], max_retries=3, max_exec_timeout=1)
     old = await take(store, r, k, tid, executor="old")
     if after in ("reap", "reclaimed"):
-        assert await reap(store, k, tid, "old") == ["QUEUED"]
+        assert await reap(store, k, tid, "old") == Code("QUEUED")
         if after == "reclaimed":
             await take(store, r, k, tid, executor="new")
     elif after == "handback":  # a second claim of the same run by another process of ours
-        assert await handback(store, k, tid, old) == ["QUEUED"]
+        assert await handback(store, k, tid, old) == Code("QUEUED")
         await take(store, r, k, tid, executor="new")
     elif after == "cancel":
         assert (await cancel(store, tid))["changed"]
     else:
 
-        async def expired() -> list[Any] | None:
+        async def expired() -> Code | None:
             res = await expire(store, k, tid)
-            return None if res == ["NOT_DUE"] else res
+            return None if res == Code("NOT_DUE") else res
 
-        assert await wait_for(expired, timeout=2.5, what="execution deadline") == ["FAILED"]
+        assert await wait_for(expired, timeout=2.5, what="execution deadline") == Code("FAILED")
     before = await snapshot(r, k, tid)
-    assert await commit(store, k, tid, old, 0, "late") == ["STALE"]
-    assert await fail(store, k, tid, old, 0) == ["STALE"]
-    assert await handback(store, k, tid, old) == ["STALE"]
+    assert await commit(store, k, tid, old, 0, "late") == Commit("STALE", None, [])
+    assert await fail(store, k, tid, old, 0) == Fail("STALE", None)
+    assert await handback(store, k, tid, old) == Code("STALE")
     assert await snapshot(r, k, tid) == before
 
 
@@ -986,7 +1025,7 @@ async def test_index_scores_follow_updated(store: Store, r: Any, k: Keys) -> Non
     run = await take(store, r, k, tid)
     h0 = await r.hgetall(k.task(tid))
     await wait_for(lambda: time.time() > float(h0["updated"]) + 0.01, timeout=1, what="clock to move on")
-    assert await commit(store, k, tid, run, 0, "a") == ["RUN", 1]
+    assert await commit(store, k, tid, run, 0, "a") == Commit("RUN", 1, [])
     updated = float((await r.hgetall(k.task(tid)))["updated"])
     assert updated > float(h0["updated"])
     for key in (k.idx_status("RUNNING"), k.idx_app_status(APP, "RUNNING")):

@@ -11,7 +11,7 @@ import pytest
 from stagewise import config
 from stagewise.executor.app import App, ParamsError
 from stagewise.keys import Keys, member, partition_of, split_member
-from stagewise.policy import next_cron, next_retry_delay
+from stagewise.policy import next_cron, next_retry_delay, retry_delay
 from stagewise.status import ACTIVE, HTTP_CODE, TERMINAL, Status, allowed
 
 
@@ -30,6 +30,24 @@ from stagewise.status import ACTIVE, HTTP_CODE, TERMINAL, Status, allowed
 )
 def test_next_retry_delay(retry: int, backoff: float, rand: float, expected: float) -> None:
     assert next_retry_delay(retry, backoff, rand) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("retries", "max_retries", "final", "expected"),
+    [
+        (0, 0, False, None),  # no retries allowed: the run fails
+        (0, 3, False, 2.0),  # first retry: backoff 2 x 2^0
+        (2, 3, False, 8.0),  # third retry: 2 x 2^2
+        (3, 3, False, None),  # retries spent
+        (0, 3, True, None),  # the run's time budget is spent: fails whatever is left
+    ],
+)
+def test_retry_delay_decides_and_times_the_retry(
+    retries: int, max_retries: int, final: bool, expected: float | None
+) -> None:
+    # rand 0.5: no jitter
+    got = retry_delay(retries, max_retries, 2.0, final, rand=0.5)
+    assert got == (None if expected is None else pytest.approx(expected))
 
 
 def _ts(s: str, tz: str = "UTC") -> float:

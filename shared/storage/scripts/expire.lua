@@ -9,7 +9,7 @@ local ts = now()
 local score = tonumber(redis.call('ZSCORE', KEYS[2], m))
 if not score or score > ts then return {'NOT_DUE'} end
 local h = redis.call('HMGET', tkey, 'status', 'app', 'stage', 'executor_id', 'job_id', 'stage_started')
-if h[1] ~= 'RUNNING' then
+if h[1] ~= S.RUNNING then
   redis.call('ZREM', KEYS[2], m)
   return {'SKIP'}
 end
@@ -17,10 +17,7 @@ local s = tonumber(h[3])
 local err = cjson.encode({code = 'EXEC_TIMEOUT', stage = s, message = 'max_exec_timeout exceeded'})
 record_attempt(id, {job_id = h[5], stage = s, executor_id = h[4], started = tonumber(h[6]),
   ended = ts, outcome = 'timeout', error = cjson.decode(err)})
-if h[4] ~= '' then
-  redis.call('RPUSH', PREFIX .. ':ctl:' .. h[4], cjson.encode({cancel = id, job_id = h[5]}))
-  redis.call('LTRIM', PREFIX .. ':ctl:' .. h[4], -1000, -1)
-end
+tell_cancel(h[4], id, h[5])
 release(tkey, id, h[2], ts)
-fail(tkey, id, h[2], 'RUNNING', ts, err)
-return {'FAILED'}
+fail(tkey, id, h[2], S.RUNNING, ts, err)
+return {S.FAILED}

@@ -11,7 +11,7 @@ if not TERMINAL[status] then return {status, '0', 'INVALID_TRANSITION: only term
 if h[3] == '1' then return {status, '0', 'system task: never deleted'} end
 if ARGV[3] == '1' then return {'DELETED', '1', ''} end
 unindex(tkey, id, app, status)
-redis.call('ZREM', KEYS[4], app .. '/' .. id)
-redis.call('ZREM', PREFIX .. ':ended', app .. '/' .. id)
-redis.call('DEL', tkey, KEYS[2], KEYS[3], PREFIX .. ':nt:' .. id)
+redis.call('ZREM', KEYS[4], member(app, id))
+redis.call('ZREM', k_ended(), member(app, id))
+redis.call('DEL', tkey, KEYS[2], KEYS[3], k_task_notes(id))
 return {'DELETED', '1', ''}

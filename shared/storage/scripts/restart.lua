@@ -16,9 +16,9 @@ local h = redis.call('HMGET', tkey, 'status', 'app', 'stage', 'stages', 'cleaned
   'plan', 'chained_from')
 local status, app = h[1], h[2]
 if not status then return {'NOT_FOUND'} end
-local m = app .. '/' .. id
+local m = member(app, id)
 if mode == 'chain' and h[8] == ARGV[8] then return {status, '0', 'already chained from this run'} end
-if not TERMINAL[status] and not (mode == 'chain' and status == 'IDLE') then
+if not TERMINAL[status] and not (mode == 'chain' and status == S.IDLE) then
   return {status, '0', 'INVALID_TRANSITION: ' .. status .. ' is not terminal'}
 end
 if h[5] == '1' then return {status, '0', 'cleaned: its kws and results are gone'} end
@@ -27,11 +27,11 @@ local ts = now()
 local due_at = tonumber(ARGV[6])
 local queue_now = h[6] == '1' and not (due_at and due_at > ts)
 if ARGV[3] == '1' then
-  if queue_now then return {'QUEUED', '1', ''} end
-  return {'IDLE', '1', ''}
+  if queue_now then return {S.QUEUED, '1', ''} end
+  return {S.IDLE, '1', ''}
 end
 local s = 0
-if ARGV[5] == 'current' and status ~= 'FINISHED' then s = tonumber(h[3]) end
+if ARGV[5] == 'current' and status ~= S.FINISHED then s = tonumber(h[3]) end
 for i = s, tonumber(h[4]) - 1 do redis.call('HDEL', tkey, 'r.' .. i) end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[2], m)
@@ -40,10 +40,10 @@ redis.call('HSET', tkey, 'job_id', ARGV[4], 'stage', s, 'attempt', 0, 'retries',
   'queued_at', '', 'wait_deadline', '', 'next_run', '')
 if mode == 'chain' then redis.call('HSET', tkey, 'chained_from', ARGV[8]) end
 if mode == 'cron' then redis.call('HSET', tkey, 'cron_at', ARGV[8]) end
-set_status(tkey, id, app, status, 'IDLE', ts)
+set_status(tkey, id, app, status, S.IDLE, ts)
 if queue_now then
   local verdict = advance(tkey, id, app, s, cjson.decode(h[7]), ts)
-  settle(tkey, id, app, 'IDLE', verdict, ts)
+  settle(tkey, id, app, S.IDLE, verdict, ts)
 elseif due_at and h[6] == '1' then
   redis.call('HSET', tkey, 'next_run', fmt(due_at))
   redis.call('ZADD', KEYS[2], due_at, m)

@@ -1,7 +1,10 @@
-"""Loads the Lua scripts of shared/scripts once, by name, and runs them.
+"""Loads the Lua scripts of ``scripts/`` once, by name, and runs the calls of ``calls``.
 
-Each script is one state transition; ``_lib.lua`` (helpers every transition needs) is put in
-front of each.  ``run_many`` sends many calls in one round trip (``run`` is one call): that
+Each script is one state transition; the generated prelude (``prelude``: key names, statuses,
+the consumer group, from their Python definitions) and ``_lib.lua`` (helpers every transition
+needs) are put in front of each.  A call (``calls.Call``) carries its script's name, KEYS,
+ARGV and the decoder of its reply; ``run``/``run_many`` hand back the decoded replies.
+``run_many`` sends many calls in one round trip (``run`` is one call): that
 is the hot path of the executor (claims, commits) and of the manager, so on a single server
 it packs the EVALSHAs itself and reads the replies on one pooled connection under one
 timeout, instead of going through a redis-py pipeline (its per-argument encoding and its
@@ -22,10 +25,13 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aredis
-from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from stagewise.storage.calls import Call, R
+from stagewise.storage.connection import is_cluster
+from stagewise.storage.prelude import prelude
 
 NAMES = (
     "create",
@@ -50,13 +56,11 @@ NAMES = (
 
 @cache
 def source(name: str) -> str:
-    folder = resources.files("stagewise") / "scripts"
+    """The text a script runs as: prelude, _lib.lua, then the script itself."""
+    folder = resources.files("stagewise.storage") / "scripts"
     lib = (folder / "_lib.lua").read_text()
-    return lib + "\n" + (folder / f"{name}.lua").read_text()
+    return prelude() + lib + "\n" + (folder / f"{name}.lua").read_text()
 
-
-# (script name, KEYS, ARGV) of one script call
-Call = tuple[str, Sequence[str], Sequence[Any]]
 
 # run_many on one server: how many replies share one socket-timeout period.  A reply of one of
 # our scripts takes well under a millisecond, so a batch that needs more than socket_timeout
@@ -90,15 +94,8 @@ def pack_evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
     return b"".join(out)
 
 
-def is_cluster(r: Any) -> bool:
-    """True for a client that talks to a Redis Cluster (shared.store.connect makes one for a
-    cluster node): every command, and every script, may then only name keys of one slot, i.e.
-    of one partition."""
-    return isinstance(r, RedisCluster)
-
-
 class Scripts:
-    """The scripts registered on one client; ``await scripts.run("claim", keys, args)``."""
+    """The scripts registered on one client; ``await scripts.run(calls.claim(...))``."""
 
     def __init__(self, client: aredis.Redis) -> None:
         self._client = client
@@ -107,43 +104,54 @@ class Scripts:
         for name in NAMES:
             self._scripts[name] = client.register_script(source(name))
 
-    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """One script call; raises what the script raised."""
+    async def run(self, call: Call[R]) -> R:
+        """One script call, its reply decoded; raises what the script (or the decoder) raised."""
         if self._single:
-            return (await self.run_many([(name, keys, args)]))[0]
-        return await self._scripts[name](keys=keys, args=args, client=self._client)
+            return (await self.run_many([call]))[0]
+        name, keys, args, decode = call
+        return decode(await self._scripts[name](keys=keys, args=args, client=self._client))
 
-    async def run_many(self, calls: Sequence[Call], raise_on_error: bool = True) -> list[Any]:
-        """Runs the calls, in order, in one round trip; returns their replies in order.  With
-        `raise_on_error` false, a call that failed has its exception in its place and the
-        others still count; otherwise the first failure is raised (after all have run)."""
+    async def run_many(self, calls: Sequence[Call[Any]], raise_on_error: bool = True) -> list[Any]:
+        """Runs the calls, in order, in one round trip; returns their decoded replies in order.
+        With `raise_on_error` false, a call that failed (or whose reply the decoder refused with
+        an error) has its exception in its place and the others still count; otherwise the
+        first failure is raised (after all have run)."""
         if not calls:
             return []
         if self._single:
             results = await self._one_server(calls)
         else:
             pipe = self._client.pipeline(transaction=False)
-            for name, keys, args in calls:
+            for name, keys, args, _ in calls:
                 pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
             results = await pipe.execute(raise_on_error=False)
+        first: Exception | None = None
         for i, res in enumerate(results):
+            name, keys, args, decode = calls[i]
             if isinstance(res, NoScriptError):  # redis-py's Script loads it and runs it again
-                name, keys, args = calls[i]
                 try:
-                    results[i] = res = await self._scripts[name](keys=keys, args=args, client=self._client)
+                    res = await self._scripts[name](keys=keys, args=args, client=self._client)
                 except ResponseError as e:
-                    results[i] = res = e
-            if raise_on_error and isinstance(res, Exception):
-                raise res
+                    res = e
+            if not isinstance(res, Exception):
+                try:
+                    res = decode(res)
+                except Exception as e:  # noqa: BLE001 - a refused reply (an RpcError) stays in its place
+                    res = e
+            results[i] = res
+            if first is None and isinstance(res, Exception):
+                first = res
+        if raise_on_error and first is not None:
+            raise first
         return results
 
-    async def _one_server(self, calls: Sequence[Call]) -> list[Any]:
+    async def _one_server(self, calls: Sequence[Call[Any]]) -> list[Any]:
         """run_many on a single server: one pooled connection, our own RESP packing, and one
         timeout per REPLIES_PER_TIMEOUT replies rather than one per reply.  A read that is cut
         off (timeout, cancellation, lost connection) makes redis-py drop the connection, so a
         connection with replies still unread never goes back into use."""
         pool = self._client.connection_pool
-        data = b"".join(pack_evalsha(self._scripts[n].sha, k, a) for n, k, a in calls)
+        data = b"".join(pack_evalsha(self._scripts[n].sha, k, a) for n, k, a, _ in calls)
         conn = await pool.get_connection()
         try:
             await conn.send_packed_command(data, check_health=False)

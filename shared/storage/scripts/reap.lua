@@ -8,8 +8,8 @@
 local tkey, id = KEYS[1], ARGV[2]
 local h = redis.call('HMGET', tkey, 'status', 'executor_id', 'app', 'stage', 'interruptions',
   'int_stage', 'job_id', 'stage_started')
-if h[1] ~= 'RUNNING' or h[2] ~= ARGV[3] then
-  if h[3] then redis.call('SREM', KEYS[2], h[3] .. '/' .. id) end
+if h[1] ~= S.RUNNING or h[2] ~= ARGV[3] then
+  if h[3] then redis.call('SREM', KEYS[2], member(h[3], id)) end
   return {'SKIP'}
 end
 local ts = now()
@@ -21,10 +21,10 @@ record_attempt(id, {job_id = h[7], stage = s, executor_id = ARGV[3], started = t
 release(tkey, id, app, ts)
 redis.call('HSET', tkey, 'interruptions', n, 'int_stage', s)
 if n > tonumber(ARGV[4]) then
-  fail(tkey, id, app, 'RUNNING', ts, cjson.encode({code = 'EXECUTOR_LOST', stage = s,
+  fail(tkey, id, app, S.RUNNING, ts, cjson.encode({code = 'EXECUTOR_LOST', stage = s,
     message = 'executor lost ' .. n .. ' times on this stage'}))
-  return {'FAILED'}
+  return {S.FAILED}
 end
-set_status(tkey, id, app, 'RUNNING', 'SUSPENDED', ts)
-enqueue(tkey, id, app, 'SUSPENDED', ts)
-return {'QUEUED'}
+set_status(tkey, id, app, S.RUNNING, S.SUSPENDED, ts)
+enqueue(tkey, id, app, S.SUSPENDED, ts)
+return {S.QUEUED}

@@ -9,14 +9,16 @@
 -- Returns {'OK', field, value, ...}   what the executor runs the task with: doc, kws, job_id,
 --            stage, stages, retries, attempt, exec_deadline and the results r.<i> of the
 --            stages before the current one (not the whole hash: a smaller reply to build and parse)
---         {'STALE'}  the entry no longer matches a QUEUED run; entry acknowledged, drop it
+--         {'STALE'}  the entry no longer matches a QUEUED run at a call stage; entry
+--            acknowledged, drop it (a run queued at a timer or message stage, as versions
+--            before 0.2 did, is advanced here instead: an executor only ever runs calls)
 --         {'DEAD'}   this executor was declared dead; entry left pending for the manager
 local tkey, id = KEYS[1], ARGV[2]
 if not redis.call('ZSCORE', KEYS[3], ARGV[5]) then
   return {'DEAD'}
 end
 local t = prefetch(tkey, {'status', 'lease', 'job_id', 'app', 'max_exec', 'exec_used', 'attempt',
-  'exec_deadline', 'stage', 'stages', 'retries', 'doc', 'kws',
+  'exec_deadline', 'stage', 'stages', 'retries', 'doc', 'kws', 'plan',
   'tags', 'group', 'notify', 'error', 'cron', 'next_task'})
 
 local function reply()
@@ -32,21 +34,27 @@ local function reply()
   return out
 end
 
-if t.status == 'RUNNING' and t.lease == ARGV[6] then
+if t.status == S.RUNNING and t.lease == ARGV[6] then
   return reply()  -- a replay of a claim whose reply was lost: same answer, nothing written twice
 end
 redis.call('XACK', KEYS[2], GROUP, ARGV[3])
-if t.status ~= 'QUEUED' or t.job_id ~= ARGV[4] then
+if t.status ~= S.QUEUED or t.job_id ~= ARGV[4] then
   return {'STALE'}
 end
 local ts = now()
 local app = t.app
+local plan = cjson.decode(t.plan)
+local s = tonumber(t.stage) or 0
+if plan[s + 1] ~= 'c' then
+  settle(tkey, id, app, S.QUEUED, advance(tkey, id, app, s, plan, ts), ts)
+  return {'STALE'}
+end
 local deadline = ts + tonumber(t.max_exec) - (tonumber(t.exec_used or '0') or 0)
 t.attempt = tostring((tonumber(t.attempt or '0') or 0) + 1)
 t.exec_deadline = fmt(deadline)
 put('executor_id', ARGV[5], 'lease', ARGV[6], 'run_started', fmt(ts), 'stage_started', fmt(ts),
   'exec_deadline', t.exec_deadline, 'attempt', t.attempt)
-redis.call('SADD', KEYS[4], app .. '/' .. id)
-redis.call('ZADD', KEYS[5], deadline, app .. '/' .. id)
-set_status(tkey, id, app, 'QUEUED', 'RUNNING', ts, t)
+redis.call('SADD', KEYS[4], member(app, id))
+redis.call('ZADD', KEYS[5], deadline, member(app, id))
+set_status(tkey, id, app, S.QUEUED, S.RUNNING, ts, t)
 return reply()

@@ -1,43 +1,33 @@
-"""Redis-facing operations on tasks, shared by the manager and the executor.
+"""The manager's operations on stored tasks: create, read, list, send, batch operations,
+groups, notifications, attempts, executors; and the TaskView of a task hash.
 
-Every state change is one Lua script (shared/scripts); this module builds their KEYS and
-ARGV from stagewise.keys and maps their return codes to results or RpcErrors, in one place.
+Every state change is one Lua script, called through stagewise.storage.calls (which builds
+its KEYS and ARGV and turns its reply into a result or an RpcError); what is left here is
+choosing the tasks and partitions, and the plain reads.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import time
-import uuid
 from typing import Any
 
-import msgspec
 import redis.asyncio as aredis
-from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ResponseError
 
 from stagewise import errors
 from stagewise.config import Settings
-from stagewise.keys import GROUP, Keys, parse_stream_name, partition_of, stream_name
+from stagewise.keys import Keys, partition_of
+from stagewise.manager.query import Filters, scan
 from stagewise.models import Task
-from stagewise.policy import next_cron
-from stagewise.query import Filters, scan
-from stagewise.scripting import Scripts, is_cluster  # noqa: F401 - is_cluster: for connect's callers
 from stagewise.status import Status
+from stagewise.storage import calls
+from stagewise.storage.calls import results_of
+from stagewise.storage.runner import Scripts
 
 _TIMES = ("created", "updated", "queued_at", "next_run", "wait_deadline", "exec_deadline")
 
 
 _NOTE_ID = re.compile(r"^\d{1,4}-\d{1,20}-\d{1,20}$")  # partition-streamid
-
-
-def _J(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex
 
 
 def _num(v: str | None) -> float | None:
@@ -60,111 +50,12 @@ class Store:
         return self.parts[partition_of(task_id, len(self.parts))]
 
     # ------------------------------------------------------------------ create / read
-    def _fields(self, task: Task) -> list[str]:
-        """The hash of a new task: its document, plus the settings the scripts read, as one JSON
-        array of field, value strings: one argument instead of ~80 (redis-py encodes arguments
-        one by one, which was the largest cost of a create on the client)."""
-        d = task.doc
-        doc = msgspec.to_builtins(d)
-        doc["id"] = task.id
-        kws = doc.pop("kws")
-        fields: dict[str, Any] = {
-            "doc": _J(doc),
-            "kws": _J(kws),
-            "plan": _J(task.plan()),
-            "stages": len(task.commands),
-            "job_id": new_job_id(),
-            "attempt": 0,
-            "retries": 0,
-            "interruptions": 0,
-            "exec_used": 0,
-            "max_exec": d.max_exec_timeout,
-            "max_retries": d.max_retries,
-            "restart_policy": d.restart_policy,
-            "enabled": int(d.enabled),
-            "notify": int(d.notify),
-            "system": int(d.system),
-            "priority": d.priority,
-            "group": d.group or "",
-            "tags": _J(d.tags) if d.tags else "",
-            "next_task": d.next_task or "",
-            "cron": d.cron or "",
-            "tz": d.tz,
-            "cleaned": 0,
-            "executor_id": "",
-            "lease": "",
-            "error": "",
-            "exit_code": "",
-            "queued_at": "",
-            "wait_deadline": "",
-            "exec_deadline": "",
-        }
-        return [str(x) for kv in fields.items() for x in kv]
-
-    def _create_call(
-        self, task: Task, on_conflict: str, now: float | None
-    ) -> tuple[list[str], list[Any], list[str]]:
-        """KEYS and ARGV of create.lua, and the hash fields sent (field, value, ...)."""
-        d, k = task.doc, self.keys(task.id)
-        fields = self._fields(task)
-        due_at: float | str = ""
-        if d.cron:
-            due_at = next_cron(d.cron, d.tz, now if now is not None else time.time())
-        elif d.run_at is not None:
-            due_at = d.run_at
-        keys = [
-            k.task(task.id),
-            k.stream(d.app, d.priority),
-            k.due(),
-            k.apps(),
-            k.attempts(task.id),
-            k.inbox(task.id),
-        ]
-        args = [
-            k.prefix,
-            task.id,
-            d.app,
-            on_conflict,
-            due_at,
-            int(d.enabled),
-            stream_name(d.app, d.priority),
-            _J(fields),
-        ]
-        return keys, args, fields
-
-    def _create_many_calls(self, tasks: list[Task], on_conflict: str) -> list[tuple[list[str], list[Any]]]:
-        """KEYS and ARGV of create_many.lua, one call per partition the tasks fall in."""
-        parts: dict[int, tuple[list[str], list[Any]]] = {}
-        for t in tasks:
-            keys, args, _ = self._create_call(t, on_conflict, None)
-            prefix, tid, app, _oc, due_at, enabled, sname, fields = args
-            p_keys, p_args = parts.setdefault(self.keys(t.id).partition, ([], [prefix, on_conflict]))
-            p_keys += keys
-            p_args += [tid, app, due_at, enabled, sname, fields]
-        return list(parts.values())
-
-    @staticmethod
-    def _created(task: Task, res: Any, fields: list[str]) -> dict[str, str]:
-        """The stored hash, so that the caller's view needs no read: CREATED sends back only
-        what the script set (status, times, stage, ...) on top of the fields we sent."""
-        code = res[0]
-        if code == "CREATED":
-            h = dict(zip(fields[0::2], fields[1::2], strict=True))
-            h.update(zip(res[1::2], res[2::2], strict=True))
-            return h
-        if code == "IGNORED":  # the existing task's whole hash
-            return dict(zip(res[1::2], res[2::2], strict=True))
-        if code == "EXISTS":
-            raise errors.RpcError(errors.TASK_EXISTS, f"task {task.id!r} exists", {"id": task.id})
-        raise errors.invalid_transition(res[1], Status.IDLE)
-
     async def create(
         self, task: Task, on_conflict: str = "error", now: float | None = None
     ) -> dict[str, str]:
         """Stores a validated task; returns its hash (the existing one when on_conflict is
         "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION."""
-        keys, args, fields = self._create_call(task, on_conflict, now)
-        return self._created(task, await self.scripts.run("create", keys, args), fields)
+        return await self.scripts.run(calls.create(self.keys(task.id), task, on_conflict, now))
 
     async def raw(self, task_id: str) -> dict[str, str] | None:
         h = await self.r.hgetall(self.keys(task_id).task(task_id))
@@ -184,20 +75,7 @@ class Store:
 
     # ------------------------------------------------------------------ messages
     async def send(self, task_id: str, data: Any) -> None:
-        k = self.keys(task_id)
-        res = await self.scripts.run(
-            "send",
-            [k.task(task_id), k.inbox(task_id), k.due()],
-            [k.prefix, task_id, json.dumps(data, separators=(",", ":"))],
-        )
-        if res[0] == "NOT_FOUND":
-            raise errors.not_found(task_id)
-        if res[0] == "NOT_WAITING":
-            raise errors.RpcError(
-                errors.NOT_WAITING_FOR_MESSAGE,
-                f"task {task_id!r} ({res[1]}) has no message stage ahead to take the message",
-                {"id": task_id, "status": res[1]},
-            )
+        await self.scripts.run(calls.send(self.keys(task_id), task_id, data))
 
     # ------------------------------------------------------------------ listing
     async def list_tasks(
@@ -221,34 +99,30 @@ class Store:
     async def batch(self, op: str, ids: list[str], dry_run: bool, **extra: Any) -> list[dict[str, Any]]:
         """cancel / unlock / restart / delete / clean of each id: one BatchResult per id, in
         order; a bad id never fails the batch.  One fenced script per task, pipelined."""
-        calls = [(op, *self._batch_call(op, self.keys(i), i, int(dry_run), extra)) for i in ids]
+        batch = [self._batch_call(op, self.keys(i), i, dry_run, extra) for i in ids]
         out = []
-        for i, res in zip(ids, await self.scripts.run_many(calls, raise_on_error=False), strict=True):
+        for i, res in zip(ids, await self.scripts.run_many(batch, raise_on_error=False), strict=True):
             if isinstance(res, Exception):
                 out.append({"id": i, "status": None, "changed": False, "error": f"internal error: {res}"})
-            elif res[0] == "NOT_FOUND":
-                out.append({"id": i, "status": None, "changed": False, "error": "TASK_NOT_FOUND"})
             else:
-                out.append({"id": i, "status": res[0], "changed": res[1] == "1", "error": res[2] or None})
+                out.append(res)
         return out
 
+    @staticmethod
     def _batch_call(
-        self, op: str, k: Keys, i: str, dry: int, extra: dict[str, Any]
-    ) -> tuple[list[str], list[Any]]:
+        op: str, k: Keys, i: str, dry: bool, extra: dict[str, Any]
+    ) -> calls.Call[calls.BatchResult]:
         match op:
             case "cancel":
-                return [k.task(i), k.due()], [k.prefix, i, dry]
+                return calls.cancel(k, i, dry)
             case "unlock":
-                return [k.task(i)], [k.prefix, i, dry]
+                return calls.unlock(k, i, dry)
             case "restart":
-                return (
-                    [k.task(i), k.due(), k.inbox(i), k.ended()],
-                    [k.prefix, i, dry, new_job_id(), extra.get("from_", "first"), "", "restart", ""],
-                )
+                return calls.restart(k, i, dry, from_=extra.get("from_", "first"))
             case "delete":
-                return [k.task(i), k.attempts(i), k.inbox(i), k.due()], [k.prefix, i, dry]
+                return calls.delete(k, i, dry)
             case "clean":
-                return [k.task(i)], [k.prefix, i, dry, extra["cutoff"]]
+                return calls.clean(k, i, dry, extra["cutoff"])
         raise ValueError(op)
 
     async def clean(self, older_than: float, dry_run: bool, now: float) -> list[dict[str, Any]]:
@@ -285,12 +159,12 @@ class Store:
                 f"{len(taken)} task(s) exist: {', '.join(taken[:10])}",
                 {"ids": taken[:100]},
             )
-        calls = [("create_many", *call) for call in self._create_many_calls(tasks, on_conflict)]
-        for res in await self.scripts.run_many(calls):
-            if res[0] == "EXISTS":  # created meanwhile by someone else
-                raise errors.RpcError(errors.TASK_EXISTS, f"task {res[1]!r} exists", {"ids": [res[1]]})
-            if res[0] == "INVALID_TRANSITION":
-                raise errors.invalid_transition(res[2], Status.IDLE)
+        by_part: dict[int, list[Task]] = {}
+        for t in tasks:
+            by_part.setdefault(self.keys(t.id).partition, []).append(t)
+        await self.scripts.run_many(
+            [calls.create_many(self.parts[p], part, on_conflict) for p, part in by_part.items()]
+        )
         return [t.id for t in tasks]
 
     async def group(self, group: str) -> dict[str, Any]:
@@ -386,58 +260,6 @@ class Store:
         return sorted(out.values(), key=lambda e: e["id"])
 
 
-async def app_streams(r: Any, k: Keys, app: str) -> list[tuple[int, str]]:
-    """(priority, stream key) of every stream of `app` in a partition, highest priority first."""
-    out = []
-    for name in await r.smembers(k.apps()):
-        a, prio = parse_stream_name(name)
-        if a == app:
-            out.append((prio, k.stream_of(name)))
-    return sorted(out, reverse=True)
-
-
-async def redeliver_pending(r: Any, scripts: Scripts, k: Keys, app: str, consumer: str) -> int:
-    """Entries a consumer read but never claimed are still QUEUED work: put a fresh hint on
-    the stream for each (redeliver.lua checks the task is still QUEUED for that job), then
-    drop the consumer from the group.  Returns how many were re-queued."""
-    n = 0
-    for _, stream in await app_streams(r, k, app):
-        n += await _redeliver_stream(r, scripts, k, stream, consumer)
-    return n
-
-
-async def _redeliver_stream(r: Any, scripts: Scripts, k: Keys, stream: str, consumer: str) -> int:
-    n = 0
-    while True:
-        pending = await r.xpending_range(stream, GROUP, "-", "+", 100, consumername=consumer)
-        if not pending:
-            break
-        ids = [p["message_id"] for p in pending]
-        bodies = {e[0]: e[1] for e in await r.xrange(stream, ids[0], ids[-1]) if e[1]}
-        calls, trimmed = [], []
-        for mid in ids:
-            body = bodies.get(mid)
-            if body is None:  # trimmed away: nothing to re-send, just stop it pending
-                trimmed.append(mid)
-                continue
-            calls.append(("redeliver", [k.task(body["t"]), stream], [k.prefix, body["t"], mid, body["j"]]))
-        if trimmed:
-            await r.xack(stream, GROUP, *trimmed)
-        await scripts.run_many(calls)
-        n += len(calls)
-    try:
-        await r.xgroup_delconsumer(stream, GROUP, consumer)
-    except ResponseError:  # no such stream/group: nothing was pending either
-        pass
-    return n
-
-
-def results_of(h: dict[str, str]) -> list[Any]:
-    """Results of the committed stages, in stage order (results[i] is stage i's)."""
-    n = min(int(h.get("stage") or 0), int(h.get("stages") or 0))
-    return [json.loads(h[f"r.{i}"]) if f"r.{i}" in h else None for i in range(n)]
-
-
 def view(h: dict[str, str], include_results: bool = True) -> dict[str, Any]:
     """TaskView (SPEC §7) of a task hash."""
     out: dict[str, Any] = json.loads(h["doc"])
@@ -459,37 +281,6 @@ def view(h: dict[str, str], include_results: bool = True) -> dict[str, Any]:
     for name in _TIMES:
         out[name] = _num(h.get(name))
     if include_results:
-        out["results"] = results_of(h)
+        # a cleaned task has no results left to show (SPEC §7): null, not a list of nulls
+        out["results"] = None if out["cleaned"] else results_of(h)
     return out
-
-
-async def connect(url: str, max_connections: int) -> Any:
-    """A client for `url`: a plain one for a single Redis server, a `RedisCluster` when the
-    server is a Redis Cluster node (`INFO cluster` says `cluster_enabled:1`; the URL is then
-    the startup node, the client finds the others itself).  The choice costs one round trip,
-    here, once: the client handed back is used as is, so the single-server path carries no
-    cluster logic per command.  Raises the connection error when Redis does not answer.
-
-    The client is for a daemon whose own limits bound the connections it uses at once (the
-    executor's concurrency, the manager's in-flight limit): `max_connections` (per node on a
-    cluster) is set above that bound, so the pool never runs dry.  A plain pool, because
-    redis-py's blocking pool wraps every checkout in a timeout, which costs more than the rest
-    of a command's client work."""
-    client = aredis.Redis.from_url(url, decode_responses=True, max_connections=max_connections)
-    try:
-        cluster = bool((await client.info("cluster")).get("cluster_enabled"))
-    except ResponseError:  # refused (an ACL without INFO, a proxy): run as before, on one server
-        return client
-    except BaseException:
-        await client.aclose()
-        raise
-    if not cluster:
-        return client
-    await client.aclose()
-    rc = RedisCluster.from_url(url, decode_responses=True, max_connections=max_connections)
-    try:
-        await rc.initialize()
-    except BaseException:
-        await rc.aclose()
-        raise
-    return rc

@@ -8,19 +8,15 @@ local tkey, id = KEYS[1], ARGV[2]
 local h = redis.call('HMGET', tkey, 'status', 'app', 'executor_id', 'job_id', 'stage', 'stage_started')
 local status, app = h[1], h[2]
 if not status then return {'NOT_FOUND'} end
-if status ~= 'RUNNING' then
+if status ~= S.RUNNING then
   return {status, '0', 'INVALID_TRANSITION: only a RUNNING task holds a lease (' .. status .. ')'}
 end
-if ARGV[3] == '1' then return {'QUEUED', '1', ''} end
+if ARGV[3] == '1' then return {S.QUEUED, '1', ''} end
 local ts = now()
-if h[3] ~= '' then
-  local ctl = PREFIX .. ':ctl:' .. h[3]
-  redis.call('RPUSH', ctl, cjson.encode({cancel = id, job_id = h[4]}))
-  redis.call('LTRIM', ctl, -1000, -1)
-end
+tell_cancel(h[3], id, h[4])
 record_attempt(id, {job_id = h[4], stage = tonumber(h[5]), executor_id = h[3],
   started = tonumber(h[6]), ended = ts, outcome = 'unlocked', error = cjson.null})
 release(tkey, id, app, ts)
-set_status(tkey, id, app, 'RUNNING', 'SUSPENDED', ts)
-enqueue(tkey, id, app, 'SUSPENDED', ts)
-return {'QUEUED', '1', ''}
+set_status(tkey, id, app, S.RUNNING, S.SUSPENDED, ts)
+enqueue(tkey, id, app, S.SUSPENDED, ts)
+return {S.QUEUED, '1', ''}

@@ -11,18 +11,14 @@ if not status then return {'NOT_FOUND'} end
 if TERMINAL[status] then
   return {status, '0', 'INVALID_TRANSITION: ' .. status .. ' is terminal'}
 end
-if ARGV[3] == '1' then return {'CANCELED', '1', ''} end
+if ARGV[3] == '1' then return {S.CANCELED, '1', ''} end
 local ts = now()
-if status == 'RUNNING' then
-  if h[4] ~= '' then
-    local ctl = PREFIX .. ':ctl:' .. h[4]
-    redis.call('RPUSH', ctl, cjson.encode({cancel = id, job_id = h[5]}))
-    redis.call('LTRIM', ctl, -1000, -1)
-  end
+if status == S.RUNNING then
+  tell_cancel(h[4], id, h[5])
   release(tkey, id, app, ts)
 end
-redis.call('ZREM', KEYS[2], app .. '/' .. id)
+redis.call('ZREM', KEYS[2], member(app, id))
 redis.call('HSET', tkey, 'exit_code', 130, 'next_run', '', 'wait_deadline', '', 'error',
   cjson.encode({code = 'CANCELED', stage = tonumber(h[3]), message = 'canceled by tasks.cancel'}))
-set_status(tkey, id, app, status, 'CANCELED', ts)
-return {'CANCELED', '1', ''}
+set_status(tkey, id, app, status, S.CANCELED, ts)
+return {S.CANCELED, '1', ''}

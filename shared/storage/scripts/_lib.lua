@@ -1,17 +1,16 @@
--- _lib.lua: helpers prepended to every script of this folder (see shared/scripting.py).
+-- _lib.lua: helpers prepended to every script of this folder, after the generated prelude
+-- (stagewise/storage/prelude.py: PREFIX, GROUP, S, TERMINAL, BUCKETS and the k_* key
+-- functions, all made from their one definition in Python; see stagewise/storage/runner.py).
 --
 -- Conventions of every script:
 --   ARGV[1] is the key prefix "{namespace:partition}"; every key a script touches carries it,
 --   so all of them hash to one cluster slot.  Keys that depend on data read inside the script
---   (status and app indexes, the running set of the task's executor) are derived here from
---   that prefix with the same names as shared/keys.py.
+--   (status and app indexes, the running set of the task's executor) come from the k_*
+--   functions; statuses are S.<NAME>.
 --   Times are the server's clock (TIME), in seconds with microseconds, so that hosts with
 --   skewed clocks agree.
 --   Every script validates first and writes after: a script that errors mid-way keeps its
 --   earlier writes (Redis has no rollback), so nothing after the first write may fail.
-local PREFIX = ARGV[1]
-local GROUP = 'executors'
-
 local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -21,19 +20,15 @@ local function fmt(x)
   return string.format('%.6f', x)
 end
 
-local function k_task(id) return PREFIX .. ':t:' .. id end
-local function k_attempts(id) return PREFIX .. ':at:' .. id end
-local function k_inbox(id) return PREFIX .. ':in:' .. id end
+-- stagewise.keys.stream_name: 'billing' for priority 0, 'billing:7' above (a test compares them)
 local function stream_name(app, prio)
   if prio == nil or prio == '' or prio == '0' or prio == 0 then return app end
   return app .. ':' .. prio
 end
-local function k_stream(app, prio) return PREFIX .. ':q:' .. stream_name(app, prio) end
-local function k_running(eid) return PREFIX .. ':run:' .. eid end
-local function k_due() return PREFIX .. ':due' end
-local function k_deadlines() return PREFIX .. ':dl' end
+local function k_stream(app, prio) return k_stream_of(stream_name(app, prio)) end
 
-local TERMINAL = {FINISHED = true, FAILED = true, CANCELED = true}
+-- Member of the scheduling sorted sets (stagewise.keys.member).
+local function member(app, id) return app .. '/' .. id end
 
 -- Index maintenance: every task is in i:s:<status>, i:as:<app>:<status>, i:t:<tag> for each
 -- tag and i:g:<group>, each scored by `updated`, so every filter of tasks.list starts from a
@@ -41,26 +36,26 @@ local TERMINAL = {FINISHED = true, FAILED = true, CANCELED = true}
 local function extra_indexes(tags, group)
   local keys = {}
   if tags and tags ~= '' and tags ~= '[]' then
-    for _, tag in ipairs(cjson.decode(tags)) do keys[#keys + 1] = PREFIX .. ':i:t:' .. tag end
+    for _, tag in ipairs(cjson.decode(tags)) do keys[#keys + 1] = k_idx_tag(tag) end
   end
-  if group and group ~= '' then keys[#keys + 1] = PREFIX .. ':i:g:' .. group end
+  if group and group ~= '' then keys[#keys + 1] = k_idx_group(group) end
   return keys
 end
 
 -- h: the task's tags, group (HMGET) as read by the caller
 local function reindex(id, app, old, new, ts, tags, group)
   if old and old ~= '' and old ~= new then
-    redis.call('ZREM', PREFIX .. ':i:s:' .. old, id)
-    redis.call('ZREM', PREFIX .. ':i:as:' .. app .. ':' .. old, id)
+    redis.call('ZREM', k_idx_status(old), id)
+    redis.call('ZREM', k_idx_app_status(app, old), id)
   end
-  redis.call('ZADD', PREFIX .. ':i:s:' .. new, ts, id)
-  redis.call('ZADD', PREFIX .. ':i:as:' .. app .. ':' .. new, ts, id)
+  redis.call('ZADD', k_idx_status(new), ts, id)
+  redis.call('ZADD', k_idx_app_status(app, new), ts, id)
   for _, k in ipairs(extra_indexes(tags, group)) do redis.call('ZADD', k, ts, id) end
 end
 
 local function unindex(tkey, id, app, status)
-  redis.call('ZREM', PREFIX .. ':i:s:' .. status, id)
-  redis.call('ZREM', PREFIX .. ':i:as:' .. app .. ':' .. status, id)
+  redis.call('ZREM', k_idx_status(status), id)
+  redis.call('ZREM', k_idx_app_status(app, status), id)
   local h = redis.call('HMGET', tkey, 'tags', 'group')
   for _, k in ipairs(extra_indexes(h[1], h[2])) do redis.call('ZREM', k, id) end
 end
@@ -106,14 +101,14 @@ local function set_status(tkey, id, app, old, new, ts, t)
   reindex(id, app, old, new, ts, t.tags, t.group)
   if old == new then return end
   if t.notify == '1' then
-    local nid = redis.call('XADD', PREFIX .. ':notes', 'MAXLEN', '~', 100000, '*', 'task_id', id,
+    local nid = redis.call('XADD', k_notes(), 'MAXLEN', '~', 100000, '*', 'task_id', id,
       'job_id', t.job_id or '', 'status', new, 'error', t.error or '')
-    local nk = PREFIX .. ':nt:' .. id
+    local nk = k_task_notes(id)
     redis.call('RPUSH', nk, nid)
     redis.call('LTRIM', nk, -100, -1)
   end
-  if (new == 'FINISHED' or new == 'FAILED') and ((t.cron and t.cron ~= '') or (t.next_task and t.next_task ~= '')) then
-    redis.call('ZADD', PREFIX .. ':ended', ts, app .. '/' .. id)
+  if (new == S.FINISHED or new == S.FAILED) and ((t.cron and t.cron ~= '') or (t.next_task and t.next_task ~= '')) then
+    redis.call('ZADD', k_ended(), ts, member(app, id))
   end
 end
 
@@ -124,7 +119,7 @@ local function enqueue(tkey, id, app, old, ts)
   local h = redis.call('HMGET', tkey, 'job_id', 'priority')
   redis.call('XADD', k_stream(app, h[2]), '*', 't', id, 'j', h[1])
   put('queued_at', fmt(ts), 'next_run', '', 'wait_deadline', '')
-  set_status(tkey, id, app, old, 'QUEUED', ts)
+  set_status(tkey, id, app, old, S.QUEUED, ts)
 end
 
 -- Ends the executor's hold on a RUNNING task: lease, running set, deadline; and banks the
@@ -132,7 +127,7 @@ end
 -- executor_id, run_started and exec_used already.
 local function release(tkey, id, app, ts, t)
   t = t or prefetch(tkey, {'executor_id', 'run_started', 'exec_used'})
-  local m = app .. '/' .. id
+  local m = member(app, id)
   if t.executor_id and t.executor_id ~= '' then
     redis.call('SREM', k_running(t.executor_id), m)
   end
@@ -143,12 +138,18 @@ local function release(tkey, id, app, ts, t)
   put('executor_id', '', 'lease', '', 'run_started', '', 'exec_deadline', '', 'exec_used', fmt(used))
 end
 
+-- Tells the executor holding a run to cancel its call (tasks.cancel, tasks.unlock, the
+-- execution deadline): a message on its control list, which it pops within a second.
+local function tell_cancel(eid, id, job_id)
+  if not eid or eid == '' then return end
+  local ctl = k_control(eid)
+  redis.call('RPUSH', ctl, cjson.encode({cancel = id, job_id = job_id}))
+  redis.call('LTRIM', ctl, -1000, -1)
+end
+
 -- Write-time aggregates for GET /metrics, one hash per app (manager/metrics.py reads them;
--- BUCKETS is the same list as there, checked by a test).  Counting here, in the transition
--- that decides, keeps the figures exact whichever process dies.
-local BUCKETS = {'0.005', '0.01', '0.025', '0.05', '0.1', '0.25', '0.5', '1', '2.5', '5', '10',
-  '30', '60', '300', '900', '3600'}
-local function k_metrics(app) return PREFIX .. ':m:' .. app end
+-- BUCKETS comes from the prelude).  Counting here, in the transition that decides, keeps the
+-- figures exact whichever process dies.
 
 -- One stage attempt of `method` that took `dur` seconds and ended with `outcome`.
 local function observe(app, method, outcome, dur)
@@ -169,28 +170,28 @@ end
 
 -- Walks forward from stage s over the stages that need no executor: a message already in
 -- the inbox is taken at once.  Leaves the task at the first stage that needs something:
---   'RUN'      plan[s] is a call: an executor must run it
---   'WAITING'  plan[s] is a timer or a message with an empty inbox (due entry set)
---   'FINISHED' s == #plan
+--   'RUN'       plan[s] is a call: an executor must run it
+--   S.WAITING   plan[s] is a timer or a message with an empty inbox (due entry set)
+--   S.FINISHED  s == #plan
 -- Puts stage, results of consumed messages and the wait fields; status is the caller's.
 local function advance(tkey, id, app, s, plan, ts)
   local taken = {}
   while true do
     if s >= #plan then
       put('stage', s)
-      return 'FINISHED', s, taken
+      return S.FINISHED, s, taken
     end
     local p = plan[s + 1]
     if p == 'c' then
       put('stage', s, 'stage_started', fmt(ts))
       return 'RUN', s, taken
     end
-    local m = app .. '/' .. id
+    local m = member(app, id)
     if p[1] == 't' then
       local at = ts + p[2]
       put('stage', s, 'wait_deadline', fmt(at))
       redis.call('ZADD', k_due(), at, m)
-      return 'WAITING', s, taken
+      return S.WAITING, s, taken
     end
     local msg = redis.call('LPOP', k_inbox(id))
     if msg then
@@ -206,7 +207,7 @@ local function advance(tkey, id, app, s, plan, ts)
       else
         put('stage', s, 'wait_deadline', '')
       end
-      return 'WAITING', s, taken
+      return S.WAITING, s, taken
     end
   end
 end
@@ -214,7 +215,7 @@ end
 local function finish(tkey, id, app, old, ts, t)
   put('exit_code', 0, 'error', '', 'next_run', '', 'wait_deadline', '')
   if t then t.error = '' end
-  set_status(tkey, id, app, old, 'FINISHED', ts, t)
+  set_status(tkey, id, app, old, S.FINISHED, ts, t)
 end
 
 local function fail(tkey, id, app, old, ts, err, t)
@@ -223,7 +224,7 @@ local function fail(tkey, id, app, old, ts, err, t)
   redis.call('HINCRBY', k_metrics(app), 'f|' .. tostring(code), 1)
   put('exit_code', 1, 'error', err, 'next_run', '', 'wait_deadline', '')
   if t then t.error = err end
-  set_status(tkey, id, app, old, 'FAILED', ts, t)
+  set_status(tkey, id, app, old, S.FAILED, ts, t)
 end
 
 -- Task is then WAITING/QUEUED/FINISHED according to advance()'s verdict; used when no
@@ -231,8 +232,8 @@ end
 local function settle(tkey, id, app, old, verdict, ts)
   if verdict == 'RUN' then
     enqueue(tkey, id, app, old, ts)
-  elseif verdict == 'WAITING' then
-    set_status(tkey, id, app, old, 'WAITING', ts)
+  elseif verdict == S.WAITING then
+    set_status(tkey, id, app, old, S.WAITING, ts)
   else
     finish(tkey, id, app, old, ts)
   end
@@ -253,7 +254,7 @@ local function store_new(k, a, ts)
     if a.on_conflict ~= 'replace' then return 'EXISTS' end
     if not TERMINAL[old[1]] then return 'INVALID_TRANSITION', old[1] end
     unindex(tkey, id, old[2], old[1])
-    redis.call('ZREM', k.due, old[2] .. '/' .. id)
+    redis.call('ZREM', k.due, member(old[2], id))
     redis.call('DEL', tkey, k.attempts, k.inbox)
   end
 
@@ -270,11 +271,11 @@ local function store_new(k, a, ts)
   local due_at = tonumber(a.due_at)
   if a.enabled ~= '1' then
     redis.call('HSET', tkey, 'next_run', '')
-    set_status(tkey, id, app, nil, 'IDLE', ts)
+    set_status(tkey, id, app, nil, S.IDLE, ts)
   elseif due_at and due_at > ts then
     redis.call('HSET', tkey, 'next_run', fmt(due_at))
-    redis.call('ZADD', k.due, due_at, app .. '/' .. id)
-    set_status(tkey, id, app, nil, 'IDLE', ts)
+    redis.call('ZADD', k.due, due_at, member(app, id))
+    set_status(tkey, id, app, nil, S.IDLE, ts)
   else
     local plan = cjson.decode(redis.call('HGET', tkey, 'plan'))
     local verdict = advance(tkey, id, app, 0, plan, ts)

@@ -3,7 +3,11 @@
 --   IDLE -> QUEUED (run_at / cron fire)        SUSPENDED -> QUEUED (retry time)
 --   WAITING -> QUEUED | WAITING | FINISHED (timer ended, message timeout "continue")
 --   WAITING -> FAILED (message timeout "fail": MESSAGE_TIMEOUT)
--- KEYS[1] task hash   KEYS[2] due zset   (the app stream is derived: it depends on priority)
+-- A run that is due at a timer or message stage (IDLE or SUSPENDED at stage 0 with a timer
+-- first, a retry from the first stage) is advanced here, like a WAITING one: it goes to
+-- WAITING (or past messages already in the inbox) in this step, and is queued only when it
+-- reaches a call, so an executor only ever claims a call stage.
+-- KEYS[1] task hash   KEYS[2] due zset
 -- ARGV[1] prefix  ARGV[2] task id  ARGV[3] due member (app/id)
 -- Returns {'NOT_DUE'} | {'GONE'} | {'SKIP', status} | {new status}
 local tkey, id, m = KEYS[1], ARGV[2], ARGV[3]
@@ -14,21 +18,19 @@ redis.call('ZREM', KEYS[2], m)
 local h = redis.call('HMGET', tkey, 'status', 'app', 'enabled', 'stage', 'plan')
 local status, app = h[1], h[2]
 if not status then return {'GONE'} end
-if status == 'IDLE' then
-  if h[3] ~= '1' then return {'SKIP', status} end
-  enqueue(tkey, id, app, status, ts)
-elseif status == 'SUSPENDED' then
-  enqueue(tkey, id, app, status, ts)
-elseif status == 'WAITING' then
-  local s = tonumber(h[4])
-  local p = cjson.decode(h[5])[s + 1]
+local s = tonumber(h[4])
+if status == S.IDLE or status == S.SUSPENDED then
+  if status == S.IDLE and h[3] ~= '1' then return {'SKIP', status} end
+  settle(tkey, id, app, status, advance(tkey, id, app, s, cjson.decode(h[5]), ts), ts)
+elseif status == S.WAITING then
+  local plan = cjson.decode(h[5])
+  local p = plan[s + 1]
   if p[1] == 'm' and p[3] == 'fail' then
     fail(tkey, id, app, status, ts, cjson.encode({code = 'MESSAGE_TIMEOUT', stage = s,
       message = 'no message within ' .. p[2] .. ' s'}))
   else
     redis.call('HSET', tkey, 'r.' .. s, 'null')
-    local verdict = advance(tkey, id, app, s + 1, cjson.decode(h[5]), ts)
-    settle(tkey, id, app, status, verdict, ts)
+    settle(tkey, id, app, status, advance(tkey, id, app, s + 1, plan, ts), ts)
   end
 else
   return {'SKIP', status}

@@ -13,8 +13,8 @@ if TERMINAL[status] then return {'NOT_WAITING', status} end
 local s = tonumber(h[3])
 local plan = cjson.decode(h[4])
 local ts = now()
-if status == 'WAITING' and plan[s + 1][1] == 'm' then
-  redis.call('ZREM', KEYS[3], app .. '/' .. id)
+if status == S.WAITING and plan[s + 1][1] == 'm' then
+  redis.call('ZREM', KEYS[3], member(app, id))
   redis.call('HSET', tkey, 'r.' .. s, ARGV[3])
   local verdict = advance(tkey, id, app, s + 1, plan, ts)
   settle(tkey, id, app, status, verdict, ts)

@@ -6,7 +6,7 @@
 -- Returns {'REQUEUED'} | {'DROPPED'}
 local h = redis.call('HMGET', KEYS[1], 'status', 'job_id')
 local out = 'DROPPED'
-if h[1] == 'QUEUED' and h[2] == ARGV[4] then
+if h[1] == S.QUEUED and h[2] == ARGV[4] then
   redis.call('XADD', KEYS[2], '*', 't', ARGV[2], 'j', ARGV[4])
   out = 'REQUEUED'
 end
