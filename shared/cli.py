@@ -13,74 +13,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import json
 import os
 import re
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import uvloop
-
 from stagewise import config, log
 
 
-def _executor(module_app: str, concurrency: int, settings: config.Settings) -> None:
-    from stagewise.executor.app import App
-    from stagewise.executor.worker import Executor
-
-    mod_name, _, attr = module_app.partition(":")
-    if os.getcwd() not in sys.path:  # like `python -m`: the app module is found from the cwd
-        sys.path.insert(0, os.getcwd())
-    app = getattr(importlib.import_module(mod_name), attr or "app")
-    if not isinstance(app, App):
-        raise SystemExit(f"{module_app} is not a stagewise.App")
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        hits = 0
-
-        def on_term() -> None:  # first signal: graceful stop; second: stop at once
-            nonlocal hits
-            hits += 1
-            if hits > 1:
-                log.get().warning("executor_forced_stop")
-                sys.stdout.flush()
-                os._exit(1)
-            stop.set()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_term)
-        await Executor(app, settings, concurrency).serve(stop)
-
-    uvloop.run(main())
-
-
 def _daemon(args: argparse.Namespace) -> None:
-    """`stagewise manager` / `stagewise executor`: unchanged behaviour."""
+    """`stagewise manager` / `stagewise executor`: each daemon launches itself from its own
+    package; here only the configuration and logging that every command shares."""
     try:
         settings = config.load(args.config)
     except (config.ConfigError, OSError) as e:
         raise SystemExit(f"stagewise: configuration error: {e}") from None
     log.configure(settings.log_level, role=args.cmd)
+    # Imported here, not at the top: the client commands never load a daemon.
     if args.cmd == "manager":
-        from stagewise.manager.main import exposed_without_auth, serve
+        from stagewise.manager.main import run as run_manager
 
-        if exposed_without_auth(settings) and not args.insecure:
-            raise SystemExit(
-                f"stagewise: refusing to serve {settings.http} without STAGEWISE_API_TOKENS; "
-                "set tokens, listen on a loopback address, or pass --insecure"
-            )
-
-        uvloop.run(serve(settings))
+        run_manager(settings, insecure=args.insecure)
     else:
         if args.concurrency < 1:
             raise SystemExit("stagewise: --concurrency must be >= 1")
-        _executor(args.app, args.concurrency, settings)
+        from stagewise.executor.main import run as run_executor
+
+        run_executor(args.app, args.concurrency, settings)
 
 
 # --------------------------------------------------------------------------- argument parsing

@@ -375,6 +375,8 @@ async def test_daemon_subcommands_kept() -> None:
     assert r.rc == 1 and "--concurrency must be >= 1" in r.err
     r = await sw(None, "--config", "/nonexistent.toml", "manager")
     assert r.rc == 1 and "configuration error" in r.err
+    r = await sw(None, "executor", "tests.helpers:uid")
+    one_error_line(r, "tests.helpers:uid is not a stagewise.App")
 
 
 async def test_token(daemons: Any) -> None:
