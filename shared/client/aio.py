@@ -379,7 +379,11 @@ class AsyncClient:
         async def pages(cursor: str | None) -> AsyncIterator[TaskView]:
             while True:
                 page = await self.list(
-                    sort=sort, max_results=max_results, cursor=cursor, include_results=include_results, **filters
+                    sort=sort,
+                    max_results=max_results,
+                    cursor=cursor,
+                    include_results=include_results,
+                    **filters,
                 )
                 for item in page["items"]:
                     yield item
