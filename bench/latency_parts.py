@@ -51,7 +51,7 @@ async def main(n: int) -> None:
 
     import redis.asyncio as aredis
 
-    from stagewise.client import RedisClient
+    from stagewise.manager.inproc import RedisClient
     from tests.helpers import Daemons, RedisServer
 
     srv = RedisServer.start()

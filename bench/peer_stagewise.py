@@ -7,8 +7,9 @@ worker's process tree) and is recorded on the side (see _side_record) when STAGE
 
 Enqueue: `tasks.create`, one task per call, 100 calls in flight (STAGEWISE_BENCH_INFLIGHT overrides;
 bench/run.py sets it), by the way STAGEWISE_BENCH_VIA names:
-  redis (default)  shared.client.RedisClient: the manager's method table run in this process, one create.lua
-                   call per task straight on Redis (how a Python producer that can reach Redis creates tasks)
+  redis (default)  stagewise.manager.inproc.RedisClient: the manager's method table run in this process, one
+                   create.lua call per task straight on Redis (how a Python producer that can reach Redis
+                   creates tasks)
   http             JSON-RPC over HTTP (POST /rpc to the manager, aiohttp client)
 A noop is a one-stage task; a chain is ONE task of three `bench.step` stages passing the value along through
 `{{ results.N }}` templates (native multi-stage task).
@@ -114,7 +115,7 @@ CHAIN_TASK = {
 _mgr: subprocess.Popen[bytes] | None = None
 _mgr_log: Any = None
 _session: Any = None  # aiohttp.ClientSession
-_direct: Any = None  # shared.client.RedisClient when VIA == "redis"
+_direct: Any = None  # stagewise.manager.inproc.RedisClient when VIA == "redis"
 _url = ""
 _ids = 0
 _cpu_after_enqueue: float | None = None
@@ -180,7 +181,7 @@ async def setup() -> None:
         await asyncio.sleep(0.05)
     _url += "/rpc"
     if VIA == "redis":
-        from stagewise.client import RedisClient
+        from stagewise.manager.inproc import RedisClient
 
         global _direct
         _direct = RedisClient(REDIS_URL, namespace=NAMESPACE, max_connections=INFLIGHT + 8)

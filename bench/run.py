@@ -832,8 +832,8 @@ def render() -> None:
         "three-stage task whose stages pass the value on with `{{ results.N }}` templates."
     )
     w(
-        "- **stagewise enqueue (noop, latency, chain too):** `stagewise.client.RedisClient.create`, one task per "
-        "call, "
+        "- **stagewise enqueue (noop, latency, chain too):** `stagewise.manager.inproc.RedisClient.create`, "
+        "one task per call, "
         f"{INFLIGHT} calls in flight like the peers' async clients"
         f"{f' ({INFLIGHT_FALLBACK} after the failure above)' if meta.get('inflight_failures') else ''}: "
         "the manager's own `tasks.create` (same validation) run in the producer's process, one create.lua "

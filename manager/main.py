@@ -1,4 +1,8 @@
-"""The manager daemon: JSON-RPC server + scheduler, until SIGTERM / SIGINT."""
+"""The manager daemon: JSON-RPC server + scheduler, until SIGTERM / SIGINT.
+
+`run` is the process from start to exit (`stagewise manager`): the command line only loads the
+configuration and sets up logging, then calls it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import ipaddress
 import signal
 from typing import Any
 
+import uvloop
 from aiohttp import web
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -31,6 +36,17 @@ def exposed_without_auth(settings: Settings) -> bool:
         return not ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name: it may resolve to anything
         return True
+
+
+def run(settings: Settings, insecure: bool) -> None:
+    """Serve until SIGTERM / SIGINT.  An address other hosts can reach is refused without
+    STAGEWISE_API_TOKENS unless `insecure` (--insecure): an open manager lets anyone run tasks."""
+    if exposed_without_auth(settings) and not insecure:
+        raise SystemExit(
+            f"stagewise: refusing to serve {settings.http} without STAGEWISE_API_TOKENS; "
+            "set tokens, listen on a loopback address, or pass --insecure"
+        )
+    uvloop.run(serve(settings))
 
 
 async def serve(settings: Settings) -> None:

@@ -10,12 +10,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from importlib import metadata
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
+import stagewise
 from stagewise import errors
 from stagewise import log as slog
 from stagewise.errors import RpcError
@@ -142,11 +142,8 @@ def parse_since(value: float | str | None, field: str = "since") -> float | None
 
 
 def package_version() -> str:
-    """stagewise's installed version (system.info), "0.0.0" when it runs from a bare checkout."""
-    try:
-        return metadata.version("stagewise")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
+    """stagewise's installed version (system.info): `stagewise.__version__`."""
+    return stagewise.__version__
 
 
 Handler = Callable[[Any], Awaitable[Any]]

@@ -9,14 +9,15 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from stagewise import cli
+import stagewise
+from stagewise.cli import parser
 from tests.helpers import (
     REPO_ROOT,
     ManagerProc,
@@ -53,9 +54,15 @@ def _env() -> dict[str, str]:
     return env
 
 
-async def sw(m: ManagerProc | None, *args: str, stdin: str | None = None, timeout: float = 30) -> Run:  # noqa: ASYNC109
+async def sw(
+    m: ManagerProc | None,
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 30,  # noqa: ASYNC109
+    python_flags: Sequence[str] = (),
+) -> Run:
     """Run `stagewise ARGS... --url M.URL`; its exit code and output."""
-    argv = [sys.executable, "-m", "stagewise", *args]
+    argv = [sys.executable, *python_flags, "-m", "stagewise", *args]
     if m is not None:
         argv += ["--url", m.url]
     proc = await asyncio.create_subprocess_exec(
@@ -357,17 +364,17 @@ async def test_notifications(m: ManagerProc) -> None:
 
 async def test_resolve_url_and_token() -> None:
     def args(*argv: str) -> argparse.Namespace:
-        return cli._build_parser().parse_args([*argv, "info"])
+        return parser.build_parser().parse_args([*argv, "info"])
 
-    assert cli.resolve(args(), {}) == ("http://127.0.0.1:8765", None)
+    assert parser.resolve(args(), {}) == ("http://127.0.0.1:8765", None)
     env = {"STAGEWISE_HTTP": "0.0.0.0:9001", "STAGEWISE_API_TOKENS": "a, b"}
-    assert cli.resolve(args(), env) == ("http://127.0.0.1:9001", "a")
+    assert parser.resolve(args(), env) == ("http://127.0.0.1:9001", "a")
     env |= {"STAGEWISE_URL": "http://mgr:1", "STAGEWISE_API_TOKEN": "z"}
-    assert cli.resolve(args(), env) == ("http://mgr:1", "z")
-    assert cli.resolve(args("--url", "http://x:2", "--token", "t"), env) == ("http://x:2", "t")
-    assert cli.since("15m") == pytest.approx(time.time() - 900, abs=5)
-    assert cli.since("2024-01-01T00:00:00Z") == "2024-01-01T00:00:00Z" and cli.since("12.5") == 12.5
-    assert cli.duration("7d") == 7 * 86400 and cli.duration("90") == 90
+    assert parser.resolve(args(), env) == ("http://mgr:1", "z")
+    assert parser.resolve(args("--url", "http://x:2", "--token", "t"), env) == ("http://x:2", "t")
+    assert parser.since("15m") == pytest.approx(time.time() - 900, abs=5)
+    assert parser.since("2024-01-01T00:00:00Z") == "2024-01-01T00:00:00Z" and parser.since("12.5") == 12.5
+    assert parser.duration("7d") == 7 * 86400 and parser.duration("90") == 90
 
 
 async def test_daemon_subcommands_kept() -> None:
@@ -375,6 +382,26 @@ async def test_daemon_subcommands_kept() -> None:
     assert r.rc == 1 and "--concurrency must be >= 1" in r.err
     r = await sw(None, "--config", "/nonexistent.toml", "manager")
     assert r.rc == 1 and "configuration error" in r.err
+    r = await sw(None, "executor", "tests.helpers:uid")
+    one_error_line(r, "tests.helpers:uid is not a stagewise.App")
+
+
+async def test_version() -> None:
+    r = ok(await sw(None, "--version"))
+    assert r.out == f"stagewise {stagewise.__version__}\n" and r.out != "stagewise 0.0.0\n"
+
+
+async def test_client_commands_load_no_daemon() -> None:
+    """A client command imports neither daemon (nor uvloop): `-X importtime` lists every module
+    the process imported."""
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    r = await sw(None, "task", "status", "x", "--url", url, python_flags=["-X", "importtime"])
+    assert r.rc == 1 and "error: cannot reach" in r.err
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in r.err.splitlines() if line.startswith("import time:")
+    }
+    assert "stagewise.cli.commands" in imported and "stagewise.client" in imported
+    assert not {m for m in imported if m.startswith(("stagewise.manager", "stagewise.executor", "uvloop"))}
 
 
 async def test_token(daemons: Any) -> None:

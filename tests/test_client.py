@@ -1,5 +1,5 @@
 """stagewise.client against a real manager and a demo executor: every method, async, sync and
-in-process (RedisClient, straight to Redis).
+in-process (stagewise.manager.inproc.RedisClient, straight to Redis).
 
 One manager and one executor serve the whole module (starting them per test would cost more than
 the tests); every test uses its own task ids, and tasks meant to stay QUEUED use an app of their
@@ -24,13 +24,13 @@ from stagewise.client import (
     InvalidParams,
     MethodNotFound,
     NotWaitingForMessage,
-    RedisClient,
     StagewiseError,
     TaskExists,
     TaskNotFound,
     TransportError,
     Unauthorized,
 )
+from stagewise.manager.inproc import RedisClient
 from tests.helpers import (
     ManagerProc,
     add_task,
@@ -264,6 +264,17 @@ async def test_cancel_by_filter(c: Any) -> None:
     assert len(capped) == 1
     await c.cancel(app=app, status="QUEUED", dry_run=False)
     assert {(await c.status(t))["status"] for t in ids} == {"CANCELED"}
+
+
+async def test_a_misspelt_filter_is_a_type_error(c: Any) -> None:
+    """The filters are one keyword set (stagewise.client.Filters) taken as ``**filters``: a name
+    outside it fails as a misspelt named parameter would, before anything is sent."""
+    with pytest.raises(TypeError, match="list\\(\\) got an unexpected keyword argument 'statuss'"):
+        await c.list(statuss="QUEUED")
+    with pytest.raises(TypeError, match="cancel\\(\\) got an unexpected keyword argument 'ap'"):
+        await c.cancel(ap="x", dry_run=False)
+    with pytest.raises(TypeError, match="'tag'"):
+        [v async for v in c.list_all(tag="x")]
 
 
 async def test_unlock(c: Any) -> None:
