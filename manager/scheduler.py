@@ -65,6 +65,9 @@ class Scheduler:
         self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
         self.log = slog.get(role="scheduler")
         self.stats: dict[str, int] = {}
+        # due, deadlines and ended share the tick but not a task: ended makes a round trip or
+        # two per task it chains, and a job that keeps crashing (a bad entry) must not keep
+        # the others from their work.
         self.roles = [
             Role("due", settings.tick, self._each(self.due)),
             Role("deadlines", settings.tick, self._each(self.deadlines)),
