@@ -1,19 +1,32 @@
-"""The manager's periodic work.  Each job reads only what is due from a sorted set (never all
-tasks) and acts through one fenced, idempotent script per task, so any number of managers
-can run these loops at once: of two managers racing for an entry, one acts, the other gets
-NOT_DUE / SKIP.
+"""The manager's periodic work, as independent roles.  Each role is its own asyncio task that
+runs one step, then waits its own interval, so a slow step of one role never holds up another:
+a clean of tens of thousands of tasks runs while due work keeps flowing every tick.
 
-  due        IDLE run_at / cron fire, timer end, message timeout, retry time -> wake.lua
-  deadlines  RUNNING past exec_deadline -> expire.lua (EXEC_TIMEOUT)
-  reaper     executors whose heartbeat lapsed: their RUNNING tasks -> reap.lua (re-queued),
-             their unclaimed pending entries -> redeliver.lua, then they leave the registry
-  trim       app streams lose the entries every consumer is done with, so Redis memory
-             stays bounded under a steady load
+  role        every                           step
+  due         tick                            IDLE run_at / cron fire, timer end, message timeout,
+                                              retry time -> wake.lua
+  deadlines   tick                            RUNNING past exec_deadline -> expire.lua (EXEC_TIMEOUT)
+  ended       tick                            tasks that just ended: next_task gets a fresh run
+                                              (chaining), a cron task goes back to IDLE
+  reap        max(ping_interval / 2, tick)    executors whose heartbeat lapsed: their RUNNING tasks
+                                              -> reap.lua (re-queued), their unclaimed pending
+                                              entries -> redeliver.lua, then they leave the registry
+  trim        TRIM_EVERY                      app streams lose the entries every consumer is done
+                                              with, so Redis memory stays bounded under a steady load
+  trim_notes  TRIM_EVERY                      notifications older than notify_retention
+  clean       min(CLEAN_EVERY, clean_after)   retention: terminal tasks older than clean_after lose
+                                              results and kws (only when clean_after is set)
+
+Each step reads only what is due from a sorted set or index (never all tasks) and acts through
+one fenced, idempotent script per task, so any number of managers can run these roles at once:
+of two managers racing for an entry, one acts, the other gets NOT_DUE / SKIP.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aredis
@@ -35,6 +48,15 @@ def _older(a: str, b: str) -> str:
     return a if pa <= pb else b
 
 
+@dataclass(frozen=True)
+class Role:
+    """One periodic job: `step(now)` (now = Redis server time), then `every` seconds of rest."""
+
+    name: str
+    every: float
+    step: Callable[[float], Awaitable[object]]
+
+
 class Scheduler:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -45,48 +67,83 @@ class Scheduler:
         self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
         self.log = slog.get(role="scheduler")
         self.stats: dict[str, int] = {}
+        # due, deadlines and ended share the tick but not a task: ended makes a round trip or
+        # two per task it chains, and a job that keeps crashing (a bad entry) must not keep
+        # the others from their work.
+        self.roles = [
+            Role("due", settings.tick, self._each(self.due)),
+            Role("deadlines", settings.tick, self._each(self.deadlines)),
+            Role("ended", settings.tick, self._each(self.ended)),
+            Role("reap", max(settings.ping_interval / 2, settings.tick), self._each(self.reap)),
+            Role("trim", TRIM_EVERY, self._each(lambda k, _now: self.trim(k))),
+            Role("trim_notes", TRIM_EVERY, self._each(self.trim_notes)),
+        ]
+        if settings.clean_after:
+            self.roles.append(Role("clean", min(CLEAN_EVERY, settings.clean_after), self.clean))
+        # What the roles are doing, for tests and diagnostics: the roles in a step right now,
+        # and how many steps each has ended (with or without an error).
+        self.busy: set[str] = set()
+        self.steps: dict[str, int] = {role.name: 0 for role in self.roles}
 
     def _count(self, what: str, n: int = 1) -> None:
         self.stats[what] = self.stats.get(what, 0) + n
+
+    def _each(self, job: Callable[[Keys, float], Awaitable[object]]) -> Callable[[float], Awaitable[None]]:
+        """A step that runs `job` on every partition in turn."""
+
+        async def step(now: float) -> None:
+            for k in self.parts:
+                await job(k, now)
+
+        return step
 
     async def server_time(self) -> float:
         sec, usec = await self.r.time()
         return sec + usec / 1e6
 
     async def run(self, stop: asyncio.Event) -> None:
-        reap_every = max(self.settings.ping_interval / 2, self.settings.tick)
-        last_reap = last_trim = last_clean = 0.0
+        """Runs every role until `stop` is set, then returns once each has finished the step
+        it was in.  A role that fails is logged and goes on at its next interval, so run never
+        ends early: manager/main.py reads a finished run as a manager that is not healthy."""
+        tasks = [
+            asyncio.create_task(self._run_role(role, stop), name=f"scheduler.{role.name}")
+            for role in self.roles
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            # Only when run itself is cancelled (or a role ended by a BaseException such as
+            # SystemExit): no role outlives run.
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run_role(self, role: Role, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self.busy.add(role.name)
             try:
-                now = await self.server_time()
-                for k in self.parts:
-                    await self.due(k, now)
-                    await self.deadlines(k, now)
-                    await self.ended(k, now)
-                if now - last_reap >= reap_every:
-                    last_reap = now
-                    for k in self.parts:
-                        await self.reap(k, now)
-                if now - last_trim >= TRIM_EVERY:
-                    last_trim = now
-                    for k in self.parts:
-                        await self.trim(k)
-                        await self.trim_notes(k, now)
-                if self.settings.clean_after and now - last_clean >= min(
-                    CLEAN_EVERY, self.settings.clean_after
-                ):
-                    last_clean = now
-                    cleaned = await self.store.clean(self.settings.clean_after, False, now)
-                    if cleaned:
-                        self.log.info("cleaned", tasks=sum(1 for b in cleaned if b["changed"]))
+                await role.step(await self.server_time())
             except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
-                self.log.warning("tick_failed", error=str(e))
-            except Exception:  # a bug must not stop the scheduler: log it, go on next tick
-                self.log.exception("tick_crashed")
+                self.log.warning("tick_failed", scheduler_role=role.name, error=str(e))
+            except Exception:  # a bug must not stop this role, nor the others: log it, go on
+                self.log.exception("tick_crashed", scheduler_role=role.name)
+            finally:
+                self.busy.discard(role.name)
+                self.steps[role.name] += 1
+            # The rest is counted from the end of the step, so a step that overruns its
+            # interval (a long clean) is not run again back to back.
             try:
-                await asyncio.wait_for(stop.wait(), self.settings.tick)
+                await asyncio.wait_for(stop.wait(), role.every)
             except TimeoutError:
                 pass
+
+    async def clean(self, now: float) -> None:
+        """Retention: terminal tasks last updated more than clean_after ago lose their results
+        and kws.  Store.clean sends its scripts pipelined and awaits the replies, so the event
+        loop, and with it every other role, keeps turning while Redis works through them."""
+        cleaned = await self.store.clean(self.settings.clean_after, False, now)
+        if cleaned:
+            self.log.info("cleaned", tasks=sum(1 for b in cleaned if b["changed"]))
 
     async def due(self, k: Keys, now: float) -> int:
         members = await self.r.zrangebyscore(k.due(), "-inf", now, start=0, num=self.settings.batch)
