@@ -31,9 +31,9 @@ from structlog.testing import capture_logs
 
 from stagewise.config import Settings
 from stagewise.manager.scheduler import Scheduler
+from stagewise.manager.store import Store
 from stagewise.models import parse_task
 from stagewise.status import Status
-from stagewise.store import Store
 from tests.helpers import wait_for
 
 APP = "demo"
@@ -130,7 +130,7 @@ class CleanWatch:
                 self.returned += 1
 
         async def run_many(calls: Sequence[Any], raise_on_error: bool = True) -> list[Any]:
-            if len(calls) < 2 or any(name != "clean" for name, _, _ in calls):
+            if len(calls) < 2 or any(c.script != "clean" for c in calls):
                 return await real_run_many(calls, raise_on_error)
             half = len(calls) // 2
             first = await real_run_many(calls[:half], raise_on_error)
