@@ -33,6 +33,7 @@ from stagewise.aio import raise_if_stop_requested
 from stagewise.config import Settings
 from stagewise.errors import StageError, stage_error
 from stagewise.executor.app import App, Ctx, ParamsError
+from stagewise.executor.batcher import Batcher
 from stagewise.keys import GROUP, Keys
 from stagewise.models import command_kind
 from stagewise.policy import next_retry_delay
@@ -61,56 +62,6 @@ Entry = tuple[Keys, str, str, dict[str, str], int]
 
 CLUSTER_BLOCK_MS = 100  # Redis Cluster: how long an idle read blocks on one partition (read_cluster)
 ROLE_STOP_TIMEOUT = 5.0  # s shutdown waits for heartbeat and control to end (shutdown)
-
-
-class Batcher:
-    """Sends the stage commits of concurrent runs together: calls made while the event loop is
-    busy go out as one pipeline when it next turns, so a busy executor pays one round trip (and
-    one connection checkout) for many commits instead of one each.  Each caller still gets its
-    own script's answer; every script stays one atomic, fenced step."""
-
-    def __init__(self, r: Any, scripts: Scripts) -> None:
-        self.r, self.scripts = r, scripts
-        self.queue: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self.queue:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self.queue.append((name, keys, args, fut))
-        return await fut
-
-    def _flush(self) -> None:
-        batch, self.queue = self.queue, []
-        t = asyncio.create_task(self._send(batch))
-        self.tasks.add(t)
-        t.add_done_callback(self.tasks.discard)
-
-    async def _send(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]) -> None:
-        calls = [(name, keys, args) for name, keys, args, _ in batch]
-        delay = 0.1
-        while True:
-            try:
-                results = await self.scripts.run_many(calls, raise_on_error=False)
-                break
-            except (OSError, aredis.ConnectionError, aredis.TimeoutError):
-                # Applied or not, we cannot tell: send the same calls again.  Each script is
-                # fenced, and commit.lua answers REPLAY to a commit it has already applied.
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            except Exception as e:  # noqa: BLE001 - anything else: every caller learns it
-                for *_, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
-                return
-        for (*_, fut), res in zip(batch, results, strict=True):
-            if fut.done():  # its run was cancelled meanwhile
-                continue
-            if isinstance(res, Exception):
-                fut.set_exception(res)
-            else:
-                fut.set_result(res)
 
 
 class Run:
