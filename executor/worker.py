@@ -20,10 +20,8 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
-import msgspec
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
@@ -32,30 +30,14 @@ from stagewise import sdnotify  # systemd notify protocol: no-ops without $NOTIF
 from stagewise.aio import raise_if_stop_requested
 from stagewise.config import Settings
 from stagewise.errors import StageError, stage_error
-from stagewise.executor.app import App, Ctx, ParamsError
+from stagewise.executor.app import App
 from stagewise.executor.batcher import Batcher
+from stagewise.executor.call import Facts, Failure, call, decode, encode
 from stagewise.keys import GROUP, Keys
 from stagewise.models import command_kind
 from stagewise.policy import next_retry_delay
 from stagewise.scripting import Scripts
 from stagewise.store import app_streams, connect, is_cluster, redeliver_pending, results_of
-from stagewise.templates import TemplateError, check, fill
-
-_encoder = msgspec.json.Encoder()
-_decode = msgspec.json.Decoder().decode
-
-
-def _J(value: Any) -> str:
-    return _encoder.encode(value).decode()
-
-
-class Failure(Exception):
-    """A stage attempt failed with a stored error."""
-
-    def __init__(self, error: dict[str, Any], outcome: str = "error") -> None:
-        self.error = error
-        self.outcome = outcome
-
 
 # (partition keys, stream, entry id, fields {t, j}, priority)
 Entry = tuple[Keys, str, str, dict[str, str], int]
@@ -414,14 +396,14 @@ class Executor:
         await self.scripts.run(
             "fail",
             [k.task(run.task_id), k.attempts(run.task_id), k.due()],
-            [k.prefix, run.task_id, run.job_id, run.lease, stage, _J(err), 1.0, "error", 0],
+            [k.prefix, run.task_id, run.job_id, run.lease, stage, encode(err), 1.0, "error", 0],
         )
 
     async def _run(self, run: Run) -> None:
         h, k = run.h, run.keys
-        doc = _decode(h["doc"])
+        doc = decode(h["doc"])
         commands: list[dict[str, Any]] = doc["commands"]
-        kws = _decode(h["kws"]) if h.get("kws") else {}
+        kws = decode(h["kws"]) if h.get("kws") else {}
         results = results_of(h)
         stage = int(h["stage"])
         attempt = int(h["attempt"])
@@ -429,6 +411,7 @@ class Executor:
         env = {"kws": kws, "results": results, "task": task_env}
         exec_deadline = float(h["exec_deadline"])
         tkey, akey = k.task(run.task_id), k.attempts(run.task_id)
+        facts = Facts(run.task_id, run.job_id, attempt, exec_deadline, self.id)
         ids = {"task_id": run.task_id, "job_id": run.job_id}  # on every line about this run
         log = self.log
         while True:
@@ -440,7 +423,7 @@ class Executor:
             else:
                 t0 = time.monotonic()
                 try:
-                    outcome, result, value = await self.call(cmd, env, run, stage, attempt, exec_deadline)
+                    outcome, result, value = await call(self.app, self.pool, cmd, env, facts, stage)
                 except Failure as f:
                     retries = int(h.get("retries") or 0)
                     delay = next_retry_delay(retries + 1, float(doc.get("retry_backoff", 1.0)))
@@ -453,7 +436,7 @@ class Executor:
                             run.job_id,
                             run.lease,
                             stage,
-                            _J(f.error),
+                            encode(f.error),
                             delay,
                             f.outcome,
                             int(f.error["code"] == StageError.EXEC_TIMEOUT),
@@ -490,7 +473,7 @@ class Executor:
                 case "RUN":
                     stage = int(res[1])
                     for i in range(2, len(res), 2):  # messages taken from the inbox on the way
-                        results.append(_decode(res[i + 1]))
+                        results.append(decode(res[i + 1]))
                 case "STALE":
                     log.warning("run_abandoned", **ids, stage=stage, reason="stale")
                     return
@@ -504,90 +487,3 @@ class Executor:
                     return
                 case _:  # WAITING / FINISHED: the task is no longer ours
                     return
-
-    async def call(
-        self,
-        cmd: dict[str, Any],
-        env: dict[str, Any],
-        run: Run,
-        stage: int,
-        attempt: int,
-        exec_deadline: float,
-    ) -> tuple[str, str, Any]:
-        """Runs one call stage; returns (outcome, result JSON, result) or raises Failure."""
-        name = cmd["method"]
-        method = self.app.methods.get(name)
-        if method is None:
-            raise Failure(
-                stage_error(
-                    StageError.METHOD_NOT_FOUND,
-                    f"method {name!r} is not registered in app {self.app.name!r}",
-                    stage,
-                )
-            )
-        try:
-            if "if" in cmd and not check(cmd["if"], env):
-                return "skipped", "null", None
-            params = fill(cmd.get("params") or {}, env)
-        except TemplateError as e:
-            raise Failure(stage_error(StageError.TEMPLATE_ERROR, str(e), stage)) from None
-        try:
-            kwargs = method.convert(params)
-        except ParamsError as e:
-            raise Failure(stage_error(StageError.INVALID_PARAMS, str(e), stage)) from None
-        timeout = cmd.get("timeout")
-        wall = time.time()
-        deadline = min(exec_deadline, wall + timeout) if timeout else exec_deadline
-        if method.takes_ctx:
-            kwargs["ctx"] = Ctx(
-                task_id=run.task_id,
-                job_id=run.job_id,
-                stage=stage,
-                attempt=attempt,
-                app=self.app.name,
-                executor_id=self.id,
-                deadline=deadline,
-            )
-        try:
-            async with asyncio.timeout(max(deadline - wall, 0)) as window:
-                if method.is_async:
-                    value = await method.fn(**kwargs)
-                else:
-                    loop = asyncio.get_running_loop()
-                    value = await loop.run_in_executor(self.pool, partial(method.fn, **kwargs))
-            if window.expired():
-                # The time ran out, yet the handler returned: the timeout's cancel was lost in
-                # the handler (swallowed by it, or by a Redis write of its own on Python 3.11,
-                # shared/aio.py).  A call that outlived its deadline timed out all the same.
-                raise TimeoutError
-        except TimeoutError:
-            if timeout and wall + timeout <= exec_deadline:
-                raise Failure(
-                    stage_error(StageError.STAGE_TIMEOUT, f"call exceeded its timeout of {timeout} s", stage),
-                    "timeout",
-                ) from None
-            raise Failure(
-                stage_error(StageError.EXEC_TIMEOUT, "max_exec_timeout exceeded", stage), "timeout"
-            ) from None
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # the handler raised: that is the stage's error, not ours
-            raise Failure(
-                stage_error(
-                    StageError.STAGE_ERROR, str(e)[:2000] or type(e).__name__, stage, type(e).__name__
-                )
-            ) from None
-        try:
-            encoded = _J(value)
-            # later stages must see what was stored (a tuple became a list, a datetime a string)
-            return (
-                "ok",
-                encoded,
-                value if isinstance(value, str | int | float | bool | None) else _decode(encoded),
-            )
-        except (TypeError, ValueError) as e:
-            raise Failure(
-                stage_error(
-                    StageError.STAGE_ERROR, f"result is not JSON-serialisable: {e}", stage, type(e).__name__
-                )
-            ) from None
