@@ -29,32 +29,18 @@ from stagewise import log as slog
 from stagewise import sdnotify  # systemd notify protocol: no-ops without $NOTIFY_SOCKET
 from stagewise.aio import raise_if_stop_requested
 from stagewise.config import Settings
-from stagewise.errors import StageError, stage_error
 from stagewise.executor.app import App
 from stagewise.executor.batcher import Batcher
-from stagewise.executor.call import Facts, Failure, call, decode, encode
+from stagewise.executor.run import Run, Runner
 from stagewise.keys import GROUP, Keys
-from stagewise.models import command_kind
-from stagewise.policy import next_retry_delay
 from stagewise.scripting import Scripts
-from stagewise.store import app_streams, connect, is_cluster, redeliver_pending, results_of
+from stagewise.store import app_streams, connect, is_cluster, redeliver_pending
 
 # (partition keys, stream, entry id, fields {t, j}, priority)
 Entry = tuple[Keys, str, str, dict[str, str], int]
 
 CLUSTER_BLOCK_MS = 100  # Redis Cluster: how long an idle read blocks on one partition (read_cluster)
 ROLE_STOP_TIMEOUT = 5.0  # s shutdown waits for heartbeat and control to end (shutdown)
-
-
-class Run:
-    """One claimed run of a task on this executor."""
-
-    __slots__ = ("task_id", "keys", "job_id", "lease", "h", "aio")
-
-    def __init__(self, task_id: str, keys: Keys, h: dict[str, str], lease: str) -> None:
-        self.task_id, self.keys, self.h, self.lease = task_id, keys, h, lease
-        self.job_id = h["job_id"]
-        self.aio: asyncio.Task[None] | None = None
 
 
 class Executor:
@@ -69,6 +55,7 @@ class Executor:
         self.r: Any = None
         self.scripts: Scripts
         self.batcher: Batcher
+        self.runner: Runner
         self.cluster = False  # a Redis Cluster: a command names keys of one partition only
         self.split = False  # a cluster and several partitions: read and pop partition by partition
         self._turn = 0  # cluster: the partition read first, and the one a blocking read waits on
@@ -114,6 +101,17 @@ class Executor:
         self.split = self.cluster and len(self.parts) > 1
         self.scripts = Scripts(self.r)
         self.batcher = Batcher(self.r, self.scripts)
+        self.runner = Runner(
+            r=self.r,
+            scripts=self.scripts,
+            batcher=self.batcher,
+            app=self.app,
+            pool=self.pool,
+            executor_id=self.id,
+            runs=self.runs,
+            slots=self.slots,
+            log=self.log,
+        )
         for k in self.parts:
             await self.r.sadd(k.apps(), self.app.name)
             try:  # group at 0 before reading: what was queued before us is delivered too
@@ -156,11 +154,7 @@ class Executor:
         for run in list(self.runs.values()):  # past the grace period: hand back, not lose
             if run.aio and not run.aio.done():
                 run.aio.cancel()
-            res = await self.scripts.run(
-                "handback",
-                [run.keys.task(run.task_id)],
-                [run.keys.prefix, run.task_id, run.job_id, run.lease],
-            )
+            res = await self.runner.handback(run)
             self.log.info("run_handed_back", task_id=run.task_id, job_id=run.job_id, result=res[0])
         roles[0].cancel()
         roles[2].cancel()
@@ -364,9 +358,7 @@ class Executor:
                     dead.add(k.partition)
                 continue
             h = dict(zip(res[1::2], res[2::2], strict=True))
-            run = Run(f["t"], k, h, lease)
-            self.runs[run.task_id] = run
-            run.aio = asyncio.create_task(self.run(run))
+            self.runner.start(k, f["t"], h, lease)
         for p in dead:
             # Reaped while we were reading: what we read is still QUEUED work but pending on
             # us, and the manager has already swept our entries.  Put it back ourselves.
@@ -374,116 +366,3 @@ class Executor:
             n = await redeliver_pending(self.r, self.scripts, k, self.app.name, self.id)
             self.log.warning("claim_refused_dead", redelivered=n)
             await self.declared_dead(k)
-
-    # ------------------------------------------------------------------ run
-    async def run(self, run: Run) -> None:
-        try:
-            await self._run(run)
-        except asyncio.CancelledError:
-            pass
-        except Exception as e:  # a bug of ours, not of the handler: fail the attempt, don't strand it
-            self.log.exception("run_crashed", task_id=run.task_id, job_id=run.job_id)
-            await self._crashed(run, e)
-        finally:
-            self.runs.pop(run.task_id, None)
-            self.slots.release()
-
-    async def _crashed(self, run: Run, e: Exception) -> None:
-        k, stage = run.keys, int(run.h["stage"])
-        raw = await self.r.hget(k.task(run.task_id), "stage")
-        stage = int(raw) if raw is not None else stage
-        err = stage_error(StageError.STAGE_ERROR, f"executor error: {e}"[:2000], stage, type(e).__name__)
-        await self.scripts.run(
-            "fail",
-            [k.task(run.task_id), k.attempts(run.task_id), k.due()],
-            [k.prefix, run.task_id, run.job_id, run.lease, stage, encode(err), 1.0, "error", 0],
-        )
-
-    async def _run(self, run: Run) -> None:
-        h, k = run.h, run.keys
-        doc = decode(h["doc"])
-        commands: list[dict[str, Any]] = doc["commands"]
-        kws = decode(h["kws"]) if h.get("kws") else {}
-        results = results_of(h)
-        stage = int(h["stage"])
-        attempt = int(h["attempt"])
-        task_env = {"id": run.task_id, "job_id": run.job_id, "attempt": attempt, "group": doc.get("group")}
-        env = {"kws": kws, "results": results, "task": task_env}
-        exec_deadline = float(h["exec_deadline"])
-        tkey, akey = k.task(run.task_id), k.attempts(run.task_id)
-        facts = Facts(run.task_id, run.job_id, attempt, exec_deadline, self.id)
-        ids = {"task_id": run.task_id, "job_id": run.job_id}  # on every line about this run
-        log = self.log
-        while True:
-            cmd = commands[stage]
-            if command_kind(cmd) != "call":
-                res = await self.batcher.run(
-                    "commit", [tkey, akey], [k.prefix, run.task_id, run.job_id, run.lease, stage, 0, "", ""]
-                )
-            else:
-                t0 = time.monotonic()
-                try:
-                    outcome, result, value = await call(self.app, self.pool, cmd, env, facts, stage)
-                except Failure as f:
-                    retries = int(h.get("retries") or 0)
-                    delay = next_retry_delay(retries + 1, float(doc.get("retry_backoff", 1.0)))
-                    res = await self.batcher.run(
-                        "fail",
-                        [tkey, akey, k.due()],
-                        [
-                            k.prefix,
-                            run.task_id,
-                            run.job_id,
-                            run.lease,
-                            stage,
-                            encode(f.error),
-                            delay,
-                            f.outcome,
-                            int(f.error["code"] == StageError.EXEC_TIMEOUT),
-                            cmd["method"],
-                        ],
-                    )
-                    log.info(
-                        "stage",
-                        **ids,
-                        stage=stage,
-                        method=cmd["method"],
-                        outcome=f.outcome,
-                        error=f.error["code"],
-                        ms=round((time.monotonic() - t0) * 1000, 3),
-                        next=res[0],
-                    )
-                    return
-                res = await self.batcher.run(
-                    "commit",
-                    [tkey, akey],
-                    [k.prefix, run.task_id, run.job_id, run.lease, stage, 1, result, outcome, cmd["method"]],
-                )
-                log.info(
-                    "stage",
-                    **ids,
-                    stage=stage,
-                    method=cmd["method"],
-                    outcome=outcome,
-                    ms=round((time.monotonic() - t0) * 1000, 3),
-                    next=res[0],
-                )
-                results.append(value)
-            match res[0]:
-                case "RUN":
-                    stage = int(res[1])
-                    for i in range(2, len(res), 2):  # messages taken from the inbox on the way
-                        results.append(decode(res[i + 1]))
-                case "STALE":
-                    log.warning("run_abandoned", **ids, stage=stage, reason="stale")
-                    return
-                case "REPLAY":  # our commit landed but its reply was lost: give the run back whole
-                    res = await self.scripts.run(
-                        "handback", [tkey], [k.prefix, run.task_id, run.job_id, run.lease]
-                    )
-                    log.warning(
-                        "run_handed_back", **ids, stage=stage, reason="commit replayed", result=res[0]
-                    )
-                    return
-                case _:  # WAITING / FINISHED: the task is no longer ours
-                    return
