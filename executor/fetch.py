@@ -78,6 +78,8 @@ class Fetcher:
         return f"{self._lease_prefix}.{next(self._leases)}"
 
     async def fetch(self) -> None:
+        """The fetch role, until `quiet`: one read for all the free slots, then the claim of
+        what it read; a slot that no claimed run took is given back."""
         while not self.quiet.is_set():
             await self.slots.acquire()
             if self.quiet.is_set():
@@ -129,6 +131,9 @@ class Fetcher:
         return out[:free]
 
     async def read(self, free: int) -> list[Entry]:
+        """Up to `free` entries, highest priority first.  Several priorities in use: a
+        non-blocking read of each stream in turn, and a blocking read of them all only when
+        none had anything."""
         streams = await self.streams()
         if self.split:
             return await self.read_cluster(streams, free)
@@ -154,12 +159,12 @@ class Fetcher:
 
     async def read_cluster(self, streams: list[tuple[int, str, Keys]], free: int) -> list[Entry]:
         """`read` on a Redis Cluster with several partitions, where one XREADGROUP may only name
-        streams of one slot, i.e. of one partition.  Without blocking: the streams one at a time, highest priority
-        first and, within a priority, partitions in turns (each pass starts one further on).
-        With nothing found: a blocking read of the streams of one partition (the pass's first)
-        for CLUSTER_BLOCK_MS only, since work arriving elsewhere would not end it; the next pass
-        sees all partitions again.  So an idle executor notices new work within about that
-        time, at the cost of a read per partition per wait."""
+        streams of one slot, i.e. of one partition.  Without blocking: the streams one at a
+        time, highest priority first and, within a priority, partitions in turns (each pass
+        starts one further on).  With nothing found: a blocking read of the streams of one
+        partition (the pass's first) for CLUSTER_BLOCK_MS only, since work arriving elsewhere
+        would not end it; the next pass sees all partitions again.  So an idle executor notices
+        new work within about that time, at the cost of a read per partition per wait."""
         n = len(self.parts)
         turn = self._turn = (self._turn + 1) % n
         entries_of = self._entries
@@ -178,6 +183,8 @@ class Fetcher:
         return await self._at_most(entries_of(got), free)
 
     async def claim(self, entries: list[Entry]) -> None:
+        """claim.lua for every entry read, in one round trip: each task claimed starts a run,
+        each entry refused gives its slot back."""
         leases = [self.new_lease() for _ in entries]
         calls = [
             (

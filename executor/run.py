@@ -69,6 +69,8 @@ class Runner:
         run.aio = asyncio.create_task(self.run(run))
 
     async def run(self, run: Run) -> None:
+        """The task of one run: the run loop until the task is no longer ours, or a cancel (a
+        cancel request, a stop, the executor declared dead), or a crash of ours."""
         try:
             await self._run(run)
         except asyncio.CancelledError:
@@ -81,6 +83,8 @@ class Runner:
             self.slots.release()
 
     async def _crashed(self, run: Run, e: Exception) -> None:
+        """Fails the attempt at the stage the run had reached (the stored one: the run may
+        have committed stages since its claim)."""
         k, stage = run.keys, int(run.h["stage"])
         raw = await self.r.hget(k.task(run.task_id), "stage")
         stage = int(raw) if raw is not None else stage

@@ -1,13 +1,19 @@
-"""The executor daemon: one process serving one app.
+"""The executor daemon: one process serving one app.  `Executor` holds its lifecycle and roles
+and composes the rooms that do the work.
 
 Roles (each an asyncio task):
-  heartbeat  pings every ping_interval on the executors zset (never on a work stream)
-  fetch      reads the app stream through the consumer group, as many entries as free slots,
-             and claims them in one pipelined round trip (the claim acknowledges the entry)
-  runner     one per claimed task: runs stages from the current one, committing each result
-             with a fenced script; the commit also decides what comes next
-Shutdown is two-phase: quiet (stop fetching), then wait up to the grace period for runners,
-then hand unfinished runs back (SUSPENDED -> QUEUED at their current stage).
+  heartbeat  pings every ping_interval on the executors zset (never on a work stream); told it
+             was declared dead, it drops its runs and registers again
+  fetch      the Fetcher (executor/fetch.py): reads the app streams through the consumer group,
+             as many entries as free slots, and claims them in one pipelined round trip (the
+             claim acknowledges the entry)
+  control    pops the cancel requests for runs of ours and cancels their tasks
+  runs       one per claimed task, by the Runner (executor/run.py): stages from the current one,
+             each called (executor/call.py) and its result committed with a fenced script that
+             also decides what comes next; commits go out together (executor/batcher.py)
+Shutdown is two-phase: quiet (stop fetching), then wait up to the grace period for runs, then
+hand unfinished runs back (SUSPENDED -> QUEUED at their current stage).  Heartbeat and control
+then get ROLE_STOP_TIMEOUT to end before the executor leaves the registry.
 """
 
 from __future__ import annotations
@@ -39,14 +45,16 @@ ROLE_STOP_TIMEOUT = 5.0  # s shutdown waits for heartbeat and control to end (sh
 
 
 class Executor:
+    """Serves `app` with up to `concurrency` runs at a time: `serve(stop)` until `stop` is set."""
+
     def __init__(self, app: App, settings: Settings, concurrency: int = 8) -> None:
         self.app = app
         self.settings = settings
         self.concurrency = concurrency
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
-        # The Redis client, its scripts and the commit batcher are made by `start` (connect
-        # asks the server whether it is a Redis Cluster).
+        # The Redis client, its scripts, the commit batcher, the runner and the fetcher are made
+        # by `start`: connect asks the server whether it is a Redis Cluster, and all use it.
         self.r: Any = None
         self.scripts: Scripts
         self.batcher: Batcher
@@ -63,7 +71,8 @@ class Executor:
     async def register(self, k: Keys) -> None:
         """Enters (or re-enters) the executors registry of a partition with what
         executors.list shows."""
-        info = [
+        await self.ping(
+            k,
             "app",
             self.app.name,
             "host",
@@ -72,8 +81,14 @@ class Executor:
             os.getpid(),
             "concurrency",
             self.concurrency,
-        ]
-        await self.scripts.run("ping", [k.executors(), k.executor(self.id)], [k.prefix, self.id, 1, *info])
+        )
+
+    async def ping(self, k: Keys, *info: Any) -> Any:
+        """ping.lua on a partition: with `info` (field, value pairs) it registers us; without,
+        it is the heartbeat, which answers 0 when we were declared dead."""
+        return await self.scripts.run(
+            "ping", [k.executors(), k.executor(self.id)], [k.prefix, self.id, 1 if info else 0, *info]
+        )
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -180,10 +195,7 @@ class Executor:
             await asyncio.sleep(self.settings.ping_interval)
             try:
                 for k in self.parts:
-                    ok = await self.scripts.run(
-                        "ping", [k.executors(), k.executor(self.id)], [k.prefix, self.id, 0]
-                    )
-                    if not ok:
+                    if not await self.ping(k):
                         await self.declared_dead(k)
             except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
                 raise_if_stop_requested()
