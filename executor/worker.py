@@ -1,29 +1,31 @@
-"""The executor daemon: one process serving one app.
+"""The executor daemon: one process serving one app.  `Executor` holds its lifecycle and roles
+and composes the rooms that do the work.
 
 Roles (each an asyncio task):
-  heartbeat  pings every ping_interval on the executors zset (never on a work stream)
-  fetch      reads the app stream through the consumer group, as many entries as free slots,
-             and claims them in one pipelined round trip (the claim acknowledges the entry)
-  runner     one per claimed task: runs stages from the current one, committing each result
-             with a fenced script; the commit also decides what comes next
-Shutdown is two-phase: quiet (stop fetching), then wait up to the grace period for runners,
-then hand unfinished runs back (SUSPENDED -> QUEUED at their current stage).
+  heartbeat  pings every ping_interval on the executors zset (never on a work stream); told it
+             was declared dead, it drops its runs and registers again
+  fetch      the Fetcher (executor/fetch.py): reads the app streams through the consumer group,
+             as many entries as free slots, and claims them in one pipelined round trip (the
+             claim acknowledges the entry)
+  control    pops the cancel requests for runs of ours and cancels their tasks
+  runs       one per claimed task, by the Runner (executor/run.py): stages from the current one,
+             each called (executor/call.py) and its result committed with a fenced script that
+             also decides what comes next; commits go out together (executor/batcher.py)
+Shutdown is two-phase: quiet (stop fetching), then wait up to the grace period for runs, then
+hand unfinished runs back (SUSPENDED -> QUEUED at their current stage).  Heartbeat and control
+then get ROLE_STOP_TIMEOUT to end before the executor leaves the registry.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import socket
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
-import msgspec
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
@@ -31,136 +33,48 @@ from stagewise import log as slog
 from stagewise import sdnotify  # systemd notify protocol: no-ops without $NOTIFY_SOCKET
 from stagewise.aio import raise_if_stop_requested
 from stagewise.config import Settings
-from stagewise.errors import StageError, stage_error
-from stagewise.executor.app import App, Ctx, ParamsError
+from stagewise.executor.app import App
+from stagewise.executor.batcher import Batcher
+from stagewise.executor.fetch import Fetcher
+from stagewise.executor.run import Run, Runner
 from stagewise.keys import GROUP, Keys
-from stagewise.policy import retry_delay
 from stagewise.storage import calls
-from stagewise.storage.calls import results_of
 from stagewise.storage.connection import connect, is_cluster
 from stagewise.storage.runner import Scripts
-from stagewise.storage.streams import app_streams, redeliver_pending
-from stagewise.templates import TemplateError, check, fill
+from stagewise.storage.streams import redeliver_pending
 
-_encoder = msgspec.json.Encoder()
-_decode = msgspec.json.Decoder().decode
-
-
-def _J(value: Any) -> str:
-    return _encoder.encode(value).decode()
-
-
-class Failure(Exception):
-    """A stage attempt failed with a stored error."""
-
-    def __init__(self, error: dict[str, Any], outcome: str = "error") -> None:
-        self.error = error
-        self.outcome = outcome
-
-
-# (partition keys, stream, entry id, fields {t, j}, priority)
-Entry = tuple[Keys, str, str, dict[str, str], int]
-
-CLUSTER_BLOCK_MS = 100  # Redis Cluster: how long an idle read blocks on one partition (read_cluster)
 ROLE_STOP_TIMEOUT = 5.0  # s shutdown waits for heartbeat and control to end (shutdown)
 
 
-class Batcher:
-    """Sends the stage commits of concurrent runs together: calls made while the event loop is
-    busy go out as one pipeline when it next turns, so a busy executor pays one round trip (and
-    one connection checkout) for many commits instead of one each.  Each caller still gets its
-    own script's answer; every script stays one atomic, fenced step."""
-
-    def __init__(self, r: Any, scripts: Scripts) -> None:
-        self.r, self.scripts = r, scripts
-        self.queue: list[tuple[calls.Call[Any], asyncio.Future[Any]]] = []
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def run(self, call: calls.Call[calls.R]) -> calls.R:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self.queue:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self.queue.append((call, fut))
-        return await fut
-
-    def _flush(self) -> None:
-        batch, self.queue = self.queue, []
-        t = asyncio.create_task(self._send(batch))
-        self.tasks.add(t)
-        t.add_done_callback(self.tasks.discard)
-
-    async def _send(self, batch: list[tuple[calls.Call[Any], asyncio.Future[Any]]]) -> None:
-        pending = [call for call, _ in batch]
-        delay = 0.1
-        while True:
-            try:
-                results = await self.scripts.run_many(pending, raise_on_error=False)
-                break
-            except (OSError, aredis.ConnectionError, aredis.TimeoutError):
-                # Applied or not, we cannot tell: send the same calls again.  Each script is
-                # fenced, and commit.lua answers REPLAY to a commit it has already applied.
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            except Exception as e:  # noqa: BLE001 - anything else: every caller learns it
-                for *_, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
-                return
-        for (*_, fut), res in zip(batch, results, strict=True):
-            if fut.done():  # its run was cancelled meanwhile
-                continue
-            if isinstance(res, Exception):
-                fut.set_exception(res)
-            else:
-                fut.set_result(res)
-
-
-class Run:
-    """One claimed run of a task on this executor."""
-
-    __slots__ = ("task_id", "keys", "job_id", "lease", "h", "aio")
-
-    def __init__(self, task_id: str, keys: Keys, h: dict[str, str], lease: str) -> None:
-        self.task_id, self.keys, self.h, self.lease = task_id, keys, h, lease
-        self.job_id = h["job_id"]
-        self.aio: asyncio.Task[None] | None = None
-
-
 class Executor:
+    """Serves `app` with up to `concurrency` runs at a time: `serve(stop)` until `stop` is set."""
+
     def __init__(self, app: App, settings: Settings, concurrency: int = 8) -> None:
         self.app = app
         self.settings = settings
         self.concurrency = concurrency
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
-        # The Redis client, its scripts and the commit batcher are made by `start` (connect
-        # asks the server whether it is a Redis Cluster).
+        # The Redis client, its scripts, the commit batcher, the runner and the fetcher are made
+        # by `start`: connect asks the server whether it is a Redis Cluster, and all use it.
         self.r: Any = None
         self.scripts: Scripts
         self.batcher: Batcher
+        self.runner: Runner
+        self.fetcher: Fetcher
         self.cluster = False  # a Redis Cluster: a command names keys of one partition only
         self.split = False  # a cluster and several partitions: read and pop partition by partition
-        self._turn = 0  # cluster: the partition read first, and the one a blocking read waits on
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="handler")
         self.runs: dict[str, Run] = {}
         self.slots = asyncio.Semaphore(concurrency)
         self.quiet = asyncio.Event()  # stop fetching
-        self.reading = False  # between XREADGROUP and the end of the claims of what it read
-        self._streams: list[tuple[int, str, Keys]] = []
-        self._where: dict[str, tuple[int, Keys]] = {}  # stream key -> (priority, partition)
-        self._streams_at = 0.0
         self.log = slog.get(app=app.name, executor_id=self.id)
-        self._leases = itertools.count(1)
-        self._lease_prefix = uuid.uuid4().hex[:12]
-
-    def new_lease(self) -> str:
-        """A token unique to one claim: this process's random prefix and a counter."""
-        return f"{self._lease_prefix}.{next(self._leases)}"
 
     async def register(self, k: Keys) -> None:
         """Enters (or re-enters) the executors registry of a partition with what
         executors.list shows."""
-        info = [
+        await self.ping(
+            k,
             "app",
             self.app.name,
             "host",
@@ -169,8 +83,12 @@ class Executor:
             os.getpid(),
             "concurrency",
             self.concurrency,
-        ]
-        await self.scripts.run(calls.ping(k, self.id, info))
+        )
+
+    async def ping(self, k: Keys, *info: Any) -> bool:
+        """ping.lua on a partition: with `info` (field, value pairs) it registers us; without,
+        it is the heartbeat, which answers False when we were declared dead."""
+        return await self.scripts.run(calls.ping(k, self.id, info or None))
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -182,7 +100,31 @@ class Executor:
         self.cluster = is_cluster(self.r)
         self.split = self.cluster and len(self.parts) > 1
         self.scripts = Scripts(self.r)
-        self.batcher = Batcher(self.r, self.scripts)
+        self.batcher = Batcher(self.scripts)
+        self.runner = Runner(
+            r=self.r,
+            scripts=self.scripts,
+            batcher=self.batcher,
+            app=self.app,
+            pool=self.pool,
+            executor_id=self.id,
+            runs=self.runs,
+            slots=self.slots,
+            log=self.log,
+        )
+        self.fetcher = Fetcher(
+            r=self.r,
+            scripts=self.scripts,
+            app=self.app.name,
+            executor_id=self.id,
+            parts=self.parts,
+            split=self.split,
+            slots=self.slots,
+            quiet=self.quiet,
+            runner=self.runner,
+            declared_dead=self.declared_dead,
+            log=self.log,
+        )
         for k in self.parts:
             await self.r.sadd(k.apps(), self.app.name)
             try:  # group at 0 before reading: what was queued before us is delivered too
@@ -197,7 +139,7 @@ class Executor:
         await self.start()
         roles = [
             asyncio.create_task(self.heartbeat(), name="heartbeat"),
-            asyncio.create_task(self.fetch(), name="fetch"),
+            asyncio.create_task(self.fetcher.fetch(), name="fetch"),
             asyncio.create_task(self.control(), name="control"),
         ]
         # systemd: READY=1 once registered with the consumer groups set up; WATCHDOG=1 only while
@@ -216,7 +158,7 @@ class Executor:
         self.quiet.set()
         # fetch notices `quiet` within its 1 s block; it is not cancelled, so no entry is ever
         # cut off between its read and its claim.
-        if not self.reading:  # waiting for a free slot: safe to stop right there
+        if not self.fetcher.reading:  # waiting for a free slot: safe to stop right there
             roles[1].cancel()
         await asyncio.wait([roles[1]], timeout=5)
         pending = [r.aio for r in self.runs.values() if r.aio]
@@ -225,7 +167,7 @@ class Executor:
         for run in list(self.runs.values()):  # past the grace period: hand back, not lose
             if run.aio and not run.aio.done():
                 run.aio.cancel()
-            res = await self.scripts.run(calls.handback(run.keys, run.task_id, run.job_id, run.lease))
+            res = await self.runner.handback(run)
             self.log.info("run_handed_back", task_id=run.task_id, job_id=run.job_id, result=res.code)
         roles[0].cancel()
         roles[2].cancel()
@@ -253,8 +195,7 @@ class Executor:
             await asyncio.sleep(self.settings.ping_interval)
             try:
                 for k in self.parts:
-                    ok = await self.scripts.run(calls.ping(k, self.id))
-                    if not ok:
+                    if not await self.ping(k):
                         await self.declared_dead(k)
             except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
                 raise_if_stop_requested()
@@ -298,316 +239,3 @@ class Executor:
             if run and run.job_id == msg.get("job_id") and run.aio:
                 self.log.info("run_cancelled", task_id=run.task_id, job_id=run.job_id)
                 run.aio.cancel()
-
-    # ------------------------------------------------------------------ fetch
-    async def fetch(self) -> None:
-        while not self.quiet.is_set():
-            await self.slots.acquire()
-            if self.quiet.is_set():
-                self.slots.release()
-                return
-            free = 1
-            while not self.slots.locked():  # take every free slot: one read for all of them
-                await self.slots.acquire()
-                free += 1
-            self.reading = True
-            entries: list[Entry] = []
-            try:
-                entries = await self.read(free)
-            except Exception as e:  # noqa: BLE001 - a fetch loop that dies would strand the executor
-                self.log.warning("fetch_failed", error=str(e))
-                self._streams_at = 0.0
-                await asyncio.sleep(0.5)
-            for _ in range(free - len(entries)):
-                self.slots.release()
-            if entries:
-                await self.claim(entries)
-            self.reading = False
-
-    async def streams(self) -> list[tuple[int, str, Keys]]:
-        """(priority, stream, partition) of our app, highest priority first; a task created
-        with a new priority adds a stream, so the list is looked up again every second."""
-        now = time.monotonic()
-        if now - self._streams_at > 1.0:
-            found = [
-                (prio, key, k)
-                for k in self.parts
-                for prio, key in await app_streams(self.r, k, self.app.name)
-            ]
-            base = [(0, k.stream(self.app.name), k) for k in self.parts]
-            self._streams = sorted(set(found) | set(base), key=lambda x: -x[0])
-            self._where = {key: (prio, k) for prio, key, k in self._streams}
-            self._streams_at = now
-        return self._streams
-
-    def _entries(self, got: Any) -> list[Entry]:
-        """XREADGROUP's reply as entries, highest priority first."""
-        where = self._where
-        out = [(where[s][1], s, eid, f, where[s][0]) for s, items in got for eid, f in items]
-        return sorted(out, key=lambda e: -e[4])
-
-    async def _at_most(self, out: list[Entry], free: int) -> list[Entry]:
-        """A blocking read over several streams may return one entry from each: the surplus
-        beyond `free` slots goes back on its stream (redeliver.lua) for someone to take."""
-        for k, stream, eid, f, _ in out[free:]:
-            await self.scripts.run(calls.redeliver(k, stream, f["t"], eid, f["j"]))
-        return out[:free]
-
-    async def read(self, free: int) -> list[Entry]:
-        streams = await self.streams()
-        if self.split:
-            return await self.read_cluster(streams, free)
-        entries_of = self._entries
-        if streams[0][0] == streams[-1][0]:  # one priority in use: one blocking read
-            got = await self.r.xreadgroup(
-                GROUP, self.id, {key: ">" for _, key, _ in streams}, count=free, block=1000
-            )
-            return entries_of(got)
-        out: list[Entry] = []
-        for _, key, _ in streams:  # highest priority first, without blocking
-            if len(out) >= free:
-                break
-            out += entries_of(await self.r.xreadgroup(GROUP, self.id, {key: ">"}, count=free - len(out)))
-        if out:
-            return out
-        got = await self.r.xreadgroup(
-            GROUP, self.id, {key: ">" for _, key, _ in streams}, count=1, block=1000
-        )
-        return await self._at_most(entries_of(got), free)
-
-    async def read_cluster(self, streams: list[tuple[int, str, Keys]], free: int) -> list[Entry]:
-        """`read` on a Redis Cluster with several partitions, where one XREADGROUP may only name
-        streams of one slot, i.e. of one partition.  Without blocking: the streams one at a time, highest priority
-        first and, within a priority, partitions in turns (each pass starts one further on).
-        With nothing found: a blocking read of the streams of one partition (the pass's first)
-        for CLUSTER_BLOCK_MS only, since work arriving elsewhere would not end it; the next pass
-        sees all partitions again.  So an idle executor notices new work within about that
-        time, at the cost of a read per partition per wait."""
-        n = len(self.parts)
-        turn = self._turn = (self._turn + 1) % n
-        entries_of = self._entries
-        out: list[Entry] = []
-        for _, key, _ in sorted(streams, key=lambda x: (-x[0], (x[2].partition - turn) % n)):
-            if len(out) >= free:
-                break
-            out += entries_of(await self.r.xreadgroup(GROUP, self.id, {key: ">"}, count=free - len(out)))
-        if out:
-            return out
-        k = self.parts[turn]
-        mine = {key: ">" for _, key, kk in streams if kk is k}
-        got = await self.r.xreadgroup(GROUP, self.id, mine, count=1, block=CLUSTER_BLOCK_MS)
-        return await self._at_most(entries_of(got), free)
-
-    async def claim(self, entries: list[Entry]) -> None:
-        leases = [self.new_lease() for _ in entries]
-        claims = [
-            calls.claim(k, stream, eid, f["t"], f["j"], self.id, lease)
-            for (k, stream, eid, f, _), lease in zip(entries, leases, strict=True)
-        ]
-        delay = 0.1
-        while True:
-            try:
-                results = await self.scripts.run_many(claims)
-                break
-            except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
-                # The entries stay pending on us; a replay with the same leases is safe
-                # (claim.lua answers a replay like the original), so try until it lands.
-                self.log.warning("claim_failed", error=str(e), entries=len(entries))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        dead: set[int] = set()
-        for (k, _, _, f, _), lease, res in zip(entries, leases, results, strict=True):
-            if res.code != "OK":
-                self.slots.release()
-                if res.code == "DEAD":
-                    dead.add(k.partition)
-                continue
-            run = Run(f["t"], k, res.fields, lease)
-            self.runs[run.task_id] = run
-            run.aio = asyncio.create_task(self.run(run))
-        for p in dead:
-            # Reaped while we were reading: what we read is still QUEUED work but pending on
-            # us, and the manager has already swept our entries.  Put it back ourselves.
-            k = self.parts[p]
-            n = await redeliver_pending(self.r, self.scripts, k, self.app.name, self.id)
-            self.log.warning("claim_refused_dead", redelivered=n)
-            await self.declared_dead(k)
-
-    # ------------------------------------------------------------------ run
-    async def run(self, run: Run) -> None:
-        try:
-            await self._run(run)
-        except asyncio.CancelledError:
-            pass
-        except Exception as e:  # a bug of ours, not of the handler: fail the attempt, don't strand it
-            self.log.exception("run_crashed", task_id=run.task_id, job_id=run.job_id)
-            await self._crashed(run, e)
-        finally:
-            self.runs.pop(run.task_id, None)
-            self.slots.release()
-
-    async def _crashed(self, run: Run, e: Exception) -> None:
-        k, stage = run.keys, int(run.h["stage"])
-        raw = await self.r.hget(k.task(run.task_id), "stage")
-        stage = int(raw) if raw is not None else stage
-        err = stage_error(StageError.STAGE_ERROR, f"executor error: {e}"[:2000], stage, type(e).__name__)
-        doc = _decode(run.h["doc"])
-        delay = retry_delay(int(run.h.get("retries") or 0), doc.get("max_retries", 0), 1.0)
-        await self.scripts.run(calls.fail(k, run.task_id, run.job_id, run.lease, stage, err, delay))
-
-    async def _run(self, run: Run) -> None:
-        h, k = run.h, run.keys
-        doc = _decode(h["doc"])
-        commands: list[dict[str, Any]] = doc["commands"]
-        kws = _decode(h["kws"]) if h.get("kws") else {}
-        results = results_of(h)
-        stage = int(h["stage"])
-        attempt = int(h["attempt"])
-        task_env = {"id": run.task_id, "job_id": run.job_id, "attempt": attempt, "group": doc.get("group")}
-        env = {"kws": kws, "results": results, "task": task_env}
-        exec_deadline = float(h["exec_deadline"])
-        ids = {"task_id": run.task_id, "job_id": run.job_id}  # on every line about this run
-        log = self.log
-        # The claim and every commit leave the run at a call stage: timers and messages are
-        # resolved by the scripts (commit.lua, wake.lua), never handed to an executor.
-        while True:
-            cmd = commands[stage]
-            t0 = time.monotonic()
-            try:
-                outcome, result, value = await self.call(cmd, env, run, stage, attempt, exec_deadline)
-            except Failure as f:
-                final = f.error["code"] == StageError.EXEC_TIMEOUT  # the run's time budget is spent
-                delay = retry_delay(
-                    int(h.get("retries") or 0), doc.get("max_retries", 0), float(doc.get("retry_backoff", 1.0)), final
-                )
-                failed = await self.batcher.run(
-                    calls.fail(k, run.task_id, run.job_id, run.lease, stage, f.error, delay, f.outcome, cmd["method"])
-                )
-                log.info(
-                    "stage",
-                    **ids,
-                    stage=stage,
-                    method=cmd["method"],
-                    outcome=f.outcome,
-                    error=f.error["code"],
-                    ms=round((time.monotonic() - t0) * 1000, 3),
-                    next=failed.code,
-                )
-                return
-            res = await self.batcher.run(
-                calls.commit(k, run.task_id, run.job_id, run.lease, stage, result, outcome, cmd["method"])
-            )
-            log.info(
-                "stage",
-                **ids,
-                stage=stage,
-                method=cmd["method"],
-                outcome=outcome,
-                ms=round((time.monotonic() - t0) * 1000, 3),
-                next=res.code,
-            )
-            results.append(value)
-            match res.code:
-                case "RUN":
-                    assert res.stage is not None
-                    stage = res.stage
-                    for _, taken in res.taken:  # messages taken from the inbox on the way
-                        results.append(_decode(taken))
-                case "STALE":
-                    log.warning("run_abandoned", **ids, stage=stage, reason="stale")
-                    return
-                case "REPLAY":  # our commit landed but its reply was lost: give the run back whole
-                    back = await self.scripts.run(calls.handback(k, run.task_id, run.job_id, run.lease))
-                    log.warning(
-                        "run_handed_back", **ids, stage=stage, reason="commit replayed", result=back.code
-                    )
-                    return
-                case _:  # WAITING / FINISHED: the task is no longer ours
-                    return
-
-    async def call(
-        self,
-        cmd: dict[str, Any],
-        env: dict[str, Any],
-        run: Run,
-        stage: int,
-        attempt: int,
-        exec_deadline: float,
-    ) -> tuple[str, str, Any]:
-        """Runs one call stage; returns (outcome, result JSON, result) or raises Failure."""
-        name = cmd["method"]
-        method = self.app.methods.get(name)
-        if method is None:
-            raise Failure(
-                stage_error(
-                    StageError.METHOD_NOT_FOUND,
-                    f"method {name!r} is not registered in app {self.app.name!r}",
-                    stage,
-                )
-            )
-        try:
-            if "if" in cmd and not check(cmd["if"], env):
-                return "skipped", "null", None
-            params = fill(cmd.get("params") or {}, env)
-        except TemplateError as e:
-            raise Failure(stage_error(StageError.TEMPLATE_ERROR, str(e), stage)) from None
-        try:
-            kwargs = method.convert(params)
-        except ParamsError as e:
-            raise Failure(stage_error(StageError.INVALID_PARAMS, str(e), stage)) from None
-        timeout = cmd.get("timeout")
-        wall = time.time()
-        deadline = min(exec_deadline, wall + timeout) if timeout else exec_deadline
-        if method.takes_ctx:
-            kwargs["ctx"] = Ctx(
-                task_id=run.task_id,
-                job_id=run.job_id,
-                stage=stage,
-                attempt=attempt,
-                app=self.app.name,
-                executor_id=self.id,
-                deadline=deadline,
-            )
-        try:
-            async with asyncio.timeout(max(deadline - wall, 0)) as window:
-                if method.is_async:
-                    value = await method.fn(**kwargs)
-                else:
-                    loop = asyncio.get_running_loop()
-                    value = await loop.run_in_executor(self.pool, partial(method.fn, **kwargs))
-            if window.expired():
-                # The time ran out, yet the handler returned: the timeout's cancel was lost in
-                # the handler (swallowed by it, or by a Redis write of its own on Python 3.11,
-                # shared/aio.py).  A call that outlived its deadline timed out all the same.
-                raise TimeoutError
-        except TimeoutError:
-            if timeout and wall + timeout <= exec_deadline:
-                raise Failure(
-                    stage_error(StageError.STAGE_TIMEOUT, f"call exceeded its timeout of {timeout} s", stage),
-                    "timeout",
-                ) from None
-            raise Failure(
-                stage_error(StageError.EXEC_TIMEOUT, "max_exec_timeout exceeded", stage), "timeout"
-            ) from None
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # the handler raised: that is the stage's error, not ours
-            raise Failure(
-                stage_error(
-                    StageError.STAGE_ERROR, str(e)[:2000] or type(e).__name__, stage, type(e).__name__
-                )
-            ) from None
-        try:
-            encoded = _J(value)
-            # later stages must see what was stored (a tuple became a list, a datetime a string)
-            return (
-                "ok",
-                encoded,
-                value if isinstance(value, str | int | float | bool | None) else _decode(encoded),
-            )
-        except (TypeError, ValueError) as e:
-            raise Failure(
-                stage_error(
-                    StageError.STAGE_ERROR, f"result is not JSON-serialisable: {e}", stage, type(e).__name__
-                )
-            ) from None

@@ -1,0 +1,191 @@
+"""The run loop: a claimed run of a task, stage after stage, until the task is no longer ours.
+
+Each call stage is called (executor/call.py) and its result committed with commit.lua, a
+fenced script that also decides what comes next: RUN the next call stage (with the messages
+taken from the inbox on the way), WAITING or FINISHED (the task is no longer ours), STALE
+(the run lost the task: abandon it) or REPLAY (our commit had landed but its reply was lost:
+hand the run back whole).  A failed attempt goes to fail.lua, which schedules the retry or
+fails the task; this run ends there either way.  Commits and fails of concurrent runs go out
+together through the Batcher.
+
+The script calls a run makes (commit, fail, handback) are made here and nowhere else.  The
+claim and every commit leave a run at a call stage: timers and messages are resolved by the
+scripts (commit.lua, wake.lua), never handed to an executor.  Whether a failed attempt is
+retried, and when, is stagewise.policy.retry_delay's decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from stagewise.errors import StageError, stage_error
+from stagewise.executor.app import App
+from stagewise.executor.batcher import Batcher
+from stagewise.executor.call import Facts, Failure, call, decode
+from stagewise.keys import Keys
+from stagewise.policy import retry_delay
+from stagewise.storage import calls
+from stagewise.storage.calls import Code, Commit, Fail, results_of
+from stagewise.storage.runner import Scripts
+
+
+class Run:
+    """One claimed run of a task on this executor."""
+
+    __slots__ = ("task_id", "keys", "job_id", "lease", "h", "aio")
+
+    def __init__(self, task_id: str, keys: Keys, h: dict[str, str], lease: str) -> None:
+        self.task_id, self.keys, self.h, self.lease = task_id, keys, h, lease
+        self.job_id = h["job_id"]
+        self.aio: asyncio.Task[None] | None = None
+
+
+class Runner:
+    """Runs the claimed runs of one executor, each in an asyncio task of its own.  `runs` (by
+    task id) and the `slots` semaphore are the executor's: a run is in `runs` while its task
+    lives, and gives its slot back when it ends."""
+
+    def __init__(
+        self,
+        *,
+        r: Any,
+        scripts: Scripts,
+        batcher: Batcher,
+        app: App,
+        pool: ThreadPoolExecutor,
+        executor_id: str,
+        runs: dict[str, Run],
+        slots: asyncio.Semaphore,
+        log: Any,
+    ) -> None:
+        self.r, self.scripts, self.batcher = r, scripts, batcher
+        self.app, self.pool, self.executor_id = app, pool, executor_id
+        self.runs, self.slots, self.log = runs, slots, log
+
+    def start(self, k: Keys, task_id: str, h: dict[str, str], lease: str) -> None:
+        """Starts the run of a task just claimed with `lease`; `h` is claim.lua's answer."""
+        run = Run(task_id, k, h, lease)
+        self.runs[run.task_id] = run
+        run.aio = asyncio.create_task(self.run(run))
+
+    async def run(self, run: Run) -> None:
+        """The task of one run: the run loop until the task is no longer ours, or a cancel (a
+        cancel request, a stop, the executor declared dead), or a crash of ours."""
+        try:
+            await self._run(run)
+        except asyncio.CancelledError:
+            pass
+        except Exception as e:  # a bug of ours, not of the handler: fail the attempt, don't strand it
+            self.log.exception("run_crashed", task_id=run.task_id, job_id=run.job_id)
+            await self._crashed(run, e)
+        finally:
+            self.runs.pop(run.task_id, None)
+            self.slots.release()
+
+    async def _crashed(self, run: Run, e: Exception) -> None:
+        """Fails the attempt at the stage the run had reached (the stored one: the run may
+        have committed stages since its claim)."""
+        k, stage = run.keys, int(run.h["stage"])
+        raw = await self.r.hget(k.task(run.task_id), "stage")
+        stage = int(raw) if raw is not None else stage
+        err = stage_error(StageError.STAGE_ERROR, f"executor error: {e}"[:2000], stage, type(e).__name__)
+        doc = decode(run.h["doc"])
+        delay = retry_delay(int(run.h.get("retries") or 0), doc.get("max_retries", 0), 1.0)
+        await self.fail(run, stage, err, delay, "error", batched=False)
+
+    async def _run(self, run: Run) -> None:
+        h = run.h
+        doc = decode(h["doc"])
+        commands: list[dict[str, Any]] = doc["commands"]
+        kws = decode(h["kws"]) if h.get("kws") else {}
+        results = results_of(h)
+        stage = int(h["stage"])
+        attempt = int(h["attempt"])
+        task_env = {"id": run.task_id, "job_id": run.job_id, "attempt": attempt, "group": doc.get("group")}
+        env = {"kws": kws, "results": results, "task": task_env}
+        facts = Facts(run.task_id, run.job_id, attempt, float(h["exec_deadline"]), self.executor_id)
+        ids = {"task_id": run.task_id, "job_id": run.job_id}  # on every line about this run
+        log = self.log
+        retries, max_retries = int(h.get("retries") or 0), doc.get("max_retries", 0)
+        backoff = float(doc.get("retry_backoff", 1.0))
+        while True:
+            cmd = commands[stage]
+            t0 = time.monotonic()
+            try:
+                outcome, result, value = await call(self.app, self.pool, cmd, env, facts, stage)
+            except Failure as f:
+                spent = f.error["code"] == StageError.EXEC_TIMEOUT  # the run's time budget is gone
+                delay = retry_delay(retries, max_retries, backoff, spent)
+                failed = await self.fail(run, stage, f.error, delay, f.outcome, method=cmd["method"])
+                log.info(
+                    "stage",
+                    **ids,
+                    stage=stage,
+                    method=cmd["method"],
+                    outcome=f.outcome,
+                    error=f.error["code"],
+                    ms=round((time.monotonic() - t0) * 1000, 3),
+                    next=failed.code,
+                )
+                return
+            res = await self.commit(run, stage, result, outcome, cmd["method"])
+            log.info(
+                "stage",
+                **ids,
+                stage=stage,
+                method=cmd["method"],
+                outcome=outcome,
+                ms=round((time.monotonic() - t0) * 1000, 3),
+                next=res.code,
+            )
+            results.append(value)
+            match res.code:
+                case "RUN":
+                    assert res.stage is not None
+                    stage = res.stage
+                    for _, taken in res.taken:  # messages taken from the inbox on the way
+                        results.append(decode(taken))
+                case "STALE":
+                    log.warning("run_abandoned", **ids, stage=stage, reason="stale")
+                    return
+                case "REPLAY":  # our commit landed but its reply was lost: give the run back whole
+                    back = await self.handback(run)
+                    log.warning(
+                        "run_handed_back", **ids, stage=stage, reason="commit replayed", result=back.code
+                    )
+                    return
+                case _:  # WAITING / FINISHED: the task is no longer ours
+                    return
+
+    # ------------------------------------------------------------------ the scripts of a run
+    async def commit(self, run: Run, stage: int, result: str, outcome: str, method: str) -> Commit:
+        """commit.lua, through the batcher: the result (JSON) and outcome of the call stage
+        just run; `method` feeds the duration histogram."""
+        return await self.batcher.run(
+            calls.commit(run.keys, run.task_id, run.job_id, run.lease, stage, result, outcome, method)
+        )
+
+    async def fail(
+        self,
+        run: Run,
+        stage: int,
+        error: dict[str, Any],
+        delay: float | None,
+        outcome: str,
+        *,
+        method: str = "",
+        batched: bool = True,
+    ) -> Fail:
+        """fail.lua: the attempt of `stage` failed with `error`; a retry is due after `delay` s,
+        or the run fails (None).  `method` feeds the duration histogram.  The run loop's fails
+        go through the batcher (`batched`), a crashed run's as a call of its own."""
+        c = calls.fail(run.keys, run.task_id, run.job_id, run.lease, stage, error, delay, outcome, method)
+        return await (self.batcher.run(c) if batched else self.scripts.run(c))
+
+    async def handback(self, run: Run) -> Code:
+        """handback.lua: gives the run back, QUEUED again at its current stage; for a stopping
+        executor past its grace period and for a run whose commit was replayed."""
+        return await self.scripts.run(calls.handback(run.keys, run.task_id, run.job_id, run.lease))
