@@ -187,9 +187,3 @@ def parse_task(obj: Any, where: str = "task") -> Task:
             raise invalid_params(f"{where}.cron", "the expression never fires") from None
     return Task(doc=doc, id=doc.id or uuid.uuid4().hex, commands=commands)
 
-
-def command_kind(cmd: dict[str, Any]) -> str:
-    """'call', 'timer' or 'message' of a stored (already validated) command."""
-    if "method" in cmd:
-        return "call"
-    return "timer" if "timer" in cmd else "message"

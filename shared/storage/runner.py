@@ -118,17 +118,19 @@ class Scripts:
         first failure is raised (after all have run)."""
         if not calls:
             return []
-        if self._single:
-            results = await self._one_server(calls)
-        else:
-            pipe = self._client.pipeline(transaction=False)
-            for name, keys, args, _ in calls:
-                pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
+        results = await self._send(calls)
+        unknown = [i for i, res in enumerate(results) if isinstance(res, NoScriptError)]
+        if unknown:
+            # The server lost its script cache (restart, failover, SCRIPT FLUSH): load each
+            # script once and send those calls again as one batch, rather than one at a time.
+            for name in {calls[i].script for i in unknown}:
+                await self._client.script_load(source(name))
+            for i, res in zip(unknown, await self._send([calls[i] for i in unknown]), strict=True):
+                results[i] = res
         first: Exception | None = None
         for i, res in enumerate(results):
             name, keys, args, decode = calls[i]
-            if isinstance(res, NoScriptError):  # redis-py's Script loads it and runs it again
+            if isinstance(res, NoScriptError):  # lost again meanwhile: redis-py's Script loads and runs it
                 try:
                     res = await self._scripts[name](keys=keys, args=args, client=self._client)
                 except ResponseError as e:
@@ -144,6 +146,15 @@ class Scripts:
         if raise_on_error and first is not None:
             raise first
         return results
+
+    async def _send(self, calls: Sequence[Call[Any]]) -> list[Any]:
+        """The raw replies of the calls, in order, errors in their places."""
+        if self._single:
+            return await self._one_server(calls)
+        pipe = self._client.pipeline(transaction=False)
+        for name, keys, args, _ in calls:
+            pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
     async def _one_server(self, calls: Sequence[Call[Any]]) -> list[Any]:
         """run_many on a single server: one pooled connection, our own RESP packing, and one
