@@ -24,6 +24,8 @@ from stagewise.storage import calls
 from stagewise.storage.calls import results_of
 from stagewise.storage.runner import Scripts
 
+CLEAN_BATCH = 10_000  # tasks a clean reads per status index and partition
+
 _TIMES = ("created", "updated", "queued_at", "next_run", "wait_deadline", "exec_deadline")
 
 
@@ -125,22 +127,54 @@ class Store:
                 return calls.clean(k, i, dry, extra["cutoff"])
         raise ValueError(op)
 
-    async def clean(self, older_than: float, dry_run: bool, now: float) -> list[dict[str, Any]]:
+    async def clean(
+        self, older_than: float, dry_run: bool, now: float, limit: int = CLEAN_BATCH
+    ) -> list[dict[str, Any]]:
         """Terminal tasks last updated before now - older_than, read from the status indexes
-        oldest first: the cost follows the tasks to clean, not the tasks stored."""
+        oldest first, at most `limit` per index: the cost follows the tasks to clean, not the
+        tasks stored.  Each index is read from its clean cursor (Keys.clean_cursor), the score
+        of the last task a clean went through, which a clean that applies moves on: cleaned
+        tasks stay in the index, and reading from the oldest every time would meet the same
+        already cleaned ones forever once there are `limit` of them."""
         cutoff = now - older_than
-        ids: list[str] = []
+        ranges: list[tuple[Keys, Status, list[tuple[str, float]]]] = []
         for k in self.parts:
+            cursors = await self.r.hgetall(k.clean_cursor())
             for status in (Status.FINISHED, Status.FAILED, Status.CANCELED):
-                ids += await self.r.zrangebyscore(
-                    k.idx_status(status), "-inf", f"({cutoff!r}", start=0, num=10_000
+                got = await self.r.zrangebyscore(
+                    k.idx_status(status),
+                    cursors.get(status, "-inf"),  # inclusive: a tie at the cursor is looked at again
+                    f"({cutoff!r}",
+                    start=0,
+                    num=limit,
+                    withscores=True,
                 )
+                ranges.append((k, status, got))
+        ids = [tid for _, _, got in ranges for tid, _ in got]
         results = await self.batch("clean", ids, dry_run, cutoff=cutoff)
+        if not dry_run:
+            await self._move_clean_cursors(ranges, results)
         return [
             b
             for b in results
             if b["changed"] or b["error"] not in ("already cleaned", "system task: never cleaned")
         ]
+
+    async def _move_clean_cursors(
+        self, ranges: list[tuple[Keys, Status, list[tuple[str, float]]]], results: list[dict[str, Any]]
+    ) -> None:
+        """Each cursor moves to the last task of its range that clean.lua went through,
+        stopping before the first that failed (an internal error: it is tried again)."""
+        offset = 0
+        for k, status, got in ranges:
+            moved: float | None = None
+            for j, (_, score) in enumerate(got):
+                if (results[offset + j]["error"] or "").startswith("internal error"):
+                    break
+                moved = score
+            offset += len(got)
+            if moved is not None:
+                await self.r.hset(k.clean_cursor(), status, repr(moved))
 
     # ------------------------------------------------------------------ groups, notifications
     async def create_many(self, tasks: list[Task], group: str, on_conflict: str = "error") -> list[str]:

@@ -148,6 +148,12 @@ class Keys:
         return f"{self.prefix}:nt:{task_id}"
 
     # --- manager coordination
+    def clean_cursor(self) -> str:
+        """Hash status -> score (updated) up to which the terminal tasks of that status index
+        have been through clean.lua: cleaned tasks keep their place in the index, and a clean
+        that started from the oldest every time would stall on them."""
+        return f"{self.prefix}:cc"
+
     def lock(self, name: str) -> str:
         """Short-lived lock so that one manager at a time runs a periodic job that is not
         itself idempotent (stream trimming)."""
