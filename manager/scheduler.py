@@ -38,6 +38,7 @@ from stagewise.policy import catch_up_cron
 from stagewise.storage import calls
 from stagewise.storage.streams import redeliver_pending
 
+REDIS_ERRORS = (OSError, aredis.RedisError)
 TRIM_EVERY = 2.0  # s
 CLEAN_EVERY = 60.0  # s
 
@@ -223,20 +224,29 @@ class Scheduler:
         (chaining), and a cron task goes back to IDLE until its next fire."""
         members = await self.r.zrangebyscore(k.ended(), "-inf", "+inf", start=0, num=self.settings.batch)
         for m in members:
-            _, tid = split_member(m)
-            h = await self.r.hgetall(k.task(tid))
-            if h and h.get("next_task") and h["status"] == "FINISHED":
-                nxt = h["next_task"]
-                nk = self.store.keys(nxt)
-                res = await self.scripts.run(calls.restart(nk, nxt, mode="chain", chain_from=h["job_id"]))
-                self.log.info("chained", task_id=tid, next_task=nxt, result=res["status"], error=res["error"])
-            if h and h.get("cron") and h["status"] in ("FINISHED", "FAILED"):
-                queued = float(h["queued_at"]) if h.get("queued_at") else now
-                due_at = catch_up_cron(h["cron"], h.get("tz") or "UTC", queued, now)
-                res = await self.scripts.run(calls.restart(k, tid, due_at=due_at, mode="cron"))
-                self.log.info("cron_rescheduled", task_id=tid, next_run=due_at, result=res["status"])
+            try:
+                await self._follow(k, m, now)
+            except REDIS_ERRORS:
+                raise  # Redis away: the entry stays, and the role tries again at its next step
+            except Exception:  # noqa: BLE001 - one task's bad data must not block all that follow it
+                self.log.exception("follow_failed", member=m)
             await self.r.zrem(k.ended(), m)
         return len(members)
+
+    async def _follow(self, k: Keys, m: str, now: float) -> None:
+        """What follows the end of one task: its next_task, its next cron fire."""
+        _, tid = split_member(m)
+        h = await self.r.hgetall(k.task(tid))
+        if h and h.get("next_task") and h["status"] == "FINISHED":
+            nxt = h["next_task"]
+            nk = self.store.keys(nxt)
+            res = await self.scripts.run(calls.restart(nk, nxt, mode="chain", chain_from=h["job_id"]))
+            self.log.info("chained", task_id=tid, next_task=nxt, result=res["status"], error=res["error"])
+        if h and h.get("cron") and h["status"] in ("FINISHED", "FAILED"):
+            queued = float(h["queued_at"]) if h.get("queued_at") else now
+            due_at = catch_up_cron(h["cron"], h.get("tz") or "UTC", queued, now)
+            res = await self.scripts.run(calls.restart(k, tid, due_at=due_at, mode="cron"))
+            self.log.info("cron_rescheduled", task_id=tid, next_run=due_at, result=res["status"])
 
     async def trim_notes(self, k: Keys, now: float) -> None:
         """Notifications older than the retention go (their count is bounded at XADD too)."""

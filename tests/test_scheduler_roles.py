@@ -272,3 +272,25 @@ async def test_a_crashing_clean_does_not_stop_due_work(
             await wait_for(queued(store, tid), what=f"{tid} woken")
             assert not task.done()
     assert any(e["event"] == "tick_crashed" and e["scheduler_role"] == "clean" for e in logs)
+
+
+async def test_a_task_whose_follow_up_fails_does_not_block_the_others(
+    r: Any, redis_url: str, namespace: str
+) -> None:
+    """The `ended` role acts on each ended task in turn: one whose data makes it fail (here a
+    cron expression that no longer parses) is logged and dropped, the ones after it go on."""
+    store = make_store(r, redis_url, namespace)
+    first = parse_task({"app": "a", "cron": "* * * * *", "commands": [{"method": "m"}]})
+    second = parse_task({"app": "a", "cron": "* * * * *", "commands": [{"method": "m"}]})
+    k = store.keys(first.id)
+    for t in (first, second):
+        await store.create(t)
+        await r.hset(store.keys(t.id).task(t.id), "status", "FINISHED")
+    await r.hset(k.task(first.id), "cron", "not a cron")
+    await r.zadd(k.ended(), {f"a/{first.id}": 1, f"a/{second.id}": 2})
+    sched = Scheduler(store)
+    with capture_logs() as logs:
+        assert await sched.ended(k, await sched.server_time()) == 2
+    assert [e["member"] for e in logs if e["event"] == "follow_failed"] == [f"a/{first.id}"]
+    assert [e["task_id"] for e in logs if e["event"] == "cron_rescheduled"] == [second.id]
+    assert await r.zcard(k.ended()) == 0
