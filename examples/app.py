@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 from typing import Any, NoReturn
 
-from stagewise.executor import App, Ctx
+from stagewise import App, Ctx
 
 app = App("demo")
 
