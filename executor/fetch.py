@@ -144,19 +144,23 @@ class Fetcher:
                 GROUP, self.executor_id, {key: ">" for _, key, _ in streams}, count=free, block=1000
             )
             return entries_of(got)
-        out: list[Entry] = []
-        for _, key, _ in streams:  # highest priority first, without blocking
-            if len(out) >= free:
-                break
-            out += entries_of(
-                await self.r.xreadgroup(GROUP, self.executor_id, {key: ">"}, count=free - len(out))
-            )
+        out = await self._each([key for _, key, _ in streams], free)  # highest priority first
         if out:
             return out
         got = await self.r.xreadgroup(
             GROUP, self.executor_id, {key: ">" for _, key, _ in streams}, count=1, block=1000
         )
         return await self._at_most(entries_of(got), free)
+
+    async def _each(self, keys: list[str], free: int) -> list[Entry]:
+        """Up to `free` entries from the streams `keys`, one non-blocking read each, in order."""
+        out: list[Entry] = []
+        for key in keys:
+            if len(out) >= free:
+                break
+            got = await self.r.xreadgroup(GROUP, self.executor_id, {key: ">"}, count=free - len(out))
+            out += self._entries(got)
+        return out
 
     async def read_cluster(self, streams: list[tuple[int, str, Keys]], free: int) -> list[Entry]:
         """`read` on a Redis Cluster with several partitions, where one XREADGROUP may only name
@@ -169,13 +173,8 @@ class Fetcher:
         n = len(self.parts)
         turn = self._turn = (self._turn + 1) % n
         entries_of = self._entries
-        out: list[Entry] = []
-        for _, key, _ in sorted(streams, key=lambda x: (-x[0], (x[2].partition - turn) % n)):
-            if len(out) >= free:
-                break
-            out += entries_of(
-                await self.r.xreadgroup(GROUP, self.executor_id, {key: ">"}, count=free - len(out))
-            )
+        ordered = sorted(streams, key=lambda x: (-x[0], (x[2].partition - turn) % n))
+        out = await self._each([key for _, key, _ in ordered], free)
         if out:
             return out
         k = self.parts[turn]
