@@ -24,7 +24,7 @@ import os
 import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
@@ -44,6 +44,14 @@ from stagewise.storage.runner import Scripts
 from stagewise.storage.streams import redeliver_pending
 
 ROLE_STOP_TIMEOUT = 5.0  # s shutdown waits for heartbeat and control to end (shutdown)
+
+
+class Roles(NamedTuple):
+    """The long-lived tasks of a serving executor (runs are tasks of their own, in `runs`)."""
+
+    heartbeat: asyncio.Task[None]
+    fetch: asyncio.Task[None]
+    control: asyncio.Task[None]
 
 
 class Executor:
@@ -137,11 +145,11 @@ class Executor:
 
     async def serve(self, stop: asyncio.Event) -> None:
         await self.start()
-        roles = [
-            asyncio.create_task(self.heartbeat(), name="heartbeat"),
-            asyncio.create_task(self.fetcher.fetch(), name="fetch"),
-            asyncio.create_task(self.control(), name="control"),
-        ]
+        roles = Roles(
+            heartbeat=asyncio.create_task(self.heartbeat(), name="heartbeat"),
+            fetch=asyncio.create_task(self.fetcher.fetch(), name="fetch"),
+            control=asyncio.create_task(self.control(), name="control"),
+        )
         # systemd: READY=1 once registered with the consumer groups set up; WATCHDOG=1 only while
         # the loop turns (the pinger is a task on it) and no role task has died.
         watchdog = asyncio.create_task(
@@ -150,17 +158,17 @@ class Executor:
         sdnotify.ready(f"app {self.app.name}, concurrency {self.concurrency}, id {self.id}")
         await stop.wait()
         watchdog.cancel()
-        await self.shutdown(roles, stop)
+        await self.shutdown(roles)
 
-    async def shutdown(self, roles: list[asyncio.Task[Any]], stop: asyncio.Event) -> None:
+    async def shutdown(self, roles: Roles) -> None:
         self.log.info("executor_stopping", running=len(self.runs), grace=self.settings.grace)
         sdnotify.stopping(f"stopping: {len(self.runs)} runs, grace {self.settings.grace:g}s")
         self.quiet.set()
         # fetch notices `quiet` within its 1 s block; it is not cancelled, so no entry is ever
         # cut off between its read and its claim.
         if not self.fetcher.reading:  # waiting for a free slot: safe to stop right there
-            roles[1].cancel()
-        await asyncio.wait([roles[1]], timeout=5)
+            roles.fetch.cancel()
+        await asyncio.wait([roles.fetch], timeout=5)
         pending = [r.aio for r in self.runs.values() if r.aio]
         if pending:
             await asyncio.wait(pending, timeout=self.settings.grace)
@@ -169,13 +177,13 @@ class Executor:
                 run.aio.cancel()
             res = await self.runner.handback(run)
             self.log.info("run_handed_back", task_id=run.task_id, job_id=run.job_id, result=res.code)
-        roles[0].cancel()
-        roles[2].cancel()
+        roles.heartbeat.cancel()
+        roles.control.cancel()
         # Let them end before the client closes, so that no read of theirs is cut off by the
         # close.  Both loops honour a cancel even when redis-py swallows it (shared/aio.py),
         # control within its 1 s pop; the bound is for what we have not seen: a stop must
         # never hang on a role.
-        _, stuck = await asyncio.wait([roles[0], roles[2]], timeout=ROLE_STOP_TIMEOUT)
+        _, stuck = await asyncio.wait([roles.heartbeat, roles.control], timeout=ROLE_STOP_TIMEOUT)
         if stuck:
             self.log.warning("roles_not_stopped", roles=sorted(t.get_name() for t in stuck))
         for k in self.parts:  # leave the registry: nothing of ours is running any more
