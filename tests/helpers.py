@@ -538,10 +538,16 @@ TERMINAL = frozenset({"FINISHED", "FAILED", "CANCELED"})
 async def task_until(
     m: ManagerProc, task_id: str, pred: Callable[[dict[str, Any]], Any], within: float = 15.0, what: str = ""
 ) -> dict[str, Any]:
-    """Poll tasks.get until `pred(view)` holds; return that view."""
+    """Poll tasks.get until `pred(view)` holds; return that view.  A task not created yet (a
+    create racing the first poll) is waited for like any other state."""
 
     async def probe() -> dict[str, Any] | None:
-        v = await m.rpc("tasks.get", {"id": task_id})
+        try:
+            v = await m.rpc("tasks.get", {"id": task_id})
+        except RpcError as e:
+            if e.code == 1001:  # TASK_NOT_FOUND: not there yet
+                return None
+            raise
         return v if pred(v) else None
 
     return await wait_for(probe, timeout=within, what=what or f"task {task_id}")

@@ -224,6 +224,60 @@ async def test_watch_exit_codes(m: ManagerProc) -> None:
     assert as_json.rc == 0 and as_json.json()["results"] == [42, 0.3, 42]
 
 
+async def test_create_wait_follows_the_task_and_exits_by_outcome(m: ManagerProc, tmp_path: Path) -> None:
+    """`task create --wait` prints each stage with how long it took, says what a waiting task
+    waits for (a timer's countdown; the command that sends a message), and exits 0 / 1 by
+    outcome; a list waits for all of its tasks."""
+    ok_id, fail_id, msg_id = uid("cw"), uid("cw"), uid("cw")
+    docs = {
+        ok_id: [{"timer": 0.3}, {"method": "demo.sleep", "params": {"seconds": 0.2}}],
+        fail_id: [{"method": "demo.fail", "params": {"message": "no"}}],
+        msg_id: [
+            {"message": {"timeout": 600}},
+            {"method": "demo.echo", "params": {"value": "{{ results.0 }}"}},
+        ],
+    }
+    for tid, commands in docs.items():
+        (tmp_path / f"{tid}.json").write_text(json.dumps({"id": tid, "app": "demo", "commands": commands}))
+    flags = ("--wait", "--interval", "0.05")
+    runs = [
+        asyncio.create_task(sw(m, "task", "create", str(tmp_path / f"{tid}.json"), *flags)) for tid in docs
+    ]
+    await until(m, msg_id, {"WAITING"})
+    await m.rpc("tasks.send", {"id": msg_id, "data": {"hi": 1}})
+    done, failed, sent = await asyncio.gather(*runs)
+
+    assert ok(done).rc == 0
+    assert "stage 0 timer: resumes in" in done.out
+    slept = next(line for line in done.out.splitlines() if "stage 1 demo.sleep -> 0.2" in line)
+    value, unit = slept.rsplit("(", 1)[1].rstrip(")").split()  # e.g. "203 ms", or "1.2 s" on a busy machine
+    assert float(value) * {"ms": 0.001, "s": 1.0}[unit] >= 0.2, slept
+    assert done.out.splitlines()[-1].strip() == f"{ok_id} FINISHED"
+    assert failed.rc == 1 and f"{fail_id} FAILED" in failed.out and "no" in failed.out
+    assert ok(sent).rc == 0
+    assert f"stage 0 waiting for a message: stagewise task send {msg_id} '<JSON>' (times out in" in sent.out
+    assert 'stage 1 demo.echo -> {"hi": 1}' in sent.out
+
+    batch = tmp_path / "batch.json"
+    batch.write_text(
+        json.dumps(
+            [{"app": "demo", "commands": [{"method": "demo.echo", "params": {"value": i}}]} for i in range(3)]
+        )
+    )
+    all_ok = ok(await sw(m, "task", "create", str(batch), *flags))
+    assert "3 FINISHED" in all_ok.out
+    batch.write_text(
+        json.dumps(
+            [
+                {"app": "demo", "commands": c}
+                for c in (docs[fail_id], [{"method": "demo.add", "params": {"a": 1, "b": 2}}])
+            ]
+        )
+    )
+    some_failed = await sw(m, "task", "create", str(batch), *flags)
+    assert some_failed.rc == 1 and "1 FINISHED, 1 FAILED" in some_failed.out
+
+
 async def test_send(m: ManagerProc) -> None:
     tid = uid()
     task = {

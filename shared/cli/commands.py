@@ -25,12 +25,14 @@ from stagewise.cli.render import (
     command_summary,
     error_text,
     kv,
+    seconds,
     short_json,
     status_text,
     table,
     task_details,
     task_table,
     text,
+    waiting_for,
     watch_panel,
 )
 from stagewise.client import AsyncClient, StagewiseError
@@ -64,6 +66,8 @@ async def task_create(c: Any, a: argparse.Namespace, out: Out) -> int:
         if a.on_conflict:
             raise CliError("--on-conflict applies to a single task, not to a list")
         many = await c.create_many(doc, group=a.group)
+        if a.wait:
+            return await _wait_all(c, many["ids"], a.interval, out)
         if out.as_json:
             out.json(many)
         else:
@@ -76,6 +80,8 @@ async def task_create(c: Any, a: argparse.Namespace, out: Out) -> int:
     if a.group:
         doc = {**doc, "group": a.group}
     view = await c.create(doc, on_conflict=a.on_conflict)
+    if a.wait:  # follow it to its end, like `task watch`; the exit code is its outcome
+        return await follow(c, view["id"], a.interval, out)
     if out.as_json:
         out.json(view)
     else:
@@ -213,19 +219,27 @@ WATCH_EXIT: dict[str, int] = {Status.FINISHED: 0, Status.FAILED: 1, Status.CANCE
 
 
 async def task_watch(c: Any, a: argparse.Namespace, out: Out) -> int:
-    """Follow a task until it ends: progress bar, status, one line per stage as results arrive.
-    Exit code 0 FINISHED, 1 FAILED, 2 CANCELED."""
+    """Follow a task until it ends.  Exit code 0 FINISHED, 1 FAILED, 2 CANCELED."""
+    return await follow(c, a.id, a.interval, out)
+
+
+async def follow(c: Any, task_id: str, interval: float, out: Out) -> int:
+    """`task watch` and `task create --wait`: a live progress line (with a timer's countdown,
+    or how to send the message a task waits for), one line per stage as its result arrives
+    (with how long its attempt took), then the final state.  Exit code by outcome: 0
+    FINISHED, 1 FAILED, 2 CANCELED."""
     from rich.live import Live
 
-    view = await c.get(a.id)
+    view = await c.get(task_id)
     if out.as_json:  # no live view: wait, then print the final view
         while view["status"] not in WATCH_EXIT:
-            await c.wait(a.id, interval=a.interval)
-            view = await c.get(a.id)
+            await c.wait(task_id, interval=interval)
+            view = await c.get(task_id)
         out.json(view)
         return WATCH_EXIT[view["status"]]
     shown = 0  # stage lines printed for the current run
     job = view.get("job_id")
+    hinted: tuple[Any, ...] | None = None  # the wait last told about
     # A live progress line on a terminal; piped output gets the stage lines and the final state.
     live = (
         Live(watch_panel(view), console=out.console, refresh_per_second=8)
@@ -239,21 +253,30 @@ async def task_watch(c: Any, a: argparse.Namespace, out: Out) -> int:
                 out.print(text(f"new run {job or ''}: stages start again", "yellow"))
             results = view.get("results") or []
             commands = view.get("commands") or []
-            for i in range(shown, len(results)):
-                cmd = command_summary(commands[i]) if i < len(commands) else "?"
-                out.print(text(f"  stage {i} {cmd} -> {short_json(results[i])}"))
-            shown = max(shown, len(results))
+            if len(results) > shown:
+                took = await _stage_times(c, task_id, job)
+                for i in range(shown, len(results)):
+                    cmd = command_summary(commands[i]) if i < len(commands) else "?"
+                    line = f"  stage {i} {cmd} -> {short_json(results[i])}"
+                    out.print(text(line + (f"  ({seconds(took[i])})" if i in took else "")))
+                shown = len(results)
+            wait = (job, view["stage"], view["status"])
+            if view["status"] == Status.WAITING and wait != hinted and live is None:
+                hinted = wait  # piped: say once what the task waits for
+                out.print(text(f"  stage {view['stage']} {waiting_for(view)}", "cyan"))
             if live is not None:
                 live.update(watch_panel(view))
             if view["status"] in WATCH_EXIT:
                 break
             seen = (view["status"], view["stage"])
             while True:
-                await asyncio.sleep(a.interval)
-                st = await c.status(a.id)
+                await asyncio.sleep(interval)
+                st = await c.status(task_id)
                 if (st["status"], st["stage"]) != seen:
                     break
-            view = await c.get(a.id)
+                if live is not None:
+                    live.update(watch_panel(view))  # the countdown moves on
+            view = await c.get(task_id)
     if live is None:
         out.print(watch_panel(view))
     status = view["status"]
@@ -262,6 +285,32 @@ async def task_watch(c: Any, a: argparse.Namespace, out: Out) -> int:
         line += f": {error_text(view['error'])}"
     out.print(text(line, STATUS_STYLE.get(status, "")))
     return WATCH_EXIT[status]
+
+
+async def _stage_times(c: Any, task_id: str, job: Any) -> dict[int, float]:
+    """Seconds each stage's committed attempt of run `job` took, by stage (from tasks.attempts;
+    stages resolved without an executor, timers and messages, have none)."""
+    took: dict[int, float] = {}
+    for att in await c.attempts(task_id):
+        if att.get("job_id") == job and att.get("outcome") in ("ok", "skipped"):
+            started, ended = att.get("started"), att.get("ended")
+            if isinstance(started, int | float) and isinstance(ended, int | float):
+                took[int(att["stage"])] = max(0.0, ended - started)
+    return took
+
+
+async def _wait_all(c: Any, ids: list[str], interval: float, out: Out) -> int:
+    """`task create --wait` of a list: each task to its end; exit code 1 if one FAILED, else 2
+    if one was CANCELED, else 0."""
+    ends = [(await c.wait(tid, interval=interval))["status"] for tid in ids]
+    counts = {s: ends.count(s) for s in WATCH_EXIT}
+    if out.as_json:
+        out.json({"ids": ids, "by_status": counts})
+    else:
+        out.print(text(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no tasks"))
+    if counts[Status.FAILED]:
+        return 1
+    return 2 if counts[Status.CANCELED] else 0
 
 
 async def cmd_executors(c: Any, a: argparse.Namespace, out: Out) -> int:

@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file", metavar="FILE|-", help="a task document; a JSON list creates a group of tasks")
     c.add_argument("--on-conflict", choices=["error", "ignore", "replace"], help="when the id exists")
     c.add_argument("--group", help="group of a list of tasks (default: generated)")
+    c.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow it to its end like `task watch`; exit code 0 FINISHED, 1 FAILED, 2 CANCELED",
+    )
+    c.add_argument("--interval", type=float, default=0.3, help="seconds between polls with --wait")
 
     c = tsub.add_parser("get", parents=[common], help="a task's view and stage results")
     c.add_argument("id")

@@ -209,8 +209,43 @@ def task_details(v: dict[str, Any]) -> Any:
     return Group(*parts)
 
 
+def seconds(d: float) -> str:
+    """A duration as people read it: 12 ms, 3.4 s, 2m05s, 1h02m."""
+    if d < 1:
+        return f"{d * 1000:.0f} ms"
+    if d < 60:
+        return f"{d:.1f} s"
+    if d < 3600:
+        return f"{int(d // 60)}m{int(d % 60):02d}s"
+    return f"{int(d // 3600)}h{int(d % 3600 // 60):02d}m"
+
+
+def waiting_for(v: dict[str, Any], now: float | None = None) -> str:
+    """What a WAITING task waits for, with the time left: a timer's countdown, or a message
+    with the command that sends it (and its timeout); "" for a task that is not waiting."""
+    if v.get("status") != "WAITING":
+        return ""
+    commands = v.get("commands") or []
+    stage = int(v.get("stage") or 0)
+    cmd = commands[stage] if stage < len(commands) else {}
+    deadline = v.get("wait_deadline")
+    left = (
+        max(0.0, deadline - (time.time() if now is None else now))
+        if isinstance(deadline, int | float)
+        else None
+    )
+    if isinstance(cmd, dict) and "timer" in cmd:
+        return f"timer: resumes in {seconds(left)}" if left is not None else "timer"
+    hint = f"waiting for a message: stagewise task send {v.get('id')} '<JSON>'"
+    if left is not None:
+        on_timeout = (cmd.get("message") or {}).get("on_timeout", "continue") if isinstance(cmd, dict) else ""
+        hint += f" (times out in {seconds(left)}, then {'fails' if on_timeout == 'fail' else 'goes on'})"
+    return hint
+
+
 def watch_panel(v: dict[str, Any]) -> Any:
-    """`task watch`'s progress line: id, bar, stages done, status, error."""
+    """`task watch`'s progress line: id, bar, stages done, status, error; under it, what a
+    WAITING task waits for (a timer's countdown, or how to send the message)."""
     from rich.progress_bar import ProgressBar
     from rich.table import Table
 
@@ -224,4 +259,7 @@ def watch_panel(v: dict[str, Any]) -> Any:
         status_text(v.get("status")),
         text(error_text(v.get("error")), "red"),
     )
+    waiting = waiting_for(v)
+    if waiting:
+        t.add_row(text(""), text(waiting, "cyan"))
     return t
