@@ -11,7 +11,9 @@ run loop (executor/run.py) commits the one or fails the attempt with the other.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -40,6 +42,9 @@ class Failure(Exception):
         self.outcome = outcome
 
 
+TRACEBACK_BYTES = 8192  # of a handler's traceback, kept with its STAGE_ERROR
+
+
 @dataclass(frozen=True, slots=True)
 class Facts:
     """What a stage call knows of its run, the same for every stage of it: the handler's
@@ -50,6 +55,24 @@ class Facts:
     attempt: int
     exec_deadline: float  # epoch seconds: the end of the run's max_exec budget
     executor_id: str
+
+
+def handler_traceback(e: BaseException) -> str:
+    """The traceback of what a handler raised, as Python prints it, from the handler's own
+    first frame on (the frames of this module and of the thread pool that called it are
+    left out), and at most its last TRACEBACK_BYTES (SPEC §7: the last 8 KiB)."""
+    tb = e.__traceback__
+    while tb is not None and _ours(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(e), e, tb if tb is not None else e.__traceback__))
+    raw = text.encode()
+    if len(raw) > TRACEBACK_BYTES:
+        text = raw[-TRACEBACK_BYTES:].decode(errors="ignore")
+    return text
+
+
+def _ours(filename: str) -> bool:
+    return filename == __file__ or f"concurrent{os.sep}futures" in filename
 
 
 async def call(
@@ -114,7 +137,13 @@ async def call(
         raise
     except Exception as e:  # the handler raised: that is the stage's error, not ours
         raise Failure(
-            stage_error(StageError.STAGE_ERROR, str(e)[:2000] or type(e).__name__, stage, type(e).__name__)
+            stage_error(
+                StageError.STAGE_ERROR,
+                str(e)[:2000] or type(e).__name__,
+                stage,
+                type(e).__name__,
+                handler_traceback(e),
+            )
         ) from None
     try:
         encoded = encode(value)

@@ -58,7 +58,7 @@ def invalid_transition(src: str, dst: str) -> RpcError:
     return RpcError(INVALID_TRANSITION, f"cannot go from {src} to {dst}", {"from": src, "to": dst})
 
 
-# Codes of the errors stored on a task ({code, message, stage, type?}, SPEC §7).
+# Codes of the errors stored on a task ({code, message, stage, type?, traceback?}, SPEC §7).
 class StageError:
     METHOD_NOT_FOUND = "METHOD_NOT_FOUND"
     INVALID_PARAMS = "INVALID_PARAMS"
@@ -71,8 +71,12 @@ class StageError:
     CANCELED = "CANCELED"
 
 
-def stage_error(code: str, message: str, stage: int, type_: str | None = None) -> dict[str, Any]:
+def stage_error(
+    code: str, message: str, stage: int, type_: str | None = None, traceback: str | None = None
+) -> dict[str, Any]:
     err: dict[str, Any] = {"code": code, "message": message, "stage": stage}
     if type_:
         err["type"] = type_
+    if traceback:
+        err["traceback"] = traceback
     return err

@@ -219,6 +219,9 @@ async def test_watch_exit_codes(m: ManagerProc) -> None:
     assert any("stage 2 demo.echo -> 42" in line for line in lines)
     assert "3/3" in done.out and lines[-1].strip() == f"{ok_id} FINISHED"
     assert failed.rc == 1 and "Traceback" not in failed.err
+    shown, tried = await asyncio.gather(sw(m, "task", "get", fail_id), sw(m, "task", "attempts", fail_id))
+    for r, heading in ((shown, "traceback of the failed stage's handler:"), (tried, "traceback of job")):
+        assert ok(r).rc == 0 and heading in r.out and "RuntimeError: nope [bold]" in r.out, r.out
     assert "stage 0 demo.add -> 42" in failed.out and "FAILED" in failed.out and "nope [bold]" in failed.out
     assert canceled.rc == 2 and "CANCELED" in canceled.out
     assert as_json.rc == 0 and as_json.json()["results"] == [42, 0.3, 42]

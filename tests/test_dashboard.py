@@ -191,6 +191,12 @@ async def test_dashboard_in_chromium(daemons: Any) -> None:
             await expect(page.locator(f'#tasks tr[data-id="{order}"] .badge')).to_have_text("CANCELED")
             await _shot(page, "dashboard.png")
 
+            # a failed task's page shows its handler's traceback, as text
+            await page.click(f'#tasks tr[data-id="{failed}"] a')
+            await expect(page.locator("#task-status")).to_have_text("FAILED", timeout=WAIT)
+            await expect(page.locator("#task-traceback")).to_contain_text("Traceback (most recent call last)")
+            await expect(page.locator("#task-traceback")).to_contain_text("RuntimeError")
+
             assert await page.evaluate("window.__xss") is None
             assert errors == []
         finally:

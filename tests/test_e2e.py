@@ -124,6 +124,12 @@ async def test_stage_errors_fail_the_task(
     assert status == 500
     attempts = await m.rpc("tasks.attempts", {"id": "f"})
     assert attempts[-1]["outcome"] in ("error", "timeout") and attempts[-1]["error"]["code"] == code
+    # the handler's traceback (SPEC §7) comes with a STAGE_ERROR only, in the task and its attempt
+    tb = v["error"].get("traceback")
+    assert (tb is not None) == (code == "STAGE_ERROR")
+    if tb is not None:
+        assert "examples/app.py" in tb and "in fail" in tb and tb.rstrip().endswith("RuntimeError: no money")
+        assert attempts[-1]["error"]["traceback"] == tb
 
 
 async def test_queued_before_any_executor_is_delivered(daemons: Any) -> None:

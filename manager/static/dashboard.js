@@ -333,7 +333,8 @@ function taskBody(task, attempts) {
     const e = task.error;
     parts.push(el("div", { class: "error-box", id: "task-error" },
       el("strong", {}, e.code || "ERROR"), e.stage !== undefined ? " at stage " + e.stage : "",
-      e.type ? " (" + e.type + ")" : "", el("div", {}, e.message || "")));
+      e.type ? " (" + e.type + ")" : "", el("div", {}, e.message || ""),
+      e.traceback ? el("pre", { class: "traceback", id: "task-traceback" }, e.traceback) : null));
   }
   parts.push(
     summary(task),

@@ -176,6 +176,11 @@ async def task_attempts(c: Any, a: argparse.Namespace, out: Out) -> int:
             text(error_text(r.get("error")), "red"),
         )
     out.print(t)
+    for r in rows:  # each handler traceback once, under the table
+        err = r.get("error")
+        if isinstance(err, dict) and err.get("traceback"):
+            out.print(text(f"\ntraceback of job {r.get('job_id')} stage {r.get('stage')}:", "bold"))
+            out.print(text(err["traceback"].rstrip(), "red"))
     return 0
 
 
@@ -378,6 +383,11 @@ async def cmd_notifications(c: Any, a: argparse.Namespace, out: Out) -> int:
             text(error_text(r.get("error")), "red"),
         )
     out.print(t)
+    for r in rows:  # each handler traceback once, under the table
+        err = r.get("error")
+        if isinstance(err, dict) and err.get("traceback"):
+            out.print(text(f"\ntraceback of job {r.get('job_id')} stage {r.get('stage')}:", "bold"))
+            out.print(text(err["traceback"].rstrip(), "red"))
     return 0
 
 

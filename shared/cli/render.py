@@ -206,6 +206,9 @@ def task_details(v: dict[str, Any]) -> Any:
                 res = text("-", "dim")
             t.add_row(text(i), text(command_summary(cmd)), res)
         parts.append(t)
+    tb = (v.get("error") or {}).get("traceback") if isinstance(v.get("error"), dict) else None
+    if tb:
+        parts += [text(""), text("traceback of the failed stage's handler:", "bold"), text(tb.rstrip(), "red")]
     return Group(*parts)
 
 
