@@ -13,7 +13,7 @@ from stagewise import errors
 from stagewise.errors import RpcError
 from stagewise.manager import dashboard
 from stagewise.manager.metrics import metrics_handler
-from stagewise.manager.rpc import Dispatcher
+from stagewise.manager.rpc import Dispatcher, NoParams
 from stagewise.manager.store import Store
 from stagewise.status import HTTP_CODE, Status
 
@@ -83,6 +83,10 @@ def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
             {"status": status, "stage": int(h["stage"]), "stages": int(h["stages"])}, HTTP_CODE[status]
         )
 
+    async def openrpc(request: web.Request) -> web.Response:
+        # the same document as the method rpc.discover, behind the same token check
+        return _json(await dispatcher.api.discover(NoParams()))
+
     tokens = [t.encode() for t in store.settings.api_tokens]
     inflight = asyncio.Semaphore(store.settings.max_inflight)  # served at once
     waiting = [0]  # requests waiting for a slot
@@ -132,6 +136,7 @@ def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
     app.router.add_get("/tasks/{id}", task_view)
     app.router.add_get("/tasks/{id}/status", task_status)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/openrpc.json", openrpc)
     app.router.add_get("/metrics", metrics_handler(store))
     dashboard.setup(app)  # GET /: the web dashboard (its shell is public, its data is not)
     return app

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 from msgspec import Meta, Struct
@@ -173,7 +173,9 @@ class Api:
             "notifications.list": (NotificationsParams, self.notifications),
             "notifications.ack": (AckParams, self.ack),
             "system.info": (NoParams, self.info),
+            "rpc.discover": (NoParams, self.discover),
         }
+        self._openrpc: dict[str, Any] | None = None
 
     async def create(self, p: CreateParams) -> Any:
         task = parse_task(p.task)
@@ -265,6 +267,19 @@ class Api:
             "namespace": s.namespace,
             "partitions": s.partitions,
         }
+
+    async def discover(self, p: NoParams) -> Any:
+        """rpc.discover: the OpenRPC document (SPEC §8), made once from the method table."""
+        if self._openrpc is None:
+            from stagewise.manager.openrpc import document
+
+            self._openrpc = document(self.methods, self.version)
+        return self._openrpc
+
+
+def schema_methods() -> dict[str, tuple[type[Struct], Handler]]:
+    """The method table, for its params types only (the OpenRPC document without a Redis)."""
+    return Api(cast(Any, None)).methods
 
 
 class Dispatcher:
