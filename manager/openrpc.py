@@ -42,6 +42,7 @@ RESULTS: dict[str, Any] = {
     "notifications.list": list[T.Notification],
     "notifications.ack": T.AckResult,
     "system.info": T.SystemInfo,
+    "apps.list": list[T.AppInfo],
     "rpc.discover": dict[str, Any],
 }
 
@@ -70,6 +71,7 @@ SUMMARIES: dict[str, str] = {
     "notifications.list": "Notifications of tasks created with notify.",
     "notifications.ack": "Acknowledge (remove) notifications.",
     "system.info": "Versions, namespace and partitions.",
+    "apps.list": "Each app's queued, running and waiting tasks, failures in the last hour, live executors and lag.",
     "rpc.discover": "This document.",
 }
 

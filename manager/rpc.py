@@ -173,6 +173,7 @@ class Api:
             "notifications.list": (NotificationsParams, self.notifications),
             "notifications.ack": (AckParams, self.ack),
             "system.info": (NoParams, self.info),
+            "apps.list": (NoParams, self.apps),
             "rpc.discover": (NoParams, self.discover),
         }
         self._openrpc: dict[str, Any] | None = None
@@ -267,6 +268,10 @@ class Api:
             "namespace": s.namespace,
             "partitions": s.partitions,
         }
+
+    async def apps(self, p: NoParams) -> Any:
+        sec, usec = await self.store.r.time()  # Redis's clock, as the indexes' scores
+        return await self.store.apps(sec + usec / 1e6)
 
     async def discover(self, p: NoParams) -> Any:
         """rpc.discover: the OpenRPC document (SPEC §8), made once from the method table."""

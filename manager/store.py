@@ -16,7 +16,7 @@ import redis.asyncio as aredis
 
 from stagewise import errors
 from stagewise.config import Settings
-from stagewise.keys import Keys, partition_of
+from stagewise.keys import Keys, parse_stream_name, partition_of
 from stagewise.manager.query import Filters, scan
 from stagewise.models import Task
 from stagewise.status import Status
@@ -265,6 +265,52 @@ class Store:
         if not exists:
             raise errors.not_found(task_id)
         return [json.loads(r) for r in rows]
+
+    async def apps(self, now: float) -> list[dict[str, Any]]:
+        """apps.list (SPEC §7), one row per app with a stream: tasks queued, running and waiting,
+        failed in the last hour, live executors (a ping within dead_after), and lag (the age of
+        its oldest QUEUED task).  Read from the per-app status indexes: a few commands per app
+        and partition, whatever the number of tasks."""
+        apps: set[str] = set()
+        for k in self.parts:
+            apps.update(parse_stream_name(name)[0] for name in await self.r.smembers(k.apps()))
+        names = sorted(apps)
+        rows: dict[str, dict[str, Any]] = {a: {"app": a, "queued": 0, "running": 0, "waiting": 0, "failed_last_hour": 0,
+                    "paused_until": None, "executors": 0, "lag": None} for a in names}  # fmt: skip
+        oldest: dict[str, float] = {}
+        live: dict[str, set[str]] = {a: set() for a in names}
+        for k in self.parts:
+            pipe = self.r.pipeline(transaction=False)
+            for a in names:
+                pipe.zcard(k.idx_app_status(a, Status.QUEUED))
+                pipe.zcard(k.idx_app_status(a, Status.RUNNING))
+                pipe.zcard(k.idx_app_status(a, Status.WAITING))
+                pipe.zcount(k.idx_app_status(a, Status.FAILED), now - 3600, "+inf")
+                pipe.zrange(k.idx_app_status(a, Status.QUEUED), 0, 0, withscores=True)
+            pipe.zrangebyscore(k.executors(), now - self.settings.dead_seconds, "+inf")
+            got = await pipe.execute()
+            eids = got.pop()
+            for i, a in enumerate(names):
+                queued, running, waiting, failed, first = got[i * 5 : i * 5 + 5]
+                row = rows[a]
+                row["queued"] += queued
+                row["running"] += running
+                row["waiting"] += waiting
+                row["failed_last_hour"] += failed
+                if first:
+                    oldest[a] = min(oldest.get(a, first[0][1]), first[0][1])
+            if eids:
+                pipe = self.r.pipeline(transaction=False)
+                for eid in eids:
+                    pipe.hget(k.executor(eid), "app")
+                for eid, app in zip(eids, await pipe.execute(), strict=True):
+                    if app in live:
+                        live[app].add(eid)
+        for a in names:
+            rows[a]["executors"] = len(live[a])
+            if a in oldest:
+                rows[a]["lag"] = max(0.0, now - oldest[a])
+        return list(rows.values())
 
     async def executors(self) -> list[dict[str, Any]]:
         """Live executors (registered and not yet reaped), with their running count."""

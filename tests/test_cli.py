@@ -281,6 +281,29 @@ async def test_create_wait_follows_the_task_and_exits_by_outcome(m: ManagerProc,
     assert some_failed.rc == 1 and "1 FINISHED, 1 FAILED" in some_failed.out
 
 
+async def test_apps_overview(m: ManagerProc) -> None:
+    """`stagewise apps` (apps.list): per app queued / running / waiting / failed in the last
+    hour / lag / live executors, and a warning where queued work has no executor to run it."""
+    lonely = uid("lonely").replace("-", "")
+    tid = uid("lo")
+    await m.rpc("tasks.create", {"task": {"id": tid, "app": lonely, "commands": [{"method": "x.y"}]}})
+    waiting = uid("wa")
+    await m.rpc("tasks.create", {"task": {"id": waiting, "app": "demo", "commands": [{"message": {}}]}})
+    failing = uid("fa")
+    await m.rpc("tasks.create", {"task": {"id": failing, "app": "demo", "commands": [{"method": "demo.fail"}]}})
+    await until(m, failing, {"FAILED"})
+    rows = {r["app"]: r for r in ok(await sw(m, "apps", "--json")).json()}
+    assert rows[lonely]["queued"] == 1 and rows[lonely]["executors"] == 0
+    assert isinstance(rows[lonely]["lag"], float) and rows[lonely]["lag"] >= 0
+    assert rows["demo"]["executors"] == 1 and rows["demo"]["waiting"] >= 1
+    assert rows["demo"]["failed_last_hour"] >= 1 and rows["demo"]["paused_until"] is None
+    shown = ok(await sw(m, "apps"))
+    assert lonely in shown.out and "FAILED 1H" in shown.out
+    assert f"{lonely}: queued work and no live executor" in shown.out
+    assert "demo: queued work" not in shown.out
+    await m.rpc("tasks.cancel", {"ids": [tid, waiting], "dry_run": False})
+
+
 async def test_send(m: ManagerProc) -> None:
     tid = uid()
     task = {

@@ -20,6 +20,7 @@ from stagewise.cli.render import (
     STATUS_STYLE,
     Out,
     age,
+    apps_table,
     batch_table,
     clock,
     command_summary,
@@ -318,6 +319,23 @@ async def _wait_all(c: Any, ids: list[str], interval: float, out: Out) -> int:
     return 2 if counts[Status.CANCELED] else 0
 
 
+async def cmd_apps(c: Any, a: argparse.Namespace, out: Out) -> int:
+    """Each app at a glance (apps.list), like `rq info`; with --watch, redrawn every interval
+    until Ctrl-C.  An app with queued work and no live executor is flagged: nothing will run it."""
+    if out.as_json:
+        out.json(await c.apps())
+        return 0
+    if not a.watch:
+        out.print(apps_table(await c.apps()))
+        return 0
+    from rich.live import Live
+
+    with Live(apps_table(await c.apps()), console=out.console, refresh_per_second=4) as live:
+        while True:
+            await asyncio.sleep(a.interval)
+            live.update(apps_table(await c.apps()))
+
+
 async def cmd_executors(c: Any, a: argparse.Namespace, out: Out) -> int:
     rows = await c.executors()
     if out.as_json:
@@ -415,6 +433,7 @@ TASK_COMMANDS: dict[str, Handler] = {
     "clean": task_clean,
 }
 COMMANDS: dict[str, Handler] = {
+    "apps": cmd_apps,
     "executors": cmd_executors,
     "group": cmd_group,
     "notifications": cmd_notifications,

@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--older-than", type=duration, metavar="SECONDS", help="age (3600, 2h, 7d; default 7d)")
     c.add_argument("--yes", action="store_true", help="apply (the default is a dry run)")
 
+    c = sub.add_parser("apps", parents=[common], help="each app at a glance: queued, running, failing, lag")
+    c.add_argument("--watch", action="store_true", help="redraw every --interval seconds until Ctrl-C")
+    c.add_argument("--interval", type=float, default=2.0, help="seconds between redraws (default 2)")
     sub.add_parser("executors", parents=[common], help="the live executors")
     c = sub.add_parser("group", parents=[common], help="counts of a group's tasks by status")
     c.add_argument("name")

@@ -266,3 +266,34 @@ def watch_panel(v: dict[str, Any]) -> Any:
     if waiting:
         t.add_row(text(""), text(waiting, "cyan"))
     return t
+
+
+def apps_table(rows: Sequence[dict[str, Any]]) -> Any:
+    """`stagewise apps`: one line per app; a warning under an app that has queued work and no
+    live executor."""
+    from rich.console import Group
+
+    if not rows:
+        return text("no apps yet: none has had a task", "dim")
+    t = table("APP", "QUEUED", "RUNNING", "WAITING", "FAILED 1H", "LAG", "EXECUTORS", "PAUSED")
+    stranded = []
+    for r in rows:
+        lag = r.get("lag")
+        paused = r.get("paused_until")
+        t.add_row(
+            text(r.get("app"), "bold"),
+            text(r.get("queued")),
+            text(r.get("running")),
+            text(r.get("waiting")),
+            text(r.get("failed_last_hour"), "red" if r.get("failed_last_hour") else ""),
+            text(seconds(lag) if isinstance(lag, int | float) else "-"),
+            text(r.get("executors"), "red" if not r.get("executors") else ""),
+            text(f"until {clock(paused)}" if paused else "-"),
+        )
+        if r.get("queued") and not r.get("executors"):
+            stranded.append(r.get("app"))
+    if not stranded:
+        return t
+    notes = [text(f"{app}: queued work and no live executor (start: stagewise executor MODULE:APP)", "yellow")
+             for app in stranded]  # fmt: skip
+    return Group(t, *notes)

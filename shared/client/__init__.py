@@ -42,6 +42,7 @@ from stagewise.client.errors import (
 from stagewise.client.sync import Client
 from stagewise.client.types import (
     AckResult,
+    AppInfo,
     Attempt,
     BatchResult,
     CreateManyResult,
@@ -83,6 +84,7 @@ __all__ = [
     "Attempt",
     "GroupInfo",
     "CreateManyResult",
+    "AppInfo",
     "ExecutorInfo",
     "Notification",
     "AckResult",

@@ -23,6 +23,7 @@ from stagewise import status as _status
 from stagewise.client.errors import StagewiseError, TransportError, Unauthorized, error_from
 from stagewise.client.types import (
     AckResult,
+    AppInfo,
     Attempt,
     BatchResult,
     CreateManyResult,
@@ -320,6 +321,12 @@ class AsyncClient:
     async def group(self, group: str) -> GroupInfo:
         """groups.get: ``{group, total, by_status}``."""
         result: GroupInfo = await self.call("groups.get", group=group)
+        return result
+
+    async def apps(self) -> builtins.list[AppInfo]:
+        """apps.list: each app's queued / running / waiting tasks, failures in the last hour,
+        live executors and lag."""
+        result: builtins.list[AppInfo] = await self.call("apps.list")
         return result
 
     async def executors(self) -> builtins.list[ExecutorInfo]:

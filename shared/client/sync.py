@@ -118,6 +118,7 @@ class Client:
     clean = _sync(AsyncClient.clean)
     wait = _sync(AsyncClient.wait)
     group = _sync(AsyncClient.group)
+    apps = _sync(AsyncClient.apps)
     executors = _sync(AsyncClient.executors)
     notifications = _sync(AsyncClient.notifications)
     ack = _sync(AsyncClient.ack)

@@ -143,6 +143,19 @@ class AckResult(TypedDict):
     acked: int
 
 
+class AppInfo(TypedDict):
+    """apps.list: one app's work at a glance."""
+
+    app: str
+    queued: int
+    running: int
+    waiting: int
+    failed_last_hour: int
+    paused_until: float | None
+    executors: int  # live: pinged within dead_after
+    lag: float | None  # seconds since the oldest QUEUED task was queued
+
+
 class SystemInfo(TypedDict):
     version: str
     redis_version: str
