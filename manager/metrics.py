@@ -23,10 +23,15 @@ and app, `{ns:p}:m:<app>` (`Keys.metrics`), with the fields:
   s|<outcome>|<method>        HINCRBYFLOAT seconds: the sum of those durations
   retries                     HINCRBY 1: failed attempts that will be retried
   f|<code>                    HINCRBY 1: tasks that ended FAILED, by error code
+  created                     HINCRBY 1: tasks stored (create, create_many, replace)
+  e|<status>                  HINCRBY 1: runs that ended FINISHED, FAILED or CANCELED
 which this module reads as
   stagewise_stage_duration_seconds{app,method,outcome}  histogram
   stagewise_retries_total{app}
   stagewise_failures_total{app,code}
+  stagewise_tasks_created_total{app}
+  stagewise_tasks_ended_total{app,status}
+and stagewise_build_info{version} is 1 with the manager's version.
 Durations run from the stage's start (claim, or the previous commit) to its commit or failure,
 on Redis's clock.  Attempts cut short by a dead executor or a hand-back are not observed.
 """
@@ -40,11 +45,18 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+import stagewise
 from stagewise import log as slog
 from stagewise.keys import DURATION_BUCKETS, GROUP, Keys, parse_stream_name
 from stagewise.manager.store import Store
@@ -93,6 +105,8 @@ class Snapshot:
     stages: dict[tuple[str, str, str], Histogram] = field(default_factory=dict)  # (app, method, outcome)
     retries: dict[str, int] = field(default_factory=dict)  # app
     failures: dict[tuple[str, str], int] = field(default_factory=dict)  # (app, code)
+    created: dict[str, int] = field(default_factory=dict)  # app
+    ended: dict[tuple[str, str], int] = field(default_factory=dict)  # (app, status)
 
 
 def _add(d: dict[Any, int], key: Any, n: int) -> None:
@@ -200,6 +214,10 @@ def _aggregates(snap: Snapshot, app: str, h: dict[str, str]) -> None:
                 _add(snap.retries, app, int(v))
             elif kind == "f":
                 _add(snap.failures, (app, rest), int(v))
+            elif kind == "created":
+                _add(snap.created, app, int(v))
+            elif kind == "e":
+                _add(snap.ended, (app, rest), int(v))
         except ValueError:
             continue  # a malformed field must not fail the scrape
 
@@ -278,6 +296,22 @@ class SnapshotCollector(Collector):
         for (app, code), n in sorted(s.failures.items()):
             failures.add_metric([app, code], n)
         yield failures
+
+        created = CounterMetricFamily("stagewise_tasks_created", "Tasks stored.", labels=["app"])
+        for app, n in sorted(s.created.items()):
+            created.add_metric([app], n)
+        yield created
+
+        ended = CounterMetricFamily(
+            "stagewise_tasks_ended", "Runs that ended, by final status.", labels=["app", "status"]
+        )
+        for (app, status), n in sorted(s.ended.items()):
+            ended.add_metric([app, status], n)
+        yield ended
+
+        info = InfoMetricFamily("stagewise_build", "The manager's version.")
+        info.add_metric([], {"version": stagewise.__version__})
+        yield info
 
 
 def render(snap: Snapshot) -> bytes:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import stagewise
 from stagewise.config import Settings
 from stagewise.keys import Keys
 from stagewise.manager.metrics import gather, render
@@ -190,3 +191,7 @@ async def test_counters_and_histograms_move(daemons: Any) -> None:
     assert val(s, f"{h}_count", app="demo", method="demo.fail", outcome="error") == 2  # tried twice
     assert val(s, "stagewise_retries_total", app="demo") == 1
     assert val(s, "stagewise_failures_total", app="demo", code="STAGE_ERROR") == 1
+    assert val(s, "stagewise_tasks_created_total", app="demo") == 4
+    assert val(s, "stagewise_tasks_ended_total", app="demo", status="FINISHED") == 3
+    assert val(s, "stagewise_tasks_ended_total", app="demo", status="FAILED") == 1
+    assert val(s, "stagewise_build_info", version=stagewise.__version__) == 1

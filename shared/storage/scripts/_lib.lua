@@ -100,6 +100,9 @@ local function set_status(tkey, id, app, old, new, ts, t)
   t = t or prefetch(tkey, STATUS_FIELDS)
   reindex(id, app, old, new, ts, t.tags, t.group)
   if old == new then return end
+  if TERMINAL[new] then
+    redis.call('HINCRBY', k_metrics(app), 'e|' .. new, 1)  -- stagewise_tasks_ended_total
+  end
   if t.notify == '1' then
     local nid = redis.call('XADD', k_notes(), 'MAXLEN', '~', 100000, '*', 'task_id', id,
       'job_id', t.job_id or '', 'status', new, 'error', t.error or '')
@@ -268,6 +271,7 @@ local function store_new(k, a, ts)
   for _, v in ipairs({'id', id, 'app', app, 'created', fmt(ts), 'stage', '0'}) do fields[#fields + 1] = v end
   redis.call('HSET', tkey, unpack(fields))
 
+  redis.call('HINCRBY', k_metrics(app), 'created', 1)  -- stagewise_tasks_created_total
   local due_at = tonumber(a.due_at)
   if a.enabled ~= '1' then
     redis.call('HSET', tkey, 'next_run', '')
