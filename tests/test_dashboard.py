@@ -165,6 +165,11 @@ async def test_dashboard_in_chromium(daemons: Any) -> None:
             await expect(page.locator(".description")).to_contain_text(HOSTILE)
             await expect(page.locator("#attempts tbody tr")).to_have_count(2)
             await expect(page.locator("#btn-restart")).to_be_disabled()
+            # the timeline: the run's two attempts as bars, and what the task waits for now
+            await expect(page.locator("#timeline .tl-row")).to_have_count(2)
+            await expect(page.locator("#timeline .tl-bar").first).to_have_attribute("data-outcome", "ok")
+            await expect(page.locator("#wait-note")).to_contain_text(f"stagewise task send {order}")
+            await expect(page.locator("#no-executor")).to_be_hidden()
 
             # a message sent behind the page's back shows up by itself (the page polls)
             await m.rpc("tasks.send", {"id": order, "data": {"approved": True}})
@@ -196,6 +201,20 @@ async def test_dashboard_in_chromium(daemons: Any) -> None:
             await expect(page.locator("#task-status")).to_have_text("FAILED", timeout=WAIT)
             await expect(page.locator("#task-traceback")).to_contain_text("Traceback (most recent call last)")
             await expect(page.locator("#task-traceback")).to_contain_text("RuntimeError")
+            await expect(page.locator("#timeline .tl-bar").last).to_have_attribute("data-outcome", "error")
+
+            # the list refreshes by itself, and a task is found by its id
+            await page.click("nav a[data-nav=tasks]")
+            await expect(rows).to_have_count(6, timeout=WAIT)
+            stranded = uid("nobody")
+            await m.rpc("tasks.create", {"task": {"id": stranded, "app": "nobody", "commands": [{"method": "x.y"}]}})
+            await expect(rows).to_have_count(7, timeout=WAIT)
+            await page.fill("#goto-id", stranded)
+            await page.click("#goto button[type=submit]")
+            await expect(page).to_have_url(f"{m.url}/#/task/{stranded}", timeout=WAIT)
+            await expect(page.locator("#task-status")).to_have_text("QUEUED", timeout=WAIT)
+            # queued work of an app that no live executor serves: the page says so
+            await expect(page.locator("#no-executor")).to_contain_text("No live executor serves app nobody")
 
             assert await page.evaluate("window.__xss") is None
             assert errors == []

@@ -10,6 +10,7 @@ const STATUSES = ["IDLE", "QUEUED", "RUNNING", "WAITING", "SUSPENDED", "FINISHED
 const TERMINAL = new Set(["FINISHED", "FAILED", "CANCELED"]);
 const TASK_POLL_MS = 1000;
 const EXECUTORS_POLL_MS = 2000;
+const TASKS_POLL_MS = 3000;
 
 let timer = null; // the pending refresh of the current view
 let generation = 0; // bumped on every navigation: work started for an older view is dropped
@@ -89,6 +90,14 @@ function fmtAgo(t) {
   if (s < 60) return s.toFixed(1) + " s ago";
   if (s < 3600) return Math.floor(s / 60) + " min ago";
   return fmtTime(t);
+}
+
+function fmtDur(s) {
+  if (s === null || s === undefined || Number.isNaN(s)) return "—";
+  if (s < 1) return Math.round(s * 1000) + " ms";
+  if (s < 60) return s.toFixed(1) + " s";
+  if (s < 3600) return Math.floor(s / 60) + "m" + pad(Math.floor(s % 60)) + "s";
+  return Math.floor(s / 3600) + "h" + pad(Math.floor((s % 3600) / 60)) + "m";
 }
 
 function json(value) {
@@ -214,16 +223,46 @@ function filterForm(q) {
   return form;
 }
 
+function goToTask() {
+  const input = el("input", { name: "id", id: "goto-id", placeholder: "task id", autocomplete: "off" });
+  return el("form", { id: "goto", class: "goto",
+    onsubmit: (ev) => {
+      ev.preventDefault();
+      const id = input.value.trim();
+      if (id) location.hash = "#/task/" + encodeURIComponent(id);
+    } },
+  input, el("button", { type: "submit" }, "Open"));
+}
+
 async function tasksView(gen, q) {
   const form = filterForm(q);
-  let page;
-  try {
-    page = await rpc("tasks.list", listParams(q));
-  } catch (err) {
-    if (!(err instanceof AuthError)) render(gen, el("h2", {}, "Tasks"), form);
-    return failed(gen, err);
-  }
-  afterAuth();
+  let shown = false;
+  const refresh = async () => {
+    let page;
+    try {
+      page = await rpc("tasks.list", listParams(q));
+    } catch (err) {
+      if (!shown && !(err instanceof AuthError)) render(gen, el("h2", {}, "Tasks"), goToTask(), form);
+      failed(gen, err);
+      if (gen === generation && !(err instanceof AuthError)) timer = setTimeout(refresh, TASKS_POLL_MS * 2);
+      return;
+    }
+    if (gen !== generation) return;
+    afterAuth();
+    showError("");
+    const [table, pager] = tasksTable(page, q);
+    if (!shown) {
+      shown = render(gen, el("h2", {}, "Tasks"), goToTask(), form, table, pager);
+    } else {
+      $("#tasks").replaceWith(table); // the list refreshes itself; the form keeps what is typed
+      $("#pager").replaceWith(pager);
+    }
+    timer = setTimeout(refresh, TASKS_POLL_MS);
+  };
+  await refresh();
+}
+
+function tasksTable(page, q) {
   const rows = page.items.map((t) =>
     el("tr", { "data-id": t.id },
       el("td", { class: "id" }, el("a", { href: "#/task/" + encodeURIComponent(t.id) }, t.id)),
@@ -236,7 +275,7 @@ async function tasksView(gen, q) {
   const table = el("table", { id: "tasks", "data-query": q.toString() },
     el("thead", {}, el("tr", {}, ["ID", "App", "Status", "Stage", "Tags", "Updated", "Error"].map((h) => el("th", {}, h)))),
     el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 7, class: "muted empty" }, "No tasks match."))));
-  const pager = el("div", { class: "pager" });
+  const pager = el("div", { class: "pager", id: "pager" });
   if (q.get("cursor")) {
     const first = new URLSearchParams(q);
     first.delete("cursor");
@@ -247,7 +286,7 @@ async function tasksView(gen, q) {
     next.set("cursor", page.next_cursor);
     pager.append(el("a", { class: "button", href: "#/tasks?" + next, id: "next-page" }, "Next page »"));
   }
-  render(gen, el("h2", {}, "Tasks"), form, table, pager);
+  return [table, pager];
 }
 
 // ------------------------------------------------------------------------------------------ one task
@@ -321,6 +360,43 @@ function attemptsTable(attempts) {
     el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 8, class: "muted empty" }, "No attempts yet."))));
 }
 
+// What a WAITING task waits for, with the time left (recomputed every second by the page).
+function waitText(task) {
+  if (task.status !== "WAITING") return "";
+  const cmd = (task.commands || [])[task.stage] || {};
+  const left = task.wait_deadline ? Math.max(0, task.wait_deadline - Date.now() / 1000) : null;
+  if ("timer" in cmd) return "Timer: resumes in " + fmtDur(left) + ".";
+  const m = cmd.message || {};
+  let text = "Waiting for a message: send it with  stagewise task send " + task.id + " '<JSON>'  (or tasks.send).";
+  if (left !== null) text += " Times out in " + fmtDur(left) + ", then " + (m.on_timeout === "fail" ? "fails." : "goes on.");
+  return text;
+}
+
+// The current run, stage by stage: each attempt as a bar on one time axis (its start and
+// duration), and the wait the task is in now.
+function timeline(task, attempts) {
+  const mine = attempts.filter((a) => a.job_id === task.job_id && typeof a.started === "number");
+  const now = Date.now() / 1000;
+  const t0 = mine.length ? Math.min(...mine.map((a) => a.started)) : null;
+  const t1 = Math.max(now, ...mine.map((a) => a.ended || now));
+  const span = t0 === null ? 1 : Math.max(t1 - t0, 0.001);
+  const rows = mine.map((a) => {
+    const end = typeof a.ended === "number" ? a.ended : now;
+    const left = ((a.started - t0) / span) * 100;
+    const width = Math.max(((end - a.started) / span) * 100, 0.5);
+    const bar = el("span", { class: "tl-bar", "data-outcome": a.outcome || "running" });
+    bar.style.left = left.toFixed(2) + "%"; // through CSSOM: the page's CSP refuses style attributes
+    bar.style.width = width.toFixed(2) + "%";
+    return el("div", { class: "tl-row", "data-stage": a.stage },
+      el("span", { class: "tl-label" }, "stage " + a.stage),
+      el("span", { class: "tl-track" }, bar),
+      el("span", { class: "tl-text" }, fmtDur(end - a.started) + " · " + (a.outcome || "running")));
+  });
+  return el("div", { id: "timeline" },
+    rows.length ? rows : el("p", { class: "muted" }, "No attempt in this run yet."),
+    el("p", { id: "wait-note", class: "wait-note", hidden: task.status !== "WAITING" }, waitText(task)));
+}
+
 function taskBody(task, attempts) {
   const live = !TERMINAL.has(task.status);
   const parts = [
@@ -337,7 +413,10 @@ function taskBody(task, attempts) {
       e.traceback ? el("pre", { class: "traceback", id: "task-traceback" }, e.traceback) : null));
   }
   parts.push(
+    el("p", { id: "no-executor", class: "warning", hidden: true }),
     summary(task),
+    el("h3", {}, "Timeline"),
+    timeline(task, attempts),
     el("h3", {}, "Stages"),
     el("table", { id: "stages" },
       el("thead", {}, el("tr", {}, ["#", "Kind", "What", "Params", "Result"].map((h) => el("th", {}, h)))),
@@ -422,9 +501,29 @@ function taskView(gen, id) {
       if (open) $("#kws").open = true;
       bar.update(task);
     }
+    const note = $("#wait-note");
+    if (note) note.textContent = waitText(task); // the countdown moves on every tick
+    await warnIfNoExecutor(task);
+    if (gen !== generation || mine !== seq) return;
     if (!TERMINAL.has(task.status)) timer = setTimeout(tick, TASK_POLL_MS);
   };
   tick();
+}
+
+// Work that waits for an executor while none of its app is alive would wait for ever: say so.
+async function warnIfNoExecutor(task) {
+  const box = $("#no-executor");
+  if (!box) return;
+  let none = false;
+  if (task.status === "QUEUED" || task.status === "SUSPENDED") {
+    try {
+      none = !(await rpc("executors.list")).some((e) => e.app === task.app);
+    } catch {
+      none = false; // the task view's own refresh reports errors
+    }
+  }
+  box.hidden = !none;
+  box.textContent = none ? "No live executor serves app " + task.app + ": start one with  stagewise executor MODULE:APP." : "";
 }
 
 // ------------------------------------------------------------------------------------------ executors
