@@ -43,6 +43,7 @@ RESULTS: dict[str, Any] = {
     "notifications.ack": T.AckResult,
     "system.info": T.SystemInfo,
     "apps.list": list[T.AppInfo],
+    "stats.history": dict[str, Any],
     "rpc.discover": dict[str, Any],
 }
 
@@ -73,6 +74,8 @@ SUMMARIES: dict[str, str] = {
     "system.info": "Versions, namespace and partitions.",
     "apps.list": "Each app's queued, running and waiting tasks, failures in the last hour, live executors and lag.",
     "rpc.discover": "This document.",
+    "stats.history": "The last hour, per minute: tasks created, finished and failed, queue depth and lag per app, "
+    "stage duration p50 and p95 per method (beyond SPEC: the dashboard's home page).",
 }
 
 

@@ -174,6 +174,7 @@ class Api:
             "notifications.ack": (AckParams, self.ack),
             "system.info": (NoParams, self.info),
             "apps.list": (NoParams, self.apps),
+            "stats.history": (NoParams, self.stats),
             "rpc.discover": (NoParams, self.discover),
         }
         self._openrpc: dict[str, Any] | None = None
@@ -272,6 +273,11 @@ class Api:
     async def apps(self, p: NoParams) -> Any:
         sec, usec = await self.store.r.time()  # Redis's clock, as the indexes' scores
         return await self.store.apps(sec + usec / 1e6)
+
+    async def stats(self, p: NoParams) -> Any:
+        from stagewise.manager.stats import history
+
+        return await history(self.store)
 
     async def discover(self, p: NoParams) -> Any:
         """rpc.discover: the OpenRPC document (SPEC §8), made once from the method table."""

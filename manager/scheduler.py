@@ -33,6 +33,7 @@ import redis.asyncio as aredis
 
 from stagewise import log as slog
 from stagewise.keys import GROUP, Keys, split_member
+from stagewise.manager import stats
 from stagewise.manager.store import Store
 from stagewise.policy import catch_up_cron
 from stagewise.storage import calls
@@ -81,6 +82,8 @@ class Scheduler:
         ]
         if settings.clean_after:
             self.roles.append(Role("clean", min(CLEAN_EVERY, settings.clean_after), self.clean))
+        if settings.stats_every:  # the dashboard's last hour (manager/stats.py)
+            self.roles.append(Role("stats", settings.stats_every, lambda now: stats.sample(store, now)))
         # What the roles are doing, for tests and diagnostics: the roles in a step right now,
         # and how many steps each has ended (with or without an error).
         self.busy: set[str] = set()

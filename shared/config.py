@@ -37,6 +37,7 @@ class Settings:
     max_inflight: int = 256  # HTTP requests served at once; more get 503
     clean_after: float = 0.0  # s; the manager cleans terminal tasks older than this (0 = never)
     notify_retention: float = 7 * 86400.0  # s notifications are kept
+    stats_every: float = 60.0  # s between the dashboard's samples of counters and queues (0 = off)
     _sources: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @property

@@ -154,6 +154,11 @@ class Keys:
         that started from the oldest every time would stall on them."""
         return f"{self.prefix}:cc"
 
+    def stats(self) -> str:
+        """Hash minute -> JSON sample of the counters and queues (partition 0 only): the
+        dashboard's last hour (manager/stats.py)."""
+        return f"{self.prefix}:stats"
+
     def lock(self, name: str) -> str:
         """Short-lived lock so that one manager at a time runs a periodic job that is not
         itself idempotent (stream trimming)."""

@@ -62,7 +62,7 @@ async def _shot(page: Any, name: str) -> None:
 async def test_dashboard_in_chromium(daemons: Any) -> None:
     if not shutil.which(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing (`make test` installs it with apt)", pytrace=False)
-    m = await daemons.manager(STAGEWISE_API_TOKENS=f"{TOKEN},other-token")
+    m = await daemons.manager(STAGEWISE_API_TOKENS=f"{TOKEN},other-token", STAGEWISE_STATS_EVERY="0.5")
     await daemons.executor("examples.app:app", concurrency=4, STAGEWISE_GRACE="1")
     await wait_for(lambda: m.rpc("executors.list"), timeout=15, what="the demo executor to register")
 
@@ -111,13 +111,23 @@ async def test_dashboard_in_chromium(daemons: Any) -> None:
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("dialog", lambda d: d.accept())  # the confirm() before cancel
 
-            # sign in: a wrong token is refused, the right one shows every task
+            # sign in: a wrong token is refused, the right one opens the overview
             await page.goto(f"{m.url}/")
             await page.fill("#token", "wrong")
             await page.click("#login button[type=submit]")
             await expect(page.locator("#login")).to_contain_text("refused", timeout=WAIT)
             await page.fill("#token", TOKEN)
             await page.click("#login button[type=submit]")
+            # the overview: each app's counts, and the last hour's charts (samples every 0.5 s
+            # here: the page's own refresh brings the lines in)
+            await expect(page.locator('#apps tr[data-app="demo"]')).to_be_visible(timeout=WAIT)
+            await expect(page.locator('#apps tr[data-app="demo"] td').nth(6)).to_have_text("1")
+            await expect(page.locator("#chart-finished polyline, #chart-finished circle").first).to_be_attached(
+                timeout=WAIT + 12_000
+            )
+            await expect(page.locator("#chart-p50 figcaption")).to_have_text("Stage duration p50, per method")
+            await _shot(page, "dashboard-home.png")
+            await page.click("nav a[data-nav=tasks]")
             rows = page.locator("#tasks tbody tr[data-id]")
             await expect(rows).to_have_count(6, timeout=WAIT)
             await expect(page.locator(f'#tasks tr[data-id="{failed}"]')).to_contain_text("STAGE_ERROR")

@@ -11,6 +11,9 @@ const TERMINAL = new Set(["FINISHED", "FAILED", "CANCELED"]);
 const TASK_POLL_MS = 1000;
 const EXECUTORS_POLL_MS = 2000;
 const TASKS_POLL_MS = 3000;
+const OVERVIEW_POLL_MS = 10000;
+const SVG = "http://www.w3.org/2000/svg";
+const PALETTE = ["#4a8fd8", "#d8544a", "#49a86a", "#e0a03a", "#8a5cc8", "#3ab0b8", "#c85c9a", "#7a7a7a"];
 
 let timer = null; // the pending refresh of the current view
 let generation = 0; // bumped on every navigation: work started for an older view is dropped
@@ -526,6 +529,98 @@ async function warnIfNoExecutor(task) {
   box.textContent = none ? "No live executor serves app " + task.app + ": start one with  stagewise executor MODULE:APP." : "";
 }
 
+// ------------------------------------------------------------------------------------------ overview
+
+function svg(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+// A line chart of `series` ({name: [value or null per point]}) over the times `t` (UNIX s):
+// plain SVG, one polyline per series, the largest value on the axis, a legend under it.
+function chart(id, title, t, series, fmt) {
+  const names = Object.keys(series).filter((n) => series[n].some((v) => v !== null && v !== undefined));
+  const box = el("figure", { class: "chart", id },
+    el("figcaption", {}, title));
+  if (!t.length || !names.length) {
+    box.append(el("p", { class: "muted empty" }, "No data in the last hour yet."));
+    return box;
+  }
+  const W = 520, H = 140, L = 48, B = 18;
+  const max = Math.max(...names.flatMap((n) => series[n].filter((v) => typeof v === "number")), 0) || 1;
+  const x = (i) => L + (t.length === 1 ? (W - L) / 2 : (i / (t.length - 1)) * (W - L - 4));
+  const y = (v) => H - B - (v / max) * (H - B - 8);
+  const plot = svg("svg", { viewBox: "0 0 " + W + " " + H, class: "plot", role: "img", "aria-label": title });
+  plot.append(svg("line", { x1: L, y1: H - B, x2: W, y2: H - B, class: "axis" }));
+  plot.append(svg("text", { x: L - 6, y: 14, "text-anchor": "end", class: "tick" }, fmt(max)));
+  plot.append(svg("text", { x: L - 6, y: H - B, "text-anchor": "end", class: "tick" }, fmt(0)));
+  const clock = (ts) => { const d = new Date(ts * 1000); return pad(d.getHours()) + ":" + pad(d.getMinutes()); };
+  plot.append(svg("text", { x: L, y: H - 2, class: "tick" }, clock(t[0])));
+  plot.append(svg("text", { x: W, y: H - 2, "text-anchor": "end", class: "tick" }, clock(t[t.length - 1])));
+  const legend = el("div", { class: "legend" });
+  names.forEach((n, i) => {
+    const color = PALETTE[i % PALETTE.length];
+    const points = series[n].map((v, j) => (typeof v === "number" ? x(j).toFixed(1) + "," + y(v).toFixed(1) : null));
+    // a gap (null) ends a line: draw each run of points as its own polyline
+    let run = [];
+    for (const p of [...points, null]) {
+      if (p !== null) { run.push(p); continue; }
+      if (run.length === 1) plot.append(svg("circle", { cx: run[0].split(",")[0], cy: run[0].split(",")[1], r: 2, fill: color }));
+      if (run.length > 1) plot.append(svg("polyline", { points: run.join(" "), fill: "none", stroke: color, "stroke-width": 1.8, "data-series": n }));
+      run = [];
+    }
+    const last = series[n].filter((v) => typeof v === "number").pop();
+    const swatch = el("span", { class: "swatch" });
+    swatch.style.background = color; // CSSOM: the page's CSP refuses style attributes
+    legend.append(el("span", { class: "key" }, swatch, n + " ", el("span", { class: "muted" }, last === undefined ? "" : fmt(last))));
+  });
+  box.append(plot, legend);
+  return box;
+}
+
+async function overviewView(gen) {
+  let hist, apps;
+  try {
+    [hist, apps] = await Promise.all([rpc("stats.history"), rpc("apps.list")]);
+  } catch (err) {
+    failed(gen, err);
+    if (gen === generation && !(err instanceof AuthError)) timer = setTimeout(() => overviewView(gen), OVERVIEW_POLL_MS);
+    return;
+  }
+  afterAuth();
+  showError("");
+  const count = (v) => String(Math.round(v));
+  const secs = (v) => fmtDur(v);
+  const rows = apps.map((a) =>
+    el("tr", { "data-app": a.app, class: a.queued && !a.executors ? "stranded" : "" },
+      el("td", {}, el("a", { href: "#/tasks?app=" + encodeURIComponent(a.app) }, a.app)),
+      el("td", { class: "num" }, String(a.queued)),
+      el("td", { class: "num" }, String(a.running)),
+      el("td", { class: "num" }, String(a.waiting)),
+      el("td", { class: "num" }, String(a.failed_last_hour)),
+      el("td", {}, a.lag === null ? "—" : fmtDur(a.lag)),
+      el("td", { class: "num" }, String(a.executors))));
+  const stranded = apps.filter((a) => a.queued && !a.executors).map((a) => a.app);
+  const perMinute = hist.every ? " per " + (hist.every >= 60 ? Math.round(hist.every / 60) + " min" : hist.every + " s") : "";
+  const charts = el("div", { class: "charts" },
+    chart("chart-finished", "Finished" + perMinute, hist.t, hist.finished, count),
+    chart("chart-failed", "Failed" + perMinute, hist.t, hist.failed, count),
+    chart("chart-queued", "Queued, per app", hist.t, hist.queued, count),
+    chart("chart-lag", "Lag (oldest queued task), per app", hist.t, hist.lag, secs),
+    chart("chart-p50", "Stage duration p50, per method", hist.t, hist.p50, secs),
+    chart("chart-p95", "Stage duration p95, per method", hist.t, hist.p95, secs));
+  const ok = render(gen, el("h2", {}, "Overview"),
+    stranded.length ? el("p", { class: "warning", id: "stranded" },
+      "Queued work and no live executor for: " + stranded.join(", ") + ". Start one with  stagewise executor MODULE:APP.") : null,
+    el("table", { id: "apps" },
+      el("thead", {}, el("tr", {}, ["App", "Queued", "Running", "Waiting", "Failed (1 h)", "Lag", "Executors"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 7, class: "muted empty" }, "No apps yet.")))),
+    el("h3", {}, "The last hour"), charts);
+  if (ok) timer = setTimeout(() => overviewView(gen), OVERVIEW_POLL_MS);
+}
+
 // ------------------------------------------------------------------------------------------ executors
 
 async function executorsView(gen) {
@@ -562,7 +657,7 @@ function route() {
   stop();
   showError("");
   const gen = ++generation;
-  const hash = location.hash.replace(/^#/, "") || "/tasks";
+  const hash = location.hash.replace(/^#/, "") || "/overview";
   const qpos = hash.indexOf("?");
   const path = qpos < 0 ? hash : hash.slice(0, qpos);
   const query = new URLSearchParams(qpos < 0 ? "" : hash.slice(qpos + 1));
@@ -577,6 +672,9 @@ function route() {
     }
     document.title = id + " · stagewise";
     taskView(gen, id);
+  } else if (path === "/overview") {
+    document.title = "overview · stagewise";
+    overviewView(gen);
   } else if (path === "/executors") {
     document.title = "executors · stagewise";
     executorsView(gen);
