@@ -137,6 +137,12 @@ install_venv() {
     else
         command -v "$PYTHON" >/dev/null 2>&1 || die "no $PYTHON: set PYTHON=/path/to/python3.11 or later"
         python_ok "$PYTHON" || die "$PYTHON is older than 3.11: set PYTHON=/path/to/python3.11 or later"
+        # the venv links to this interpreter, which the units then run as the stagewise user
+        py=$(command -v "$PYTHON")
+        if id stagewise >/dev/null 2>&1 && command -v runuser >/dev/null 2>&1 &&
+            ! (cd / && runuser -u stagewise -- "$py" -c pass >/dev/null 2>&1); then
+            die "the stagewise user cannot run $py ($(readlink -f "$py")): set PYTHON= to a Python every user can run, e.g. PYTHON=/usr/bin/python3"
+        fi
         say "creating the venv $VENV with $PYTHON"
         "$PYTHON" -m venv "$VENV"
     fi
