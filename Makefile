@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo)
 
 .DEFAULT_GOAL := test
-.PHONY: venv compile redis chromium test run lint bench chaos clean
+.PHONY: venv compile redis chromium test run lint bench chaos clean install uninstall
 
 venv: $(VENV)/.installed
 
@@ -53,6 +53,18 @@ bench: venv compile redis
 
 chaos: venv compile redis
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
+
+# The daemons as systemd services: deploy/install.sh, described in docs/deploy.md.
+#   make install [PREFIX=/opt/stagewise] [VENV=$(PREFIX)/venv] [WHEEL=dist/stagewise-X.whl]
+#                [PYTHON=python3.11] [PIP_ARGS=...] [DESTDIR=stage/]
+# VENV given here is the venv the units run; without it, $(PREFIX)/venv (the VENV above is the
+# dev venv, which install never touches).  DESTDIR= stages the files only (no venv, no systemctl).
+PREFIX ?= /opt/stagewise
+INSTALL_VENV = $(if $(filter command line,$(origin VENV)),$(VENV),$(PREFIX)/venv)
+
+install uninstall:
+	@PREFIX='$(PREFIX)' VENV='$(INSTALL_VENV)' WHEEL='$(WHEEL)' PYTHON='$(PYTHON)' \
+	  PIP_ARGS='$(PIP_ARGS)' DESTDIR='$(DESTDIR)' sh deploy/install.sh $@
 
 clean:
 	rm -rf run/ build/ .pytest_cache .mypy_cache .ruff_cache *.egg-info
