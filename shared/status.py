@@ -34,6 +34,7 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
     (Status.RUNNING, Status.FAILED): "failed attempt without retries left, execution deadline",
     (Status.WAITING, Status.QUEUED): "timer due, message received, message timeout (continue)",
     (Status.WAITING, Status.FAILED): "message timeout (fail)",
+    (Status.WAITING, Status.FINISHED): "the timer or message of the last stage resolved",
     (Status.SUSPENDED, Status.QUEUED): "due",
     # a run due at a timer or message stage waits (or passes messages already sent) at once,
     # where an executor would only have handed it on (wake.lua, restart.lua)
