@@ -32,6 +32,7 @@ from typing import Any
 import redis.asyncio as aredis
 
 from stagewise import log as slog
+from stagewise.faults import Warnings
 from stagewise.keys import GROUP, Keys, split_member
 from stagewise.manager.store import Store
 from stagewise.policy import catch_up_cron
@@ -120,12 +121,17 @@ class Scheduler:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run_role(self, role: Role, stop: asyncio.Event) -> None:
+        # Any Redis error (unreachable, out of memory, read-only, loading, a cluster slot down)
+        # is a failed step, tried again at the next interval; logged once per kind of failure,
+        # not at every tick of an outage.
+        warnings = Warnings(self.log, "tick_failed")
         while not stop.is_set():
             self.busy.add(role.name)
             try:
                 await role.step(await self.server_time())
-            except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
-                self.log.warning("tick_failed", scheduler_role=role.name, error=str(e))
+                warnings.ok(scheduler_role=role.name)
+            except REDIS_ERRORS as e:
+                warnings.failed(e, scheduler_role=role.name)
             except Exception:  # a bug must not stop this role, nor the others: log it, go on
                 self.log.exception("tick_crashed", scheduler_role=role.name)
             finally:
