@@ -44,6 +44,7 @@ from stagewise.storage.runner import Scripts
 from stagewise.storage.streams import redeliver_pending
 
 ROLE_STOP_TIMEOUT = 5.0  # s shutdown waits for heartbeat and control to end (shutdown)
+HANDBACK_TIMEOUT = 5.0  # s a stop tries to hand its unfinished runs back through Redis faults
 
 
 class Roles(NamedTuple):
@@ -108,7 +109,7 @@ class Executor:
         self.cluster = is_cluster(self.r)
         self.split = self.cluster and len(self.parts) > 1
         self.scripts = Scripts(self.r)
-        self.batcher = Batcher(self.scripts)
+        self.batcher = Batcher(self.scripts, self.log)
         self.runner = Runner(
             r=self.r,
             scripts=self.scripts,
@@ -172,11 +173,13 @@ class Executor:
         pending = [r.aio for r in self.runs.values() if r.aio]
         if pending:
             await asyncio.wait(pending, timeout=self.settings.grace)
-        for run in list(self.runs.values()):  # past the grace period: hand back, not lose
-            if run.aio and not run.aio.done():
-                run.aio.cancel()
-            res = await self.runner.handback(run)
-            self.log.info("run_handed_back", task_id=run.task_id, job_id=run.job_id, result=res.code)
+        # Past the grace period: hand back, not lose.  What cannot be handed back (Redis away)
+        # keeps us in that partition's registry, so that the manager takes it back once our
+        # pings stop.
+        unfinished = list(self.runs.values())
+        until = asyncio.get_running_loop().time() + HANDBACK_TIMEOUT
+        left = await self.runner.give_up(unfinished, "stopping", until) if unfinished else []
+        stay = {run.keys.partition for run in left}
         roles.heartbeat.cancel()
         roles.control.cancel()
         # Let them end before the client closes, so that no read of theirs is cut off by the
@@ -187,11 +190,18 @@ class Executor:
         if stuck:
             self.log.warning("roles_not_stopped", roles=sorted(t.get_name() for t in stuck))
         for k in self.parts:  # leave the registry: nothing of ours is running any more
-            await redeliver_pending(self.r, self.scripts, k, self.app.name, self.id)
-            pipe = self.r.pipeline(transaction=False)
-            pipe.zrem(k.executors(), self.id)
-            pipe.delete(k.executor(self.id), k.running(self.id))
-            await pipe.execute()
+            if k.partition in stay:
+                kept = sum(1 for run in left if run.keys.partition == k.partition)
+                self.log.warning("registry_kept", partition=k.partition, runs=kept)
+                continue
+            try:
+                await redeliver_pending(self.r, self.scripts, k, self.app.name, self.id)
+                pipe = self.r.pipeline(transaction=False)
+                pipe.zrem(k.executors(), self.id)
+                pipe.delete(k.executor(self.id), k.running(self.id))
+                await pipe.execute()
+            except (OSError, aredis.RedisError) as e:  # still registered: reaped once our pings stop
+                self.log.warning("leave_failed", partition=k.partition, error=str(e))
         await self.r.aclose()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.log.info("executor_stopped")
