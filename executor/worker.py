@@ -145,8 +145,9 @@ class Executor:
             rejoin=self.rejoin,
             log=self.log,
         )
+        for k in self.parts:  # every group first, then the registrations: once listed as an
+            await self.join(k)  # executor, it reads every partition
         for k in self.parts:
-            await self.join(k)
             await self.register(k)
         self.log.info("executor_started", concurrency=self.concurrency, cluster=self.cluster)
 
