@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -35,7 +38,16 @@ from stagewise.manager.scheduler import Scheduler
 from stagewise.manager.store import Store
 from stagewise.models import parse_task
 from stagewise.storage import calls
-from tests.helpers import TERMINAL, Daemons, ManagerProc, Proc, RedisServer, started_for_tests, wait_for
+from tests.helpers import (
+    TERMINAL,
+    Daemons,
+    ManagerProc,
+    Proc,
+    RedisServer,
+    RpcError,
+    started_for_tests,
+    wait_for,
+)
 from tests.helpers import task_until as until
 
 
@@ -340,6 +352,56 @@ async def test_redis_stopped_past_the_dead_threshold_every_task_finishes_once(
         assert v["results"] == [0.4, tid, 0.4]
     assert ex.alive
     assert await m.rpc("tasks.list", {"status": "RUNNING"}) == {"items": [], "next_cursor": None}
+
+
+async def test_redis_restarted_empty_the_executor_resumes_within_5_s(
+    stack: Daemons, own_redis: RedisServer
+) -> None:
+    """Redis goes away for 3 s and comes back on the same port without its data (no
+    persistence): the executor's roles wait it out, make the group and the registration again,
+    and a task created once Redis answers finishes within 5 s."""
+    m = await stack.manager()
+    ex = await stack.executor(concurrency=4)
+    await executor_up(m)
+    await m.rpc("tasks.create", {"task": adder("before")})
+    await finished_once(m, "before")
+    own_redis.proc.terminate()
+    await asyncio.to_thread(own_redis.proc.wait, 10)
+    await wait_for(lambda: logged(ex, "ping_failed"), timeout=5, what="the executor to notice")
+    await asyncio.sleep(3.0)  # the length of the outage, not a wait for anything
+    restart(own_redis)
+    back = time.monotonic()
+    await wait_for(
+        lambda: logged(ex, "ping_failed_recovered") and logged(ex, "fetch_failed_recovered"),
+        timeout=5,
+        what="the heartbeat and the fetch back at work",
+    )
+    assert time.monotonic() - back < 5
+    await wait_for(lambda: _created(m, "after"), timeout=10, what="the manager to take a create again")
+    await finished_once(m, "after", within=5)
+    assert ex.alive and [row["id"] for row in await m.rpc("executors.list")] == [
+        e["executor_id"] for e in logged(ex, "executor_started")
+    ]
+
+
+def restart(server: RedisServer) -> None:
+    """A new redis-server on the port (and dir) of `server`, which has exited: an empty one,
+    stopped with the fixture as the first would have been."""
+    exe = shutil.which("redis-server")
+    assert exe is not None
+    argv = [exe, "--port", str(server.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    argv += ["--dir", str(server.dir), "--daemonize", "no"]
+    with open(server.dir / "redis-2.log", "wb") as log:
+        server.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    assert server._wait_ready(10), (server.dir / "redis-2.log").read_text()
+
+
+async def _created(m: ManagerProc, tid: str) -> bool:
+    try:
+        await m.rpc("tasks.create", {"task": adder(tid), "on_conflict": "ignore"})
+    except RpcError:  # Redis not taking writes yet (answered UNAVAILABLE or internal error)
+        return False
+    return True
 
 
 async def _all_running(m: ManagerProc, ids: list[str]) -> bool:
