@@ -86,8 +86,9 @@ class Executor:
         self.slots = asyncio.Semaphore(concurrency)
         self.quiet = asyncio.Event()  # stop fetching
         self.log = slog.get(app=app.name, executor_id=self.id)
-        # one `refused` at a time per partition (the heartbeat and a claim may both find out)
-        self.rejoining = {k.partition: asyncio.Lock() for k in self.parts}
+        # partition -> the task handling a refusal there (one at a time: the heartbeat and a
+        # claim may both find out)
+        self.refusals: dict[int, asyncio.Task[None]] = {}
 
     async def register(self, k: Keys) -> None:
         """Enters (or re-enters) the executors registry of a partition with what
@@ -106,7 +107,8 @@ class Executor:
 
     async def ping(self, k: Keys, *info: Any) -> bool:
         """ping.lua on a partition: with `info` (field, value pairs) it registers us; without,
-        it is the heartbeat, which answers False when we were declared dead."""
+        it is the heartbeat, which answers False when we are not registered (declared dead, or
+        the registry lost)."""
         return await self.scripts.run(calls.ping(k, self.id, info or None))
 
     # ------------------------------------------------------------------ lifecycle
@@ -217,7 +219,10 @@ class Executor:
         # close.  Both loops honour a cancel even when redis-py swallows it (shared/aio.py),
         # control within its 1 s pop; the bound is for what we have not seen: a stop must
         # never hang on a role.
-        _, stuck = await asyncio.wait([roles.heartbeat, roles.control], timeout=ROLE_STOP_TIMEOUT)
+        refusals = [t for t in self.refusals.values() if not t.done()]
+        for t in refusals:  # what they would hand back is in runner.owed, handed back above
+            t.cancel()
+        _, stuck = await asyncio.wait([roles.heartbeat, roles.control, *refusals], timeout=ROLE_STOP_TIMEOUT)
         if stuck:
             self.log.warning("roles_not_stopped", roles=sorted(t.get_name() for t in stuck))
         for k in self.parts:  # leave the registry: nothing of ours is running any more
@@ -252,7 +257,7 @@ class Executor:
             for k in self.parts:  # each partition on its own: one down is no reason to skip others
                 try:
                     if not await self.ping(k):
-                        await self.refused(k)
+                        self.refusal(k)  # not awaited: the other partitions' pings go on
                     warnings[k.partition].ok(partition=k.partition)
                 except FAULTS as e:
                     raise_if_stop_requested()
@@ -264,19 +269,36 @@ class Executor:
                 delay = interval
                 backoff.reset()
 
+    def refusal(self, k: Keys) -> asyncio.Task[None]:
+        """The task that handles our refusal in partition `k` (`_refused`): the one under way,
+        or a new one."""
+        t = self.refusals.get(k.partition)
+        if t is None or t.done():
+            t = asyncio.create_task(self._refused(k), name=f"refused-{k.partition}")
+            t.add_done_callback(self._refusal_done)
+            self.refusals[k.partition] = t
+        return t
+
+    def _refusal_done(self, t: asyncio.Task[None]) -> None:
+        if not t.cancelled() and (e := t.exception()) is not None:  # the next ping answers 0 again
+            self.log.warning("refusal_failed", task=t.get_name(), error=str(e)[:500])
+
     async def refused(self, k: Keys) -> None:
+        """`refusal(k)`, waited for (a cancel of the caller does not cancel it)."""
+        await asyncio.shield(self.refusal(k))
+
+    async def _refused(self, k: Keys) -> None:
         """We are not registered in partition `k` (a ping answered 0, a claim DEAD): the
         manager declared us dead there and takes back the runs we held, or Redis lost the
         registry.  The runs of that partition are given up (cancelled and handed back: fenced,
         so it does not matter whether the reaper got to them first); the runs of the other
         partitions are still ours and go on.  Then we register again."""
-        async with self.rejoining[k.partition]:
-            if await self.ping(k):  # another role did all this meanwhile
-                return
-            runs = [run for run in self.runs.values() if run.keys.partition == k.partition]
-            self.log.warning("declared_dead", partition=k.partition, running=len(runs))
-            await self.runner.give_up(runs, "declared dead")
-            await self.register(k)
+        if await self.ping(k):  # registered again meanwhile
+            return
+        runs = [run for run in self.runs.values() if run.keys.partition == k.partition]
+        self.log.warning("declared_dead", partition=k.partition, running=len(runs))
+        await self.runner.give_up(runs, "declared dead")
+        await self.register(k)
 
     # ------------------------------------------------------------------ control
     async def control(self) -> None:
