@@ -33,7 +33,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from stagewise import log as slog
 from stagewise import sdnotify  # systemd notify protocol: no-ops without $NOTIFY_SOCKET
@@ -43,7 +43,7 @@ from stagewise.executor.app import App
 from stagewise.executor.batcher import Batcher
 from stagewise.executor.fetch import Fetcher
 from stagewise.executor.run import Run, Runner
-from stagewise.faults import BACKOFF_CAP, Backoff, Warnings
+from stagewise.faults import BACKOFF_CAP, REDIS_FAULTS, Backoff, Warnings
 from stagewise.keys import GROUP, Keys, parse_stream_name
 from stagewise.storage import calls
 from stagewise.storage.connection import connect, is_cluster
@@ -52,7 +52,7 @@ from stagewise.storage.streams import redeliver_pending
 
 ROLE_STOP_TIMEOUT = 5.0  # s shutdown waits for heartbeat and control to end (shutdown)
 HANDBACK_TIMEOUT = 5.0  # s a stop tries to hand its unfinished runs back through Redis faults
-FAULTS = (OSError, RedisError)  # what a role waits out: any Redis error, any socket error
+FAULTS = REDIS_FAULTS  # what a role waits out: any Redis error, any socket error
 
 
 class Roles(NamedTuple):

@@ -35,14 +35,14 @@ from typing import Any
 import redis.asyncio as aredis
 
 from stagewise import log as slog
-from stagewise.faults import Warnings
+from stagewise.faults import REDIS_FAULTS, Warnings
 from stagewise.keys import GROUP, Keys, split_member
 from stagewise.manager.store import Store
 from stagewise.policy import catch_up_cron
 from stagewise.storage import calls
 from stagewise.storage.streams import redeliver_pending
 
-REDIS_ERRORS = (OSError, aredis.RedisError)
+REDIS_ERRORS = REDIS_FAULTS  # any Redis or socket error, the cluster client's own too
 TRIM_EVERY = 2.0  # s
 CLEAN_EVERY = 60.0  # s
 

@@ -34,6 +34,10 @@ TRANSIENT_REPLIES = frozenset(
     }
 )
 
+# Everything a long-lived loop waits out rather than dies of: any Redis error, any socket error,
+# and the cluster client's own (a slot not covered while a failover is under way).
+REDIS_FAULTS: tuple[type[BaseException], ...] = (OSError, rex.RedisError, rex.RedisClusterException)
+
 BACKOFF_FIRST = 0.1  # s
 BACKOFF_CAP = 2.0  # s: a loop retries at least this often, so it resumes soon after Redis does
 
@@ -41,7 +45,9 @@ BACKOFF_CAP = 2.0  # s: a loop retries at least this often, so it resumes soon a
 def transient(e: BaseException) -> bool:
     """True when `e` is a Redis fault that passes by itself: the same call may succeed later."""
     if isinstance(e, OSError | rex.ConnectionError | rex.TimeoutError | rex.ClusterError):
-        return True  # includes BusyLoadingError (LOADING) and the cluster's own errors
+        return True  # includes BusyLoadingError (LOADING) and CLUSTERDOWN / MASTERDOWN
+    if isinstance(e, rex.SlotNotCoveredError):  # a cluster client between two slot maps
+        return True
     if isinstance(e, rex.OutOfMemoryError | rex.ReadOnlyError | rex.TryAgainError):
         return True
     if isinstance(e, rex.ResponseError):

@@ -161,6 +161,7 @@ def test_handler_params_are_converted_to_annotations() -> None:
         (rex.ResponseError("BUSY Redis is busy running a script."), True),
         (rex.ResponseError("MASTERDOWN Link with MASTER is down"), True),
         (rex.ResponseError("UNBLOCKED the stream key no longer exists"), True),
+        (rex.SlotNotCoveredError("Slot 42 not covered by the cluster"), True),
         (rex.ResponseError("NOGROUP No such key 'q' or consumer group 'executors'"), False),
         (rex.ResponseError("ERR Error running script: attempt to index a nil value"), False),
         (rex.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
