@@ -127,12 +127,17 @@ class Runner:
     async def _persist(self, send: Callable[[], Awaitable[R]], until: float | None = None) -> R:
         """`send()` until it gets an answer: a Redis fault that passes by itself is waited out
         with a capped backoff (every script is fenced, so a call sent twice is applied once).
-        With `until` (loop time), the fault is raised once that time has passed."""
+        With `until` (loop time), the fault is raised once that time has passed, and a call
+        that gets no answer by then (a Redis that stopped answering) is cut off."""
         backoff = Backoff()
         loop = asyncio.get_running_loop()
         while True:
             try:
-                res = await send()
+                if until is None:
+                    res = await send()
+                else:
+                    async with asyncio.timeout_at(until):
+                        res = await send()
             except Exception as e:
                 if not transient(e) or (until is not None and loop.time() + backoff.delay > until):
                     raise

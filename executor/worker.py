@@ -231,11 +231,12 @@ class Executor:
                 self.log.warning("registry_kept", partition=k.partition, runs=kept)
                 continue
             try:
-                await redeliver_pending(self.r, self.scripts, k, self.app.name, self.id)
-                pipe = self.r.pipeline(transaction=False)
-                pipe.zrem(k.executors(), self.id)
-                pipe.delete(k.executor(self.id), k.running(self.id))
-                await pipe.execute()
+                async with asyncio.timeout(ROLE_STOP_TIMEOUT):  # a Redis that stopped answering
+                    await redeliver_pending(self.r, self.scripts, k, self.app.name, self.id)
+                    pipe = self.r.pipeline(transaction=False)
+                    pipe.zrem(k.executors(), self.id)
+                    pipe.delete(k.executor(self.id), k.running(self.id))
+                    await pipe.execute()
             except FAULTS as e:  # still registered: the manager reaps us once our pings stop
                 self.log.warning("leave_failed", partition=k.partition, error=str(e))
         await self.r.aclose()
