@@ -19,12 +19,13 @@ its claim; the loop sees `quiet` within its 1 s block and ends by itself.
 No entry delivered to us is ever dropped.  Reads of several streams in turn that fail part-way
 keep what the earlier reads returned, and claim it.  A read that fails may still have been
 delivered (its reply lost with the connection): before the next read, the entries pending on us
-are given back (redeliver.lua).  An entry whose claim is refused (DEAD: we are not registered
-in its partition) is given back by its id, whether or not it is still pending on us.  A claim
-that meets a Redis fault that passes by itself is sent again with the same lease until it gets
-its answer (claim.lua answers a replay like the original).  A read that finds a consumer group
-gone (Redis lost data) has the executor make the groups again (`rejoin`).  Any failure of the
-loop is waited out with a capped backoff and logged once per kind, never the end of the loop.
+are given back (redeliver.lua), as they are every `sweep_every` seconds whatever happened.  An
+entry whose claim is refused (DEAD: we are not registered in its partition) is given back by
+its id, whether or not it is still pending on us.  A claim that meets a Redis fault that passes
+by itself is sent again with the same lease until it gets its answer (claim.lua answers a
+replay like the original).  A read that finds a consumer group gone (Redis lost data) has the
+executor make the groups again (`rejoin`).  Any failure of the loop is waited out with a capped
+backoff and logged once per kind, never the end of the loop.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class Fetcher:
         refused: Callable[[Keys], Awaitable[None]],
         rejoin: Callable[[], Awaitable[None]],
         log: Any,
+        sweep_every: float = 30.0,
     ) -> None:
         self.r, self.scripts, self.app, self.executor_id = r, scripts, app, executor_id
         self.parts = parts
@@ -84,6 +86,11 @@ class Fetcher:
         # the next read.  A read found a group gone: make the groups again first.
         self.owe_pending = False
         self.lost_group = False
+        # Every `sweep_every` s the entries pending on us are given back all the same: at that
+        # point none is ours to claim, so one there was lost on the way (a reply we never got,
+        # or a Redis that came back from an older file with the entry delivered to us).
+        self.sweep_every = sweep_every
+        self._swept = time.monotonic()
         self.warnings = Warnings(log, "fetch_failed")
         self.claim_warnings = Warnings(log, "claim_failed")
         self._streams: list[tuple[int, str, Keys]] = []
@@ -143,12 +150,16 @@ class Fetcher:
         self.warnings.failed(e)
 
     async def _recover(self) -> None:
-        """Before a read, after a failed one: the groups made again if one was gone (rejoin),
-        and the entries pending on us given back, since no claim of ours is under way."""
+        """Before a read, after a failed one (and every `sweep_every` s): the groups made again
+        if one was gone (rejoin), and the entries pending on us given back, since no claim of
+        ours is under way."""
         if self.lost_group:
             await self.rejoin()
             self.lost_group = False
+        if time.monotonic() - self._swept > self.sweep_every:
+            self.owe_pending = True
         if self.owe_pending:
+            self._swept = time.monotonic()
             n = 0
             for k in self.parts:
                 n += await redeliver_pending(self.r, self.scripts, k, self.app, self.executor_id)

@@ -146,6 +146,7 @@ class Executor:
             refused=self.refused,
             rejoin=self.rejoin,
             log=self.log,
+            sweep_every=self.settings.dead_seconds,
         )
         for k in self.parts:  # every group first, then the registrations: once listed as an
             await self.join(k)  # executor, it reads every partition

@@ -259,6 +259,44 @@ async def test_a_read_that_fails_part_way_keeps_what_it_read(r: Any, redis_url: 
         await ex.r.aclose()
 
 
+async def test_an_entry_left_pending_on_a_live_executor_is_given_back(
+    r: Any, redis_url: str, namespace: str
+) -> None:
+    """An entry delivered to the executor's consumer that the executor never saw (its reply
+    lost, or Redis back from an older file with the delivery in it) is given back by the
+    executor's own sweep of its pending entries (every dead_seconds), and runs."""
+    settings = Settings(redis_url=redis_url, namespace=namespace, ping_interval=0.1, dead_after=3)
+    app = App("swept")
+
+    @app.method("swept.echo")
+    async def echo(value: str) -> str:
+        return value
+
+    store = Store(r, settings)
+    k = Keys(namespace, 0)
+    await store.create(
+        parse_task(
+            {"id": "lost", "app": "swept", "commands": [{"method": "swept.echo", "params": {"value": "x"}}]}
+        )
+    )
+    ex = Executor(app, settings, concurrency=2)
+    got = await r.xreadgroup(GROUP, ex.id, {k.stream("swept"): ">"}, count=1)  # delivered to it ...
+    assert got and got[0][1][0][1]["t"] == "lost"  # ... but it never got the reply
+    stop = asyncio.Event()
+    serving = asyncio.create_task(ex.serve(stop))
+    try:
+
+        async def finished() -> bool:
+            h = await store.raw("lost")
+            return h is not None and h["status"] == "FINISHED"
+
+        await wait_for(finished, timeout=5, what="the pending entry given back and run")
+        assert [a["outcome"] for a in await store.attempts("lost")] == ["ok"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 15)
+
+
 # --------------------------------------------------------------------------- Redis faults
 
 
