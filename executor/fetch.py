@@ -15,6 +15,17 @@ back on its stream (`_at_most`).
 Between a read and the end of the claims of what it read, `reading` is set: a stopping
 executor does not cancel the loop then, so that no entry is ever cut off between its read and
 its claim; the loop sees `quiet` within its 1 s block and ends by itself.
+
+No entry delivered to us is ever dropped.  Reads of several streams in turn that fail part-way
+keep what the earlier reads returned, and claim it.  A read that fails may still have been
+delivered (its reply lost with the connection): before the next read, the entries pending on us
+are given back (redeliver.lua), as they are every `sweep_every` seconds whatever happened.  An
+entry whose claim is refused (DEAD: we are not registered in its partition) is given back by
+its id, whether or not it is still pending on us.  A claim that meets a Redis fault that passes
+by itself is sent again with the same lease until it gets its answer (claim.lua answers a
+replay like the original).  A read that finds a consumer group gone (Redis lost data) has the
+executor make the groups again (`rejoin`).  Any failure of the loop is waited out with a capped
+backoff and logged once per kind, never the end of the loop.
 """
 
 from __future__ import annotations
@@ -26,13 +37,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redis.asyncio as aredis
-
+from stagewise.aio import raise_if_stop_requested
 from stagewise.executor.run import Runner
+from stagewise.faults import Backoff, Warnings, is_nogroup, transient
 from stagewise.keys import GROUP, Keys
 from stagewise.storage import calls
+from stagewise.storage.calls import Call, Claim
 from stagewise.storage.runner import Scripts
-from stagewise.storage.streams import app_streams, redeliver_pending
+from stagewise.storage.streams import app_streams, give_back, redeliver_pending
 
 # (partition keys, stream, entry id, fields {t, j}, priority)
 Entry = tuple[Keys, str, str, dict[str, str], int]
@@ -43,8 +55,8 @@ CLUSTER_BLOCK_MS = 100  # Redis Cluster: how long an idle read blocks on one par
 class Fetcher:
     """The fetch role of one executor: reads its app's streams as consumer `executor_id`,
     claims what it read and hands each claimed task to the `runner`.  `slots` (one per run) and
-    `quiet` (stop fetching) are the executor's; `declared_dead` is what the executor does when a
-    claim finds it reaped."""
+    `quiet` (stop fetching) are the executor's; `refused` is what the executor does when a
+    claim finds it not registered in a partition, `rejoin` when a read finds a group gone."""
 
     def __init__(
         self,
@@ -58,15 +70,29 @@ class Fetcher:
         slots: asyncio.Semaphore,
         quiet: asyncio.Event,
         runner: Runner,
-        declared_dead: Callable[[Keys], Awaitable[None]],
+        refused: Callable[[Keys], Awaitable[None]],
+        rejoin: Callable[[], Awaitable[None]],
         log: Any,
+        sweep_every: float = 30.0,
     ) -> None:
         self.r, self.scripts, self.app, self.executor_id = r, scripts, app, executor_id
         self.parts = parts
         self.split = split  # a cluster and several partitions: read partition by partition
-        self.slots, self.quiet, self.runner, self.declared_dead = slots, quiet, runner, declared_dead
+        self.slots, self.quiet, self.runner = slots, quiet, runner
+        self.refused, self.rejoin = refused, rejoin
         self.log = log
         self.reading = False  # between XREADGROUP and the end of the claims of what it read
+        # A read failed: entries it may have delivered are pending on us, to give back before
+        # the next read.  A read found a group gone: make the groups again first.
+        self.owe_pending = False
+        self.lost_group = False
+        # Every `sweep_every` s the entries pending on us are given back all the same: at that
+        # point none is ours to claim, so one there was lost on the way (a reply we never got,
+        # or a Redis that came back from an older file with the entry delivered to us).
+        self.sweep_every = sweep_every
+        self._swept = time.monotonic()
+        self.warnings = Warnings(log, "fetch_failed")
+        self.claim_warnings = Warnings(log, "claim_failed")
         self._streams: list[tuple[int, str, Keys]] = []
         self._where: dict[str, tuple[int, Keys]] = {}  # stream key -> (priority, partition)
         self._streams_at = 0.0
@@ -81,7 +107,9 @@ class Fetcher:
     async def fetch(self) -> None:
         """The fetch role, until `quiet`: one read for all the free slots, then the claim of
         what it read; a slot that no claimed run took is given back."""
+        backoff = Backoff()
         while not self.quiet.is_set():
+            raise_if_stop_requested()  # a cancel lost in a read's socket write (shared/aio.py)
             await self.slots.acquire()
             if self.quiet.is_set():
                 self.slots.release()
@@ -92,17 +120,52 @@ class Fetcher:
                 free += 1
             self.reading = True
             entries: list[Entry] = []
+            failed = False
             try:
+                await self._recover()
                 entries = await self.read(free)
             except Exception as e:  # noqa: BLE001 - a fetch loop that dies would strand the executor
-                self.log.warning("fetch_failed", error=str(e))
-                self._streams_at = 0.0
-                await asyncio.sleep(0.5)
+                self._failed(e)
+                failed = True
             for _ in range(free - len(entries)):
                 self.slots.release()
             if entries:
                 await self.claim(entries)
             self.reading = False
+            if failed:  # nothing read: wait before the next try (at most BACKOFF_CAP)
+                raise_if_stop_requested()
+                await backoff.wait()
+            elif not self.owe_pending:  # a whole read
+                self.warnings.ok()
+                backoff.reset()
+
+    def _failed(self, e: Exception) -> None:
+        """A read failed (or its give-back, or the recovery before it): whatever it may have
+        delivered is pending on us; a group gone is made again; the streams are looked up
+        again.  Logged once per kind of failure."""
+        self.owe_pending = True
+        if is_nogroup(e):
+            self.lost_group = True
+        self._streams_at = 0.0
+        self.warnings.failed(e)
+
+    async def _recover(self) -> None:
+        """Before a read, after a failed one (and every `sweep_every` s): the groups made again
+        if one was gone (rejoin), and the entries pending on us given back, since no claim of
+        ours is under way."""
+        if self.lost_group:
+            await self.rejoin()
+            self.lost_group = False
+        if time.monotonic() - self._swept > self.sweep_every:
+            self.owe_pending = True
+        if self.owe_pending:
+            self._swept = time.monotonic()
+            n = 0
+            for k in self.parts:
+                n += await redeliver_pending(self.r, self.scripts, k, self.app, self.executor_id)
+            self.owe_pending = False
+            if n:
+                self.log.info("pending_given_back", entries=n)
 
     async def streams(self) -> list[tuple[int, str, Keys]]:
         """(priority, stream, partition) of our app, highest priority first; a task created
@@ -126,10 +189,22 @@ class Fetcher:
 
     async def _at_most(self, out: list[Entry], free: int) -> list[Entry]:
         """A blocking read over several streams may return one entry from each: the surplus
-        beyond `free` slots goes back on its stream (redeliver.lua) for someone to take."""
-        for k, stream, eid, f, _ in out[free:]:
-            await self.scripts.run(calls.redeliver(k, stream, f["t"], eid, f["j"]))
+        beyond `free` slots goes back on its stream (redeliver.lua) for someone to take.  If
+        that fails, the surplus stays pending on us until the next read gives it back; what
+        fits is claimed all the same."""
+        try:
+            await self._give_back(out[free:])
+        except Exception as e:  # noqa: BLE001 - the entries in hand are claimed whatever happens
+            self._failed(e)
         return out[:free]
+
+    async def _give_back(self, entries: list[Entry]) -> None:
+        """Entries read and not to be claimed by us: back on their streams, by id."""
+        by_part: dict[int, list[tuple[str, str, str, str]]] = {}
+        for k, stream, eid, f, _ in entries:
+            by_part.setdefault(k.partition, []).append((stream, eid, f["t"], f["j"]))
+        for p, items in by_part.items():
+            await give_back(self.r, self.scripts, self.parts[p], items)
 
     async def read(self, free: int) -> list[Entry]:
         """Up to `free` entries, highest priority first.  Several priorities in use: a
@@ -153,12 +228,20 @@ class Fetcher:
         return await self._at_most(entries_of(got), free)
 
     async def _each(self, keys: list[str], free: int) -> list[Entry]:
-        """Up to `free` entries from the streams `keys`, one non-blocking read each, in order."""
+        """Up to `free` entries from the streams `keys`, one non-blocking read each, in order.
+        A read that fails after others returned entries ends the pass with those entries (they
+        are pending on us, and only we know of them); the failure is the next read's to handle."""
         out: list[Entry] = []
         for key in keys:
             if len(out) >= free:
                 break
-            got = await self.r.xreadgroup(GROUP, self.executor_id, {key: ">"}, count=free - len(out))
+            try:
+                got = await self.r.xreadgroup(GROUP, self.executor_id, {key: ">"}, count=free - len(out))
+            except Exception as e:
+                if not out:
+                    raise
+                self._failed(e)
+                break
             out += self._entries(got)
         return out
 
@@ -184,35 +267,70 @@ class Fetcher:
 
     async def claim(self, entries: list[Entry]) -> None:
         """claim.lua for every entry read, in one round trip: each task claimed starts a run,
-        each entry refused gives its slot back."""
+        each entry refused gives its slot back.  Entries refused because we are not registered
+        in their partition (DEAD), or whose claim failed for good, go back on their streams."""
         leases = [self.new_lease() for _ in entries]
         claims = [
             calls.claim(k, stream, eid, f["t"], f["j"], self.executor_id, lease)
             for (k, stream, eid, f, _), lease in zip(entries, leases, strict=True)
         ]
-        delay = 0.1
-        while True:
-            try:
-                results = await self.scripts.run_many(claims)
-                break
-            except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
-                # The entries stay pending on us; a replay with the same leases is safe
-                # (claim.lua answers a replay like the original), so try until it lands.
-                self.log.warning("claim_failed", error=str(e), entries=len(entries))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        dead: set[int] = set()
-        for (k, _, _, f, _), lease, res in zip(entries, leases, results, strict=True):
-            if res.code != "OK":
-                self.slots.release()
-                if res.code == "DEAD":
-                    dead.add(k.partition)
+        results = await self._claim_all(claims)
+        dead: dict[int, list[Entry]] = {}
+        back: list[Entry] = []
+        for entry, lease, res in zip(entries, leases, results, strict=True):
+            k, _, _, f, _ = entry
+            if isinstance(res, Exception):  # no passing fault: a bug; the entry is still work
+                self.log.error("claim_error", task_id=f["t"], error=str(res)[:500])
+                back.append(entry)
+            elif res.code == "DEAD":
+                dead.setdefault(k.partition, []).append(entry)
+            elif res.code == "OK":
+                self.runner.start(k, f["t"], res.fields, lease)
                 continue
-            self.runner.start(k, f["t"], res.fields, lease)
+            self.slots.release()
+        for p, refused in dead.items():
+            self.log.warning("claim_refused_dead", partition=p, entries=len(refused))
+        try:
+            # Refused: the entries are still QUEUED work, pending on us, and the manager may
+            # already have swept our pending entries.  Put them back ourselves, by id.
+            await self._give_back(back + [e for es in dead.values() for e in es])
+        except Exception as e:  # noqa: BLE001 - still pending on us: given back before the next read
+            self._failed(e)
         for p in dead:
-            # Reaped while we were reading: what we read is still QUEUED work but pending on
-            # us, and the manager has already swept our entries.  Put it back ourselves.
-            k = self.parts[p]
-            n = await redeliver_pending(self.r, self.scripts, k, self.app, self.executor_id)
-            self.log.warning("claim_refused_dead", redelivered=n)
-            await self.declared_dead(k)
+            try:
+                await self.refused(self.parts[p])
+            except Exception as e:  # noqa: BLE001 - the heartbeat finds out again and finishes it
+                self._failed(e)
+
+    async def _claim_all(self, claims: list[Call[Claim]]) -> list[Claim | Exception]:
+        """The claims' answers, in order, each sent again (with its same lease: claim.lua
+        answers a replay like the original) while it meets a Redis fault that passes by itself;
+        another error stands in its claim's place."""
+        results: list[Claim | Exception] = [RuntimeError("not sent")] * len(claims)
+        todo = list(range(len(claims)))
+        backoff = Backoff()
+        while todo:
+            try:
+                got = await self.scripts.run_many([claims[i] for i in todo], raise_on_error=False)
+            except Exception as e:  # noqa: BLE001 - the batch as a whole
+                if not transient(e):
+                    got = [e] * len(todo)
+                else:
+                    self.claim_warnings.failed(e, entries=len(todo))
+                    await backoff.wait()
+                    continue
+            again: list[int] = []
+            fault: Exception | None = None
+            for i, res in zip(todo, got, strict=True):
+                if isinstance(res, Exception) and transient(res):
+                    again.append(i)
+                    fault = res
+                else:
+                    results[i] = res
+            if fault is not None:
+                self.claim_warnings.failed(fault, entries=len(again))
+                await backoff.wait()
+            else:
+                self.claim_warnings.ok()
+            todo = again
+        return results

@@ -12,12 +12,21 @@ The script calls a run makes (commit, fail, handback) are made here and nowhere 
 claim and every commit leave a run at a call stage: timers and messages are resolved by the
 scripts (commit.lua, wake.lua), never handed to an executor.  Whether a failed attempt is
 retried, and when, is stagewise.policy.retry_delay's decision.
+
+A run is never dropped while its task may still be RUNNING under its lease: a write that meets
+a Redis fault that passes by itself is sent again until it gets its answer (the Batcher, and
+`_persist` for the calls sent on their own; every script is fenced, so a replay is applied
+once); a run that crashes fails its attempt, or else is handed back; a run whose write comes
+back STALE tries a hand-back too (fenced: it applies only when the task is still ours under
+the run's lease, at an earlier stage, i.e. Redis lost a commit of ours); and a run given up
+(`give_up`: the executor was refused in its partition, or is stopping) is handed back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,11 +34,14 @@ from stagewise.errors import StageError, stage_error
 from stagewise.executor.app import App
 from stagewise.executor.batcher import Batcher
 from stagewise.executor.call import Facts, Failure, call, decode
+from stagewise.faults import Backoff, Warnings, transient
 from stagewise.keys import Keys
 from stagewise.policy import retry_delay
 from stagewise.storage import calls
-from stagewise.storage.calls import Code, Commit, Fail, results_of
+from stagewise.storage.calls import Code, Commit, Fail, R, results_of
 from stagewise.storage.runner import Scripts
+
+RUN_STOP_TIMEOUT = 1.0  # s give_up waits for cancelled runs to end before handing them back
 
 
 class Run:
@@ -64,6 +76,9 @@ class Runner:
         self.r, self.scripts, self.batcher = r, scripts, batcher
         self.app, self.pool, self.executor_id = app, pool, executor_id
         self.runs, self.slots, self.log = runs, slots, log
+        # Runs given up (give_up) whose hand-back has not landed yet: a stop hands them back.
+        self.owed: set[Run] = set()
+        self.warnings = Warnings(log, "write_failed")
 
     def start(self, k: Keys, task_id: str, h: dict[str, str], lease: str) -> None:
         """Starts the run of a task just claimed with `lease`; `h` is claim.lua's answer."""
@@ -73,28 +88,88 @@ class Runner:
 
     async def run(self, run: Run) -> None:
         """The task of one run: the run loop until the task is no longer ours, or a cancel (a
-        cancel request, a stop, the executor declared dead), or a crash of ours."""
+        cancel request, a stop, the executor refused in the run's partition), or a crash of ours."""
         try:
             await self._run(run)
         except asyncio.CancelledError:
             pass
         except Exception as e:  # a bug of ours, not of the handler: fail the attempt, don't strand it
             self.log.exception("run_crashed", task_id=run.task_id, job_id=run.job_id)
-            await self._crashed(run, e)
+            try:
+                await self._crashed(run, e)
+            except Exception:  # noqa: BLE001 - logged here, not lost as a task's unretrieved exception
+                # Neither the fail nor the hand-back was taken: the task keeps our lease until its
+                # execution deadline (expire.lua) or our end (the reaper) takes it back.
+                self.log.exception("run_left", task_id=run.task_id, job_id=run.job_id)
         finally:
-            self.runs.pop(run.task_id, None)
+            if self.runs.get(run.task_id) is run:  # not a later run of the same task
+                del self.runs[run.task_id]
             self.slots.release()
 
     async def _crashed(self, run: Run, e: Exception) -> None:
         """Fails the attempt at the stage the run had reached (the stored one: the run may
-        have committed stages since its claim)."""
+        have committed stages since its claim); if fail.lua cannot take it (an error that is no
+        passing Redis fault), the run is handed back instead."""
         k, stage = run.keys, int(run.h["stage"])
-        raw = await self.r.hget(k.task(run.task_id), "stage")
+        raw = await self._persist(lambda: self.r.hget(k.task(run.task_id), "stage"))
         stage = int(raw) if raw is not None else stage
         err = stage_error(StageError.STAGE_ERROR, f"executor error: {e}"[:2000], stage, type(e).__name__)
         doc = decode(run.h["doc"])
         delay = retry_delay(int(run.h.get("retries") or 0), doc.get("max_retries", 0), 1.0)
-        await self.fail(run, stage, err, delay, "error", batched=False)
+        try:
+            res = await self.fail(run, stage, err, delay, "error", batched=False)
+        except Exception:  # noqa: BLE001 - fall back on the hand-back below
+            self.log.exception("fail_refused", task_id=run.task_id, job_id=run.job_id)
+            res = Fail("STALE", None)
+        if res.code == "STALE":
+            await self.handback(run)
+
+    async def _persist(self, send: Callable[[], Awaitable[R]], until: float | None = None) -> R:
+        """`send()` until it gets an answer: a Redis fault that passes by itself is waited out
+        with a capped backoff (every script is fenced, so a call sent twice is applied once).
+        With `until` (loop time), the fault is raised once that time has passed, and a call
+        that gets no answer by then (a Redis that stopped answering) is cut off."""
+        backoff = Backoff()
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if until is None:
+                    res = await send()
+                else:
+                    async with asyncio.timeout_at(until):
+                        res = await send()
+            except Exception as e:
+                if not transient(e) or (until is not None and loop.time() + backoff.delay > until):
+                    raise
+                self.warnings.failed(e)
+                await backoff.wait()
+                continue
+            self.warnings.ok()
+            return res
+
+    async def give_up(self, runs: list[Run], reason: str, until: float | None = None) -> list[Run]:
+        """Cancels `runs` and hands each back (QUEUED at its current stage; STALE when it was
+        no longer ours).  Returns the runs whose hand-back did not land by `until` (loop time;
+        None: it waits for Redis as long as it takes); they stay in `owed`."""
+        self.owed.update(runs)
+        tasks = [run.aio for run in runs if run.aio and not run.aio.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:  # let them end first, so that their last writes go out before the hand-back
+            await asyncio.wait(tasks, timeout=RUN_STOP_TIMEOUT)
+        left: list[Run] = []
+        for run in runs:
+            try:
+                res = await self.handback(run, until)
+            except Exception as e:  # noqa: BLE001 - the caller decides what a run left means
+                self.log.warning("handback_failed", task_id=run.task_id, job_id=run.job_id, error=str(e))
+                left.append(run)
+                continue
+            self.owed.discard(run)
+            self.log.info(
+                "run_handed_back", task_id=run.task_id, job_id=run.job_id, reason=reason, result=res.code
+            )
+        return left
 
     async def _run(self, run: Run) -> None:
         h = run.h
@@ -120,6 +195,8 @@ class Runner:
                 spent = f.error["code"] == StageError.EXEC_TIMEOUT  # the run's time budget is gone
                 delay = retry_delay(retries, max_retries, backoff, spent)
                 failed = await self.fail(run, stage, f.error, delay, f.outcome, method=cmd["method"])
+                if failed.code == "STALE":
+                    await self.handback(run)  # ours at an earlier stage only if Redis lost a commit
                 log.info(
                     "stage",
                     **ids,
@@ -149,7 +226,11 @@ class Runner:
                     for _, taken in res.taken:  # messages taken from the inbox on the way
                         results.append(decode(taken))
                 case "STALE":
-                    log.warning("run_abandoned", **ids, stage=stage, reason="stale")
+                    # Cancelled, unlocked, reaped: the hand-back answers STALE too.  But if Redis
+                    # lost our last commit (a restart from an older file, a failover), the task is
+                    # still ours at an earlier stage: handed back, that stage runs again.
+                    back = await self.handback(run)
+                    log.warning("run_abandoned", **ids, stage=stage, reason="stale", result=back.code)
                     return
                 case "REPLAY":  # our commit landed but its reply was lost: give the run back whole
                     back = await self.handback(run)
@@ -183,9 +264,13 @@ class Runner:
         or the run fails (None).  `method` feeds the duration histogram.  The run loop's fails
         go through the batcher (`batched`), a crashed run's as a call of its own."""
         c = calls.fail(run.keys, run.task_id, run.job_id, run.lease, stage, error, delay, outcome, method)
-        return await (self.batcher.run(c) if batched else self.scripts.run(c))
+        if batched:
+            return await self.batcher.run(c)  # the Batcher waits Redis faults out itself
+        return await self._persist(lambda: self.scripts.run(c))
 
-    async def handback(self, run: Run) -> Code:
-        """handback.lua: gives the run back, QUEUED again at its current stage; for a stopping
-        executor past its grace period and for a run whose commit was replayed."""
-        return await self.scripts.run(calls.handback(run.keys, run.task_id, run.job_id, run.lease))
+    async def handback(self, run: Run, until: float | None = None) -> Code:
+        """handback.lua: gives the run back, QUEUED again at its current stage (STALE: it was no
+        longer ours); for a run given up, whose commit was replayed, or that came back STALE.
+        Redis faults are waited out (`_persist`), until `until` if given."""
+        c = calls.handback(run.keys, run.task_id, run.job_id, run.lease)
+        return await self._persist(lambda: self.scripts.run(c), until)

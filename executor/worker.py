@@ -2,8 +2,10 @@
 and composes the rooms that do the work.
 
 Roles (each an asyncio task):
-  heartbeat  pings every ping_interval on the executors zset (never on a work stream); told it
-             was declared dead, it drops its runs and registers again
+  heartbeat  pings every ping_interval on the executors zset (never on a work stream), each
+             partition on its own; told it is not registered in a partition (declared dead,
+             or Redis lost the registry), it gives up (hands back) its runs of that partition
+             only and registers again (`refused`)
   fetch      the Fetcher (executor/fetch.py): reads the app streams through the consumer group,
              as many entries as free slots, and claims them in one pipelined round trip (the
              claim acknowledges the entry)
@@ -14,6 +16,11 @@ Roles (each an asyncio task):
 Shutdown is two-phase: quiet (stop fetching), then wait up to the grace period for runs, then
 hand unfinished runs back (SUSPENDED -> QUEUED at their current stage).  Heartbeat and control
 then get ROLE_STOP_TIMEOUT to end before the executor leaves the registry.
+
+Redis faults: no role ever ends on a Redis error.  Each waits it out with a capped backoff
+(stagewise.faults: at most 2 s between tries, so the executor is back at work within that of
+Redis's return), logs one warning per kind of failure and one line when it works again; a
+consumer group found gone is made again (`rejoin`).
 """
 
 from __future__ import annotations
@@ -26,7 +33,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
-import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
 from stagewise import log as slog
@@ -37,13 +43,16 @@ from stagewise.executor.app import App
 from stagewise.executor.batcher import Batcher
 from stagewise.executor.fetch import Fetcher
 from stagewise.executor.run import Run, Runner
-from stagewise.keys import GROUP, Keys
+from stagewise.faults import BACKOFF_CAP, REDIS_FAULTS, Backoff, Warnings
+from stagewise.keys import GROUP, Keys, parse_stream_name
 from stagewise.storage import calls
 from stagewise.storage.connection import connect, is_cluster
 from stagewise.storage.runner import Scripts
 from stagewise.storage.streams import redeliver_pending
 
 ROLE_STOP_TIMEOUT = 5.0  # s shutdown waits for heartbeat and control to end (shutdown)
+HANDBACK_TIMEOUT = 5.0  # s a stop tries to hand its unfinished runs back through Redis faults
+FAULTS = REDIS_FAULTS  # what a role waits out: any Redis error, any socket error
 
 
 class Roles(NamedTuple):
@@ -77,6 +86,9 @@ class Executor:
         self.slots = asyncio.Semaphore(concurrency)
         self.quiet = asyncio.Event()  # stop fetching
         self.log = slog.get(app=app.name, executor_id=self.id)
+        # partition -> the task handling a refusal there (one at a time: the heartbeat and a
+        # claim may both find out)
+        self.refusals: dict[int, asyncio.Task[None]] = {}
 
     async def register(self, k: Keys) -> None:
         """Enters (or re-enters) the executors registry of a partition with what
@@ -95,7 +107,8 @@ class Executor:
 
     async def ping(self, k: Keys, *info: Any) -> bool:
         """ping.lua on a partition: with `info` (field, value pairs) it registers us; without,
-        it is the heartbeat, which answers False when we were declared dead."""
+        it is the heartbeat, which answers False when we are not registered (declared dead, or
+        the registry lost)."""
         return await self.scripts.run(calls.ping(k, self.id, info or None))
 
     # ------------------------------------------------------------------ lifecycle
@@ -108,7 +121,7 @@ class Executor:
         self.cluster = is_cluster(self.r)
         self.split = self.cluster and len(self.parts) > 1
         self.scripts = Scripts(self.r)
-        self.batcher = Batcher(self.scripts)
+        self.batcher = Batcher(self.scripts, self.log)
         self.runner = Runner(
             r=self.r,
             scripts=self.scripts,
@@ -130,18 +143,40 @@ class Executor:
             slots=self.slots,
             quiet=self.quiet,
             runner=self.runner,
-            declared_dead=self.declared_dead,
+            refused=self.refused,
+            rejoin=self.rejoin,
             log=self.log,
+            sweep_every=self.settings.dead_seconds,
         )
+        for k in self.parts:  # every group first, then the registrations: once listed as an
+            await self.join(k)  # executor, it reads every partition
         for k in self.parts:
-            await self.r.sadd(k.apps(), self.app.name)
-            try:  # group at 0 before reading: what was queued before us is delivered too
-                await self.r.xgroup_create(k.stream(self.app.name), GROUP, id="0", mkstream=True)
+            await self.register(k)
+        self.log.info("executor_started", concurrency=self.concurrency, cluster=self.cluster)
+
+    async def join(self, k: Keys) -> None:
+        """The consumer group of every stream of our app in partition `k` (at least the
+        priority-0 one), made at 0 where missing, so what was queued before us is delivered
+        too, and each stream named in the partition's apps set."""
+        names = {self.app.name}
+        names.update(n for n in await self.r.smembers(k.apps()) if parse_stream_name(n)[0] == self.app.name)
+        for name in sorted(names):
+            try:
+                await self.r.xgroup_create(k.stream_of(name), GROUP, id="0", mkstream=True)
             except ResponseError as e:
                 if "BUSYGROUP" not in str(e):
                     raise
-            await self.register(k)
-        self.log.info("executor_started", concurrency=self.concurrency, cluster=self.cluster)
+            await self.r.sadd(k.apps(), name)
+
+    async def rejoin(self) -> None:
+        """A read found a consumer group gone: Redis lost data (a flushed database, a restart
+        from an older file, a failover to a replica that lagged).  The groups are made again
+        (join), and a partition where we are no longer registered too is `refused`."""
+        self.log.warning("groups_lost")
+        for k in self.parts:
+            await self.join(k)
+            if not await self.ping(k):
+                await self.refused(k)
 
     async def serve(self, stop: asyncio.Event) -> None:
         await self.start()
@@ -172,50 +207,99 @@ class Executor:
         pending = [r.aio for r in self.runs.values() if r.aio]
         if pending:
             await asyncio.wait(pending, timeout=self.settings.grace)
-        for run in list(self.runs.values()):  # past the grace period: hand back, not lose
-            if run.aio and not run.aio.done():
-                run.aio.cancel()
-            res = await self.runner.handback(run)
-            self.log.info("run_handed_back", task_id=run.task_id, job_id=run.job_id, result=res.code)
+        # Past the grace period: hand back, not lose; runs an earlier refusal gave up too.
+        # What cannot be handed back (Redis away) keeps us in that partition's registry, so
+        # that the manager takes it back once our pings stop.
+        unfinished = [*self.runs.values(), *self.runner.owed]
+        until = asyncio.get_running_loop().time() + HANDBACK_TIMEOUT
+        left = await self.runner.give_up(unfinished, "stopping", until) if unfinished else []
+        stay = {run.keys.partition for run in left}
         roles.heartbeat.cancel()
         roles.control.cancel()
         # Let them end before the client closes, so that no read of theirs is cut off by the
         # close.  Both loops honour a cancel even when redis-py swallows it (shared/aio.py),
         # control within its 1 s pop; the bound is for what we have not seen: a stop must
         # never hang on a role.
-        _, stuck = await asyncio.wait([roles.heartbeat, roles.control], timeout=ROLE_STOP_TIMEOUT)
+        refusals = [t for t in self.refusals.values() if not t.done()]
+        for t in refusals:  # what they would hand back is in runner.owed, handed back above
+            t.cancel()
+        _, stuck = await asyncio.wait([roles.heartbeat, roles.control, *refusals], timeout=ROLE_STOP_TIMEOUT)
         if stuck:
             self.log.warning("roles_not_stopped", roles=sorted(t.get_name() for t in stuck))
         for k in self.parts:  # leave the registry: nothing of ours is running any more
-            await redeliver_pending(self.r, self.scripts, k, self.app.name, self.id)
-            pipe = self.r.pipeline(transaction=False)
-            pipe.zrem(k.executors(), self.id)
-            pipe.delete(k.executor(self.id), k.running(self.id))
-            await pipe.execute()
+            if k.partition in stay:
+                kept = sum(1 for run in left if run.keys.partition == k.partition)
+                self.log.warning("registry_kept", partition=k.partition, runs=kept)
+                continue
+            try:
+                async with asyncio.timeout(ROLE_STOP_TIMEOUT):  # a Redis that stopped answering
+                    await redeliver_pending(self.r, self.scripts, k, self.app.name, self.id)
+                    pipe = self.r.pipeline(transaction=False)
+                    pipe.zrem(k.executors(), self.id)
+                    pipe.delete(k.executor(self.id), k.running(self.id))
+                    await pipe.execute()
+            except FAULTS as e:  # still registered: the manager reaps us once our pings stop
+                self.log.warning("leave_failed", partition=k.partition, error=str(e))
         await self.r.aclose()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.log.info("executor_stopped")
 
     # ------------------------------------------------------------------ heartbeat
     async def heartbeat(self) -> None:
+        """A ping per partition every ping_interval; after a failed one, sooner (a capped
+        backoff, never more than ping_interval), so that a ping lands soon after Redis is back."""
+        interval = self.settings.ping_interval
+        warnings = {k.partition: Warnings(self.log, "ping_failed") for k in self.parts}
+        backoff = Backoff(cap=min(BACKOFF_CAP, interval))
+        delay = interval
         while True:
             raise_if_stop_requested()  # a cancel lost in a ping's socket write (shared/aio.py)
-            await asyncio.sleep(self.settings.ping_interval)
-            try:
-                for k in self.parts:
+            await asyncio.sleep(delay)
+            failed = False
+            for k in self.parts:  # each partition on its own: one down is no reason to skip others
+                try:
                     if not await self.ping(k):
-                        await self.declared_dead(k)
-            except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
-                raise_if_stop_requested()
-                self.log.warning("ping_failed", error=str(e))
+                        self.refusal(k)  # not awaited: the other partitions' pings go on
+                    warnings[k.partition].ok(partition=k.partition)
+                except FAULTS as e:
+                    raise_if_stop_requested()
+                    warnings[k.partition].failed(e, partition=k.partition)
+                    failed = True
+            if failed:
+                delay = backoff.next()
+            else:
+                delay = interval
+                backoff.reset()
 
-    async def declared_dead(self, k: Keys) -> None:
-        """The manager gave our runs to others: drop them (their writes would be rejected
-        anyway) and register again as a fresh consumer."""
-        self.log.warning("declared_dead", running=len(self.runs))
-        for run in list(self.runs.values()):
-            if run.aio:
-                run.aio.cancel()
+    def refusal(self, k: Keys) -> asyncio.Task[None]:
+        """The task that handles our refusal in partition `k` (`_refused`): the one under way,
+        or a new one."""
+        t = self.refusals.get(k.partition)
+        if t is None or t.done():
+            t = asyncio.create_task(self._refused(k), name=f"refused-{k.partition}")
+            t.add_done_callback(self._refusal_done)
+            self.refusals[k.partition] = t
+        return t
+
+    def _refusal_done(self, t: asyncio.Task[None]) -> None:
+        if not t.cancelled() and (e := t.exception()) is not None:  # the next ping answers 0 again
+            self.log.warning("refusal_failed", task=t.get_name(), error=str(e)[:500])
+
+    async def refused(self, k: Keys) -> None:
+        """`refusal(k)`, waited for (a cancel of the caller does not cancel it)."""
+        await asyncio.shield(self.refusal(k))
+
+    async def _refused(self, k: Keys) -> None:
+        """We are not registered in partition `k` (a ping answered 0, a claim DEAD): the
+        manager declared us dead there and takes back the runs we held, or Redis lost the
+        registry.  The runs of that partition are given up (cancelled and handed back: fenced,
+        so it does not matter whether the reaper got to them first); the runs of the other
+        partitions are still ours and go on.  Then we register again."""
+        if await self.ping(k):  # registered again meanwhile
+            return
+        runs = [run for run in self.runs.values() if run.keys.partition == k.partition]
+        self.log.warning("declared_dead", partition=k.partition, running=len(runs))
+        await self.runner.give_up(runs, "declared dead")
         await self.register(k)
 
     # ------------------------------------------------------------------ control
@@ -229,20 +313,30 @@ class Executor:
             await self._control([k.control(self.id) for k in self.parts])
 
     async def _control(self, keys: list[str]) -> None:
+        warnings = Warnings(self.log, "control_failed")
+        backoff = Backoff()
         while True:
             try:
                 got = await self.r.blpop(keys, timeout=1)
-            except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
+            except FAULTS as e:
                 raise_if_stop_requested()
-                self.log.warning("control_failed", error=str(e))
-                await asyncio.sleep(0.5)
+                warnings.failed(e)
+                await backoff.wait()
                 continue
             # A cancel can come back as a reply here: lost in the write of the BLPOP (3.11's
             # wait_for, shared/aio.py) or turned into the empty reply of the blocking read.
             raise_if_stop_requested()
+            warnings.ok()
+            backoff.reset()
             if not got:
                 continue
-            msg = json.loads(got[1])
+            try:
+                msg = json.loads(got[1])
+                if not isinstance(msg, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                self.log.warning("control_unreadable", message=str(got[1])[:200])
+                continue
             run = self.runs.get(msg.get("cancel", ""))
             if run and run.job_id == msg.get("job_id") and run.aio:
                 self.log.info("run_cancelled", task_id=run.task_id, job_id=run.job_id)

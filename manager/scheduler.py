@@ -8,9 +8,12 @@ a clean of tens of thousands of tasks runs while due work keeps flowing every ti
   deadlines   tick                            RUNNING past exec_deadline -> expire.lua (EXEC_TIMEOUT)
   ended       tick                            tasks that just ended: next_task gets a fresh run
                                               (chaining), a cron task goes back to IDLE
-  reap        max(ping_interval / 2, tick)    executors whose heartbeat lapsed: their RUNNING tasks
-                                              -> reap.lua (re-queued), their unclaimed pending
-                                              entries -> redeliver.lua, then they leave the registry
+  reap        max(ping_interval / 2, tick)    executors whose heartbeat lapsed are declared dead
+                                              (mark_dead.lua: fenced by the last ping, after which
+                                              they can claim nothing); the runs they held then ->
+                                              reap.lua (re-queued), their unclaimed pending entries
+                                              -> redeliver.lua, then they leave the registry
+                                              (forget.lua); see Scheduler.reap_executor
   trim        TRIM_EVERY                      app streams lose the entries every consumer is done
                                               with, so Redis memory stays bounded under a steady load
   trim_notes  TRIM_EVERY                      notifications older than notify_retention
@@ -32,6 +35,7 @@ from typing import Any
 import redis.asyncio as aredis
 
 from stagewise import log as slog
+from stagewise.faults import REDIS_FAULTS, Warnings
 from stagewise.keys import GROUP, Keys, split_member
 from stagewise.manager import stats
 from stagewise.manager.store import Store
@@ -39,7 +43,7 @@ from stagewise.policy import catch_up_cron
 from stagewise.storage import calls
 from stagewise.storage.streams import redeliver_pending
 
-REDIS_ERRORS = (OSError, aredis.RedisError)
+REDIS_ERRORS = REDIS_FAULTS  # any Redis or socket error, the cluster client's own too
 TRIM_EVERY = 2.0  # s
 CLEAN_EVERY = 60.0  # s
 
@@ -123,12 +127,17 @@ class Scheduler:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run_role(self, role: Role, stop: asyncio.Event) -> None:
+        # Any Redis error (unreachable, out of memory, read-only, loading, a cluster slot down)
+        # is a failed step, tried again at the next interval; logged once per kind of failure,
+        # not at every tick of an outage.
+        warnings = Warnings(self.log, "tick_failed")
         while not stop.is_set():
             self.busy.add(role.name)
             try:
                 await role.step(await self.server_time())
-            except (OSError, aredis.ConnectionError, aredis.TimeoutError) as e:
-                self.log.warning("tick_failed", scheduler_role=role.name, error=str(e))
+                warnings.ok(scheduler_role=role.name)
+            except REDIS_ERRORS as e:
+                warnings.failed(e, scheduler_role=role.name)
             except Exception:  # a bug must not stop this role, nor the others: log it, go on
                 self.log.exception("tick_crashed", scheduler_role=role.name)
             finally:
@@ -171,33 +180,56 @@ class Scheduler:
         return len(members)
 
     async def reap(self, k: Keys, now: float) -> None:
-        dead = await self.r.zrangebyscore(k.executors(), "-inf", now - self.settings.dead_seconds)
-        for eid in dead:
+        """Executors whose last ping is older than dead_seconds, and those declared dead whose
+        reap is not finished (a manager died mid-reap): each is reaped by `reap_executor`."""
+        stale = await self.r.zrangebyscore(k.executors(), "-inf", now - self.settings.dead_seconds)
+        marked = await self.r.zrange(k.dead_executors(), 0, -1)
+        for eid in dict.fromkeys([*marked, *stale]):
             await self.reap_executor(k, eid)
 
     async def reap_executor(self, k: Keys, eid: str) -> None:
-        info: dict[str, Any] = await self.r.hgetall(k.executor(eid))
-        members = await self.r.smembers(k.running(eid))
+        """Takes back what an executor of partition `k` held, in four steps, each a fenced
+        script (or several) that any manager may repeat:
+
+          1. mark_dead.lua declares it dead, only if its last ping is still older than
+             dead_seconds (a ping that just landed wins: ALIVE, nothing is done).  In the same
+             step it leaves the executors zset for the dead-executors zset and the runs it held
+             move from its running set to its reaping hash, each with the lease of its claim.
+             From then on its claims are refused (DEAD) and its pings answer 0, so it can take
+             nothing more until it registers again, and the reaping hash lists all it held.
+          2. reap.lua on each run of the reaping hash: RUNNING under the recorded lease ->
+             QUEUED at its stage (or FAILED, EXECUTOR_LOST); anything else (ended, handed back,
+             claimed again by a re-registered executor under a new lease) is skipped.
+          3. Entries still pending on it go back on their streams (redeliver.lua), unless it
+             registered again meanwhile: then it gives back its own.
+          4. forget.lua removes the dead mark; its registry entry, info, running set and
+             control list go too, unless it registered again meanwhile.
+
+        A manager that dies anywhere in between leaves the executor in the dead-executors zset,
+        where the next reap pass (of any manager) finds it and finishes."""
+        mark = await self.scripts.run(calls.mark_dead(k, eid, self.settings.dead_seconds))
+        if mark.code != "DEAD":
+            return
+        held = await self.r.hkeys(k.reaping(eid))
         outcomes = await self.scripts.run_many(
-            [calls.reap(k, split_member(m)[1], eid, self.settings.max_interruptions) for m in members]
+            [calls.reap(k, m, eid, self.settings.max_interruptions) for m in held]
         )
-        app = info.get("app")
-        redelivered = await redeliver_pending(self.r, self.scripts, k, app, eid) if app else 0
-        # Leave the registry last: a manager that dies before this line repeats the work,
-        # which is harmless (every script above is fenced).
-        pipe = self.r.pipeline(transaction=False)
-        pipe.zrem(k.executors(), eid)
-        pipe.delete(k.executor(eid), k.running(eid))
-        await pipe.execute()
+        redelivered = 0
+        if not mark.live:
+            redelivered = await redeliver_pending(self.r, self.scripts, k, mark.app or None, eid)
+        left = await self.scripts.run(calls.forget(k, eid))
+        if left.code == "BUSY":  # marked again since step 2 read the hash: the next pass goes on
+            return
         requeued = sum(1 for o in outcomes if o.code == "QUEUED")
         self._count("executors_reaped")
         self.log.warning(
             "executor_dead",
             executor_id=eid,
-            app=app,
+            app=mark.app or None,
             requeued=requeued,
             failed=sum(1 for o in outcomes if o.code == "FAILED"),
             redelivered=redelivered,
+            registered_again=left.code == "LIVE",
         )
 
     async def trim(self, k: Keys) -> int:

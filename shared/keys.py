@@ -112,6 +112,17 @@ class Keys:
         """Set of members leased by the executor."""
         return f"{self.prefix}:run:{executor_id}"
 
+    def dead_executors(self) -> str:
+        """ZSET executor id -> time it was declared dead (mark_dead.lua), for as long as its
+        reap is not finished (forget.lua): a manager that dies mid-reap leaves it here for the
+        next one to finish."""
+        return f"{self.prefix}:exd"
+
+    def reaping(self, executor_id: str) -> str:
+        """Hash member -> lease: the runs an executor held when it was declared dead, each with
+        the lease of its claim, until reap.lua has taken each back (or found it over)."""
+        return f"{self.prefix}:reap:{executor_id}"
+
     def control(self, executor_id: str) -> str:
         """List of control messages to an executor (cancel requests)."""
         return f"{self.prefix}:ctl:{executor_id}"

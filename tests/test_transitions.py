@@ -21,6 +21,7 @@ import pytest
 from stagewise.config import Settings
 from stagewise.errors import INVALID_TRANSITION, NOT_WAITING_FOR_MESSAGE, TASK_EXISTS, RpcError
 from stagewise.keys import GROUP, Keys, member
+from stagewise.manager.scheduler import Scheduler
 from stagewise.manager.store import Store
 from stagewise.models import parse_task
 from stagewise.policy import retry_delay
@@ -175,8 +176,16 @@ async def expire(store: Store, k: Keys, tid: str) -> Code:
     return await store.scripts.run(calls.expire(k, member(APP, tid)))
 
 
+async def mark_dead(store: Store, k: Keys, executor: str, dead_after: float = 0) -> calls.Mark:
+    """The first step of the manager's reap: with `dead_after` 0 any last ping is old enough."""
+    return await store.scripts.run(calls.mark_dead(k, executor, dead_after))
+
+
 async def reap(store: Store, k: Keys, tid: str, executor: str, max_interruptions: int = 5) -> Code:
-    return await store.scripts.run(calls.reap(k, tid, executor, max_interruptions))
+    """The manager's reap of one run: the executor is declared dead (at once), then the run
+    it held at the mark is taken back."""
+    assert (await mark_dead(store, k, executor)).code == "DEAD"
+    return await store.scripts.run(calls.reap(k, member(APP, tid), executor, max_interruptions))
 
 
 # --------------------------------------------------------------------------- reading back
@@ -825,6 +834,161 @@ async def test_execution_deadline_fails_the_run_and_tells_the_executor(
     ctl = [json.loads(m) for m in await r.lrange(k.control("ex1"), 0, -1)]
     assert ctl == [{"cancel": tid, "job_id": run.job}]
     assert (await store.attempts(tid))[-1]["outcome"] == "timeout"
+
+
+# =========================================================================== declared dead
+
+
+async def registry(r: Any, k: Keys, executor: str) -> dict[str, Any]:
+    """Where an executor stands in the registry of a partition."""
+    return {
+        "live": await r.zscore(k.executors(), executor) is not None,
+        "dead": await r.zscore(k.dead_executors(), executor) is not None,
+        "info": await r.exists(k.executor(executor)) == 1,
+        "running": await r.smembers(k.running(executor)),
+        "reaping": await r.hgetall(k.reaping(executor)),
+    }
+
+
+async def test_an_executor_declared_dead_can_claim_and_ping_no_more(store: Store, r: Any, k: Keys) -> None:
+    held = await create(store)
+    waiting = await create(store)
+    run = await take(store, r, k, held)
+    entry = await read_entry(r, k)  # read before the mark, claimed after it
+    assert entry is not None and entry[1]["t"] == waiting
+    assert await mark_dead(store, k, "ex1") == calls.Mark("DEAD", APP, False)
+    assert await registry(r, k, "ex1") == {
+        "live": False,
+        "dead": True,
+        "info": True,
+        "running": set(),
+        "reaping": {member(APP, held): run.lease},  # what it held, with the lease of the claim
+    }
+    before = await snapshot(r, k, waiting)
+    claimed = await store.scripts.run(
+        calls.claim(k, k.stream(APP), entry[0], waiting, entry[1]["j"], "ex1", "lease-late")
+    )
+    assert claimed == Claim("DEAD", {})
+    assert await snapshot(r, k, waiting) == before and await pending(r, k) == 1
+    assert await store.scripts.run(calls.ping(k, "ex1")) is False  # the heartbeat is refused too
+    assert not await r.zscore(k.executors(), "ex1")  # and does not register it again
+    assert [e["id"] for e in await store.executors()] == []
+    # marking again changes nothing: the reap is still to be finished
+    assert await mark_dead(store, k, "ex1") == calls.Mark("DEAD", APP, False)
+    assert (await registry(r, k, "ex1"))["reaping"] == {member(APP, held): run.lease}
+
+
+async def test_a_ping_that_lands_before_the_mark_wins(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store)
+    run = await take(store, r, k, tid)
+    sec, usec = await r.time()
+    await r.zadd(k.executors(), {"ex1": sec + usec / 1e6 - 100})  # its heartbeat lapsed ...
+    stale = await r.zrangebyscore(k.executors(), "-inf", sec - 15)
+    assert stale == ["ex1"]  # ... as the reaper reads it
+    assert await store.scripts.run(calls.ping(k, "ex1")) is True  # then a ping lands
+    assert await mark_dead(store, k, "ex1", dead_after=15) == calls.Mark("ALIVE", "", False)
+    assert await registry(r, k, "ex1") == {
+        "live": True,
+        "dead": False,
+        "info": True,
+        "running": {member(APP, tid)},
+        "reaping": {},
+    }
+    assert await commit(store, k, tid, run, 0, "a") == Commit("FINISHED", 1, [])
+    assert await mark_dead(store, k, "nobody") == calls.Mark("GONE", "", False)
+
+
+async def test_a_reap_cut_short_by_a_manager_crash_is_finished_by_the_next(
+    store: Store, r: Any, k: Keys
+) -> None:
+    first, second, unread = await create(store), await create(store), await create(store)
+    runs = {tid: await take(store, r, k, tid) for tid in (first, second)}
+    entry = await read_entry(r, k)  # read by ex1, never claimed
+    assert entry is not None and entry[1]["t"] == unread
+    # manager 1: declares ex1 dead, takes back one run, and dies
+    assert (await mark_dead(store, k, "ex1")).code == "DEAD"
+    assert await store.scripts.run(calls.reap(k, member(APP, first), "ex1", 5)) == Code("QUEUED")
+    # manager 2 finds ex1 among the dead, though it is no longer among the executors
+    sec, usec = await r.time()
+    await Scheduler(store).reap(k, sec + usec / 1e6)
+    await check(store, r, k, first, "QUEUED", executor_id=None, locked=False)
+    await check(store, r, k, second, "QUEUED", executor_id=None, locked=False)
+    assert (await r.hgetall(k.task(first)))["interruptions"] == "1"  # taken back once, not twice
+    await check(store, r, k, unread, "QUEUED")
+    assert await pending(r, k) == 0  # its unclaimed entry went back on the stream
+    assert await registry(r, k, "ex1") == {
+        "live": False,
+        "dead": False,
+        "info": False,
+        "running": set(),
+        "reaping": {},
+    }
+    assert "ex1" not in {c["name"] for c in await r.xinfo_consumers(k.stream(APP), GROUP)}
+    # every task runs again, and the old runs are fenced off
+    got = {}
+    for _ in range(3):
+        e = await read_entry(r, k, consumer="ex2")
+        assert e is not None
+        got[e[1]["t"]] = e
+    assert set(got) == {first, second, unread}
+    assert await commit(store, k, first, runs[first], 0, "late") == Commit("STALE", None, [])
+
+
+async def test_an_executor_registered_again_during_its_reap_is_not_removed(
+    store: Store, r: Any, k: Keys
+) -> None:
+    lost, again, new = await create(store), await create(store), await create(store)
+    old_lost = await take(store, r, k, lost)
+    old_again = await take(store, r, k, again)
+    assert (await mark_dead(store, k, "ex1")).code == "DEAD"
+    # ex1 learns it was refused: it gives `again` back, registers, and claims `again` and `new`
+    assert await handback(store, k, again, old_again) == Code("QUEUED")
+    ours = {tid: await take(store, r, k, tid) for tid in (new, again)}  # registers it again
+    assert await mark_dead(store, k, "ex1", dead_after=60) == calls.Mark("DEAD", APP, True)
+    sec, usec = await r.time()
+    await Scheduler(store).reap(k, sec + usec / 1e6)
+    # the run held at the mark is taken back; the runs claimed since are not
+    await check(store, r, k, lost, "QUEUED", executor_id=None)
+    for tid, run in ours.items():
+        await check(store, r, k, tid, "RUNNING", executor_id="ex1")
+        assert (await r.hgetall(k.task(tid)))["lease"] == run.lease
+    assert await registry(r, k, "ex1") == {
+        "live": True,
+        "dead": False,
+        "info": True,
+        "running": {member(APP, again), member(APP, new)},
+        "reaping": {},
+    }
+    assert await store.scripts.run(calls.ping(k, "ex1")) is True
+    for tid, run in ours.items():
+        assert await commit(store, k, tid, run, 0, "b") == Commit("FINISHED", 1, [])
+    assert await commit(store, k, lost, old_lost, 0, "late") == Commit("STALE", None, [])
+
+
+async def test_forget_waits_for_runs_marked_since(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store)
+    await take(store, r, k, tid)
+    assert (await mark_dead(store, k, "ex1")).code == "DEAD"
+    assert await store.scripts.run(calls.forget(k, "ex1")) == Code("BUSY")
+    assert (await registry(r, k, "ex1"))["dead"]
+    assert await store.scripts.run(calls.reap(k, member(APP, tid), "ex1", 5)) == Code("QUEUED")
+    assert await store.scripts.run(calls.forget(k, "ex1")) == Code("GONE")
+    assert await store.scripts.run(calls.forget(k, "ex1")) == Code("GONE")  # idempotent
+    assert not any((await registry(r, k, "ex1")).values())
+
+
+async def test_a_consumer_is_dropped_only_with_nothing_pending(store: Store, r: Any, k: Keys) -> None:
+    tid = await create(store)
+    entry = await read_entry(r, k)
+    assert entry is not None
+    stream = k.stream(APP)
+    assert await store.scripts.run(calls.drop_consumer(k, stream, "ex1")) == Code("PENDING")
+    assert await pending(r, k) == 1  # the entry is still there to give back
+    res = await store.scripts.run(calls.redeliver(k, stream, tid, entry[0], entry[1]["j"]))
+    assert res == Code("REQUEUED")
+    assert await store.scripts.run(calls.drop_consumer(k, stream, "ex1")) == Code("DROPPED")
+    assert await r.xinfo_consumers(stream, GROUP) == []
+    assert await store.scripts.run(calls.drop_consumer(k, k.stream("nope"), "ex1")) == Code("NONE")
 
 
 # =========================================================================== cancel

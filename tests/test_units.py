@@ -7,8 +7,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import redis.exceptions as rex
+import structlog
+from structlog.testing import capture_logs
 
-from stagewise import config
+from stagewise import config, faults
 from stagewise.executor.app import App, ParamsError
 from stagewise.keys import Keys, member, partition_of, split_member
 from stagewise.policy import next_cron, next_retry_delay, retry_delay
@@ -142,3 +145,61 @@ def test_handler_params_are_converted_to_annotations() -> None:
         App("Bad Name")
     with pytest.raises(ValueError):
         app.method("t.f")(f)
+
+
+@pytest.mark.parametrize(
+    ("error", "passes"),
+    [
+        (rex.ConnectionError("Error 111 connecting"), True),
+        (rex.TimeoutError("Timeout reading"), True),
+        (ConnectionResetError(104, "reset"), True),
+        (rex.BusyLoadingError("Redis is loading the dataset in memory"), True),
+        (rex.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), True),
+        (rex.ReadOnlyError("You can't write against a read only replica."), True),
+        (rex.ClusterDownError("CLUSTERDOWN The cluster is down"), True),
+        (rex.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"), True),
+        (rex.ResponseError("BUSY Redis is busy running a script."), True),
+        (rex.ResponseError("MASTERDOWN Link with MASTER is down"), True),
+        (rex.ResponseError("UNBLOCKED the stream key no longer exists"), True),
+        (rex.SlotNotCoveredError("Slot 42 not covered by the cluster"), True),
+        (rex.ResponseError("NOGROUP No such key 'q' or consumer group 'executors'"), False),
+        (rex.ResponseError("ERR Error running script: attempt to index a nil value"), False),
+        (rex.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
+        (rex.NoScriptError("No matching script."), False),
+        (ValueError("not Redis"), False),
+    ],
+)
+def test_which_redis_faults_pass_by_themselves(error: Exception, passes: bool) -> None:
+    assert faults.transient(error) is passes
+
+
+def test_fault_kinds_and_nogroup() -> None:
+    assert faults.kind(rex.ResponseError("NOGROUP No such key")) == "ResponseError:NOGROUP"
+    assert faults.kind(rex.OutOfMemoryError("command not allowed")) == "OutOfMemoryError"
+    assert faults.is_nogroup(rex.ResponseError("NOGROUP No such key")) is True
+    assert faults.is_nogroup(rex.ResponseError("ERR no")) is False
+
+
+def test_backoff_doubles_up_to_its_cap_and_resets() -> None:
+    b = faults.Backoff()
+    assert [b.next() for _ in range(7)] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0])
+    b.reset()
+    assert b.next() == pytest.approx(0.1)
+    short = faults.Backoff(cap=0.25)  # the heartbeat's, with a ping interval of 0.25 s
+    assert [short.next() for _ in range(4)] == pytest.approx([0.1, 0.2, 0.25, 0.25])
+
+
+def test_warnings_once_per_kind_of_failure_then_recovered() -> None:
+    with capture_logs() as logs:
+        w = faults.Warnings(structlog.get_logger(), "ping_failed")
+        for _ in range(5):
+            w.failed(rex.ConnectionError("Error 111"), partition=0)
+        w.failed(rex.OutOfMemoryError("command not allowed"), partition=0)
+        w.failed(rex.OutOfMemoryError("command not allowed"), partition=0)
+        w.ok(partition=0)
+        w.ok(partition=0)
+    assert [(e["event"], e.get("kind"), e.get("failures")) for e in logs] == [
+        ("ping_failed", "ConnectionError", None),
+        ("ping_failed", "OutOfMemoryError", None),
+        ("ping_failed_recovered", None, 7),
+    ]

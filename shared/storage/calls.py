@@ -53,7 +53,8 @@ def new_job_id() -> str:
 
 class Code(NamedTuple):
     """A reply that is a code and nothing else worth reading (handback, redeliver, expire,
-    reap, send): e.g. QUEUED, STALE, REQUEUED, DROPPED, FAILED, SKIP, NOT_DUE, DELIVERED."""
+    reap, forget, drop_consumer, send): e.g. QUEUED, STALE, REQUEUED, DROPPED, FAILED, SKIP,
+    NOT_DUE, DELIVERED, GONE."""
 
     code: str
 
@@ -308,12 +309,62 @@ def expire(k: Keys, task_member: str) -> Call[Code]:
     return Call("expire", [k.task(tid), k.deadlines()], [k.prefix, tid, task_member], _code)
 
 
-def reap(k: Keys, task_id: str, executor_id: str, max_interruptions: int) -> Call[Code]:
-    """A dead executor's task: QUEUED, FAILED (EXECUTOR_LOST) or SKIP."""
+class Mark(NamedTuple):
+    """mark_dead.lua: DEAD (reap it: `app` is its app, '' when its info is gone; `live` when it
+    registered again since), ALIVE or GONE (nothing to do)."""
+
+    code: str
+    app: str
+    live: bool
+
+
+def _mark(res: Any) -> Mark:
+    return Mark(res[0], res[1] if len(res) > 1 else "", len(res) > 2 and res[2] == "1")
+
+
+def mark_dead(k: Keys, executor_id: str, dead_after: float) -> Call[Mark]:
+    """Declares the executor dead if its last ping is at least `dead_after` s old: the first
+    step of a reap, and the one that decides (see mark_dead.lua)."""
+    return Call(
+        "mark_dead",
+        [
+            k.executors(),
+            k.dead_executors(),
+            k.running(executor_id),
+            k.reaping(executor_id),
+            k.executor(executor_id),
+        ],
+        [k.prefix, executor_id, dead_after],
+        _mark,
+    )
+
+
+def reap(k: Keys, task_member: str, executor_id: str, max_interruptions: int) -> Call[Code]:
+    """A run the dead executor held at its mark (`task_member`, app/id, from its reaping hash):
+    QUEUED, FAILED (EXECUTOR_LOST) or SKIP."""
+    _, _, tid = task_member.partition("/")
     return Call(
         "reap",
-        [k.task(task_id), k.running(executor_id)],
-        [k.prefix, task_id, executor_id, max_interruptions],
+        [k.task(tid), k.reaping(executor_id)],
+        [k.prefix, tid, executor_id, max_interruptions, task_member],
+        _code,
+    )
+
+
+def forget(k: Keys, executor_id: str) -> Call[Code]:
+    """The last step of a reap: GONE (it left the registry), LIVE (it registered again and
+    stays) or BUSY (runs left to reap)."""
+    return Call(
+        "forget",
+        [
+            k.executors(),
+            k.dead_executors(),
+            k.reaping(executor_id),
+            k.executor(executor_id),
+            k.running(executor_id),
+            k.control(executor_id),
+        ],
+        [k.prefix, executor_id],
         _code,
     )
 
@@ -323,12 +374,18 @@ def redeliver(k: Keys, stream: str, task_id: str, entry_id: str, job_id: str) ->
     return Call("redeliver", [k.task(task_id), stream], [k.prefix, task_id, entry_id, job_id], _code)
 
 
+def drop_consumer(k: Keys, stream: str, consumer: str) -> Call[Code]:
+    """The consumer leaves the stream's group if nothing is pending on it: DROPPED, PENDING or
+    NONE (no such stream or group)."""
+    return Call("drop_consumer", [stream], [k.prefix, consumer], _code)
+
+
 # --------------------------------------------------------------------------- the executor
 
 
 def ping(k: Keys, executor_id: str, info: Sequence[Any] | None = None) -> Call[bool]:
     """A heartbeat; with `info` (field, value, ...) a registration.  False: this executor is
-    not registered (it was declared dead)."""
+    not registered (declared dead, or the registry was lost): it must register again."""
     args = [k.prefix, executor_id, 0] if info is None else [k.prefix, executor_id, 1, *info]
     return Call("ping", [k.executors(), k.executor(executor_id)], args, bool)
 

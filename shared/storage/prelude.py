@@ -36,6 +36,8 @@ KEY_FUNCTIONS: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "k_executors": (Keys.executors, ()),
     "k_executor": (Keys.executor, ("eid",)),
     "k_running": (Keys.running, ("eid",)),
+    "k_dead_executors": (Keys.dead_executors, ()),
+    "k_reaping": (Keys.reaping, ("eid",)),
     "k_control": (Keys.control, ("eid",)),
     "k_idx_status": (Keys.idx_status, ("status",)),
     "k_idx_app_status": (Keys.idx_app_status, ("app", "status")),

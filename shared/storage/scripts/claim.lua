@@ -12,7 +12,11 @@
 --         {'STALE'}  the entry no longer matches a QUEUED run at a call stage; entry
 --            acknowledged, drop it (a run queued at a timer or message stage, as versions
 --            before 0.2 did, is advanced here instead: an executor only ever runs calls)
---         {'DEAD'}   this executor was declared dead; entry left pending for the manager
+--         {'DEAD'}   this executor is not registered (declared dead by mark_dead.lua, or its
+--            registry lost with Redis's data): nothing written, the entry stays pending; the
+--            executor gives it back (redeliver.lua), gives up its runs of this partition and
+--            registers again.  The check comes first, so no claim is ever recorded for an
+--            executor whose running set the manager has already swept
 local tkey, id = KEYS[1], ARGV[2]
 if not redis.call('ZSCORE', KEYS[3], ARGV[5]) then
   return {'DEAD'}

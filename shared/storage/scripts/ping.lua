@@ -1,9 +1,13 @@
 -- ping.lua: executor heartbeat.  Pings travel on their own keys, never on a work stream, so
 -- a backlog of work cannot make a live executor look dead.
+-- A ping only refreshes a registration: an executor that is not in the executors zset (DEAD,
+-- declared dead by mark_dead.lua; or its registry lost with Redis's data) gets 0 and stays out.
+-- It has lost the runs of this partition: it gives them up, then registers again (LIVE, or
+-- LIVE and DEAD while the manager finishes the reap of what it held; see mark_dead.lua).
 -- KEYS[1] executors zset   KEYS[2] this executor's info hash
--- ARGV[1] prefix  ARGV[2] executor id  ARGV[3] '1' register (start) | '0' ping
+-- ARGV[1] prefix  ARGV[2] executor id  ARGV[3] '1' register (start, or again after a 0) | '0' ping
 -- ARGV[4..] info field, value pairs (register only)
--- Returns 1 | 0 (unknown: it was declared dead; the executor must drop its runs)
+-- Returns 1 | 0 (not registered: declared dead or forgotten; drop the partition's runs, register)
 local ts = now()
 if ARGV[3] == '1' then
   local info = {}
