@@ -115,7 +115,9 @@ class Runner:
         stage = int(raw) if raw is not None else stage
         err = stage_error(StageError.STAGE_ERROR, f"executor error: {e}"[:2000], stage, type(e).__name__)
         doc = decode(run.h["doc"])
-        delay = retry_delay(int(run.h.get("retries") or 0), doc.get("max_retries", 0), 1.0)
+        delay = retry_delay(
+            int(run.h.get("retries") or 0), doc.get("max_retries", 0), float(doc.get("retry_backoff", 1.0))
+        )
         try:
             res = await self.fail(run, stage, err, delay, "error", batched=False)
         except Exception:  # noqa: BLE001 - fall back on the hand-back below
@@ -206,6 +208,7 @@ class Runner:
                     error=f.error["code"],
                     ms=round((time.monotonic() - t0) * 1000, 3),
                     next=failed.code,
+                    **({"traceback": f.error["traceback"]} if "traceback" in f.error else {}),
                 )
                 return
             res = await self.commit(run, stage, result, outcome, cmd["method"])

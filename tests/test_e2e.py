@@ -102,7 +102,7 @@ async def test_stage_errors_fail_the_task(
     daemons: Any, command: dict[str, Any], code: str, type_: str | None
 ) -> None:
     m = await daemons.manager()
-    await daemons.executor("examples.app:app", concurrency=2)
+    ex = await daemons.executor("examples.app:app", concurrency=2)
     await m.rpc(
         "tasks.create",
         {
@@ -130,6 +130,9 @@ async def test_stage_errors_fail_the_task(
     if tb is not None:
         assert "examples/app.py" in tb and "in fail" in tb and tb.rstrip().endswith("RuntimeError: no money")
         assert attempts[-1]["error"]["traceback"] == tb
+        # and the executor's stage line carries it (JSON lines: one per finished stage)
+        lines = [json.loads(x) for x in ex.log_path.read_text().splitlines() if x.startswith("{")]
+        assert any(x.get("event") == "stage" and x.get("traceback") == tb for x in lines)
 
 
 async def test_queued_before_any_executor_is_delivered(daemons: Any) -> None:
