@@ -13,6 +13,7 @@ import importlib
 import os
 import signal
 import sys
+import traceback
 
 import uvloop
 
@@ -24,15 +25,46 @@ from stagewise.executor.worker import Executor
 
 def load_app(module_app: str) -> App:
     """The `App` that ``MODULE:APP`` names (``MODULE`` alone means ``MODULE:app``), imported as
-    ``python -m`` would: modules in the current directory come first.  A name that is not an
-    App stops the process with one line."""
-    mod_name, _, attr = module_app.partition(":")
+    ``python -m`` would: modules in the current directory come first.  Whatever goes wrong (no
+    name, no such module, an error while importing it, no such attribute, not an App) stops
+    the process with one line that says what to fix, not a traceback."""
+    mod_name, _, attr = module_app.strip().partition(":")
+    if not mod_name:
+        raise SystemExit(
+            f"stagewise: executor: no app given ({module_app!r}): name it as MODULE:APP, "
+            "e.g. billing.tasks:app (in a unit: STAGEWISE_APP in its env file)"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    app = getattr(importlib.import_module(mod_name), attr or "app")
+    try:
+        module = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and (mod_name == e.name or mod_name.startswith(e.name + ".")):
+            raise SystemExit(
+                f"stagewise: executor: no module {e.name!r} (looked in {os.getcwd()} and the "
+                "installed packages; run from the folder that holds it, or install it)"
+            ) from None
+        raise SystemExit(f"stagewise: executor: importing {mod_name} failed: {_where(e)}") from None
+    except Exception as e:  # noqa: BLE001 - the app's own code failed to import: say where
+        raise SystemExit(f"stagewise: executor: importing {mod_name} failed: {_where(e)}") from None
+    name = attr or "app"
+    if not hasattr(module, name):
+        raise SystemExit(f"stagewise: executor: {mod_name} has no attribute {name!r} (MODULE:APP names an App)")
+    app = getattr(module, name)
     if not isinstance(app, App):
-        raise SystemExit(f"{module_app} is not a stagewise.App")
+        raise SystemExit(
+            f"stagewise: executor: {mod_name}:{name} is a {type(app).__name__}, not a stagewise.App"
+        )
     return app
+
+
+def _where(e: BaseException) -> str:
+    """An exception in one line: its class, its message and the last frame (file:line)."""
+    tb = traceback.extract_tb(e.__traceback__)
+    place = f" ({tb[-1].filename}:{tb[-1].lineno})" if tb else ""
+    if isinstance(e, SyntaxError) and e.filename:
+        place = f" ({e.filename}:{e.lineno})"
+    return f"{type(e).__name__}: {e}".splitlines()[0] + place
 
 
 def run(module_app: str, concurrency: int, settings: Settings) -> None:
