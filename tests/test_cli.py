@@ -463,7 +463,7 @@ async def test_daemon_subcommands_kept() -> None:
     r = await sw(None, "--config", "/nonexistent.toml", "manager")
     assert r.rc == 1 and "configuration error" in r.err
     r = await sw(None, "executor", "tests.helpers:uid")
-    one_error_line(r, "tests.helpers:uid is not a stagewise.App")
+    one_error_line(r, "stagewise: executor: tests.helpers:uid is a function, not a stagewise.App")
 
 
 async def test_version() -> None:
