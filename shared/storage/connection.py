@@ -1,5 +1,7 @@
 """The Redis client of a daemon or producer: a plain one for a single server, a cluster
-client for a Redis Cluster node, decided once when connecting."""
+client for a Redis Cluster node, decided once when connecting.  Every client gets the same
+bounded timeouts and no retries of its own (see SOCKET_TIMEOUT), so a call on a Redis that does
+not answer fails within seconds, whatever the redis-py version's defaults."""
 
 from __future__ import annotations
 
@@ -7,7 +9,37 @@ from typing import Any
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
+
+# Seconds to open a connection (TCP and TLS handshakes): a server that is up answers in
+# milliseconds, one that is down refuses at once; only a host that drops packets waits this long.
+CONNECT_TIMEOUT = 2.0
+# Seconds any one reply may take, on every connection.  It bounds how long a call waits on a
+# Redis that is stopped or cut off (SIGSTOP, a partition), so that the API answers 1006 within
+# SPEC §7's 5 s instead of hanging.  It must stay above the longest a command of ours blocks on
+# purpose, plus a margin for a loaded server: the executor's XREADGROUP BLOCK 1000 ms and BLPOP
+# timeout 1 s (stagewise.executor.fetch / worker; CLUSTER_BLOCK_MS is 100 ms), or those reads
+# would time out on an idle but healthy Redis.
+SOCKET_TIMEOUT = 3.0
+# No retries inside redis-py: from 6.0 its default client retries a failed or timed-out command
+# (3 to 10 times, with back-off), which multiplies the bound above and sends a write again whose
+# first try may have been applied (a create answered TASK_EXISTS for the task it had just
+# stored).  Our callers decide: the daemons' loops try again, the API answers 1006 and the
+# client may retry.  (redis-py's own `retry_on_timeout` is False by default in every version,
+# and deprecated from 6.0, where timeouts are retried whatever it says; `retry` covers both.)
+RETRIES = 0
+
+
+def client_options() -> dict[str, Any]:
+    """The connection options every client and node connection of ours gets (a Retry of its
+    own each time: redis-py may change the one it is given)."""
+    return {
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "retry": Retry(NoBackoff(), RETRIES),
+    }
 
 
 def is_cluster(r: Any) -> bool:
@@ -29,7 +61,9 @@ async def connect(url: str, max_connections: int) -> Any:
     cluster) is set above that bound, so the pool never runs dry.  A plain pool, because
     redis-py's blocking pool wraps every checkout in a timeout, which costs more than the rest
     of a command's client work."""
-    client = aredis.Redis.from_url(url, decode_responses=True, max_connections=max_connections)
+    client = aredis.Redis.from_url(
+        url, decode_responses=True, max_connections=max_connections, **client_options()
+    )
     try:
         cluster = bool((await client.info("cluster")).get("cluster_enabled"))
     except ResponseError:  # refused (an ACL without INFO, a proxy): run as before, on one server
@@ -40,7 +74,9 @@ async def connect(url: str, max_connections: int) -> Any:
     if not cluster:
         return client
     await client.aclose()
-    rc = RedisCluster.from_url(url, decode_responses=True, max_connections=max_connections)
+    rc = RedisCluster.from_url(
+        url, decode_responses=True, max_connections=max_connections, **client_options()
+    )
     try:
         await rc.initialize()
     except BaseException:
