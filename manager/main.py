@@ -87,10 +87,13 @@ async def serve(settings: Settings) -> None:
     )
     # --- systemd (shared/sdnotify.py; every call is a no-op without $NOTIFY_SOCKET) ---------------
     # READY=1 once HTTP serves and Redis answers; WATCHDOG=1 only while the loop turns (the pinger
-    # is a task on it), the scheduler task lives and Redis answers PING.
+    # is a task on it), the scheduler task lives and Redis takes writes: the check of GET /healthz.
 
     async def healthy() -> bool:
-        return not loop_task.done() and bool(await r.ping())
+        if loop_task.done():
+            return False
+        await store.check_writable()  # raises when Redis is away or refuses writes
+        return True
 
     watchdog = asyncio.create_task(sdnotify.watchdog(healthy, log), name="watchdog")
     if not stop.is_set():

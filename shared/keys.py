@@ -154,6 +154,12 @@ class Keys:
         that started from the oldest every time would stall on them."""
         return f"{self.prefix}:cc"
 
+    def health(self) -> str:
+        """String written with a short TTL by the manager's health check (GET /healthz, the
+        systemd watchdog): a write to this partition's slot proves that its master takes
+        writes."""
+        return f"{self.prefix}:health"
+
     def lock(self, name: str) -> str:
         """Short-lived lock so that one manager at a time runs a periodic job that is not
         itself idempotent (stream trimming)."""
