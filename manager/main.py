@@ -62,6 +62,8 @@ async def serve(settings: Settings) -> None:
     while r is None:
         try:
             r = await connect(settings.redis_url, max_connections=settings.max_inflight + 16)
+        except ValueError as e:  # a malformed Sentinel URL: waiting will not mend it
+            raise SystemExit(f"stagewise: STAGEWISE_REDIS_URL: {e}") from None
         except (OSError, RedisError, RedisClusterException) as e:
             log.warning("redis_unavailable", error=str(e))
             try:

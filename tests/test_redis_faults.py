@@ -3,8 +3,8 @@
 Each test runs against a redis-server of its own (never the session's), which it stops, fills,
 demotes or kills: JSON-RPC methods answer `1006 UNAVAILABLE {reason}` (never -32603, never a
 hang), GET /tasks/{id} and /healthz answer 503, the client raises `Unavailable`, and service
-resumes by itself once Redis is back.  Plus the reason mapping on its own, and /healthz on a
-Redis Cluster with one master stopped.
+resumes by itself once Redis is back.  Plus the reason mapping on its own, /healthz on a Redis
+Cluster with one master stopped, and a Sentinel failover under a running manager and executor.
 
 Every answer during a fault is timed against BOUND (6 s: SPEC §7 promises 5 s; the socket
 timeout of stagewise.storage.connection makes it about 3 s here, 0 s where Redis refuses).
@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -43,17 +44,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from stagewise.client import AsyncClient, Unavailable
 from stagewise.keys import Keys
 from stagewise.manager.inproc import RedisClient
-from stagewise.storage.connection import SOCKET_TIMEOUT
+from stagewise.storage.connection import SOCKET_TIMEOUT, parse_sentinel_url
 from stagewise.storage.faults import unavailable_reason
 from tests.helpers import (
+    REPO_ROOT,
     Daemons,
     ManagerProc,
     RedisClusterServers,
     RedisServer,
     RpcError,
+    add_task,
     free_port,
     idle_app_task,
     started_for_tests,
+    task_until,
     uid,
     wait_for,
 )
@@ -210,6 +214,63 @@ def no_internal_errors(m: ManagerProc) -> None:
 )
 def test_unavailable_reason(exc: BaseException, reason: str | None) -> None:
     assert unavailable_reason(exc) == reason
+
+
+@pytest.mark.parametrize(
+    ("url", "sentinels", "service", "db", "password"),
+    [
+        ("redis+sentinel://127.0.0.1:26379/mymaster", [("127.0.0.1", 26379)], "mymaster", 0, None),
+        (
+            "redis+sentinel://:s%40cret@h1:1,h2:2,[::1]:3/svc/2",
+            [("h1", 1), ("h2", 2), ("::1", 3)],
+            "svc",
+            2,
+            "s@cret",
+        ),
+        ("redis+sentinel://h1/svc/", [("h1", 26379)], "svc", 0, None),
+    ],
+)
+def test_sentinel_urls(
+    url: str, sentinels: list[tuple[str, int]], service: str, db: int, password: str | None
+) -> None:
+    u = parse_sentinel_url(url)
+    assert (list(u.sentinels), u.service, u.db, u.password) == (sentinels, service, db, password)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis+sentinel://h1:26379", "no service name"),
+        ("redis+sentinel://h1:26379/", "no service name"),
+        ("redis+sentinel:///svc", "no sentinel host:port given"),
+        ("redis+sentinel://h1:26379,/svc", "sentinel 2 has no host"),
+        ("redis+sentinel://h1:port/svc", "sentinel 1 'h1:port': the port must be a number"),
+        ("redis+sentinel://h1:70000/svc", "the port must be a number from 1 to 65535"),
+        ("redis+sentinel://h1/svc/x", "the database 'x' is not a number"),
+        ("redis+sentinel://h1/svc/0/more", "more than /service_name/db"),
+        ("redis+sentinel://secret@h1/svc", "credentials must be"),
+        ("redis+sentinel://h1/svc?ssl=1", "options after '?'"),
+    ],
+)
+def test_malformed_sentinel_urls_are_named(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match="bad Sentinel URL") as e:
+        parse_sentinel_url(url)
+    assert problem in str(e.value)
+    assert "secret" not in str(e.value)
+
+
+def test_a_malformed_sentinel_url_stops_the_manager_with_one_line() -> None:
+    env = dict(os.environ, STAGEWISE_REDIS_URL="redis+sentinel://h1:26379", PYTHONPATH=str(REPO_ROOT))
+    done = subprocess.run(
+        [sys.executable, "-m", "stagewise", "manager"],
+        env=env,
+        capture_output=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode != 0
+    err = done.stderr.decode()
+    assert "STAGEWISE_REDIS_URL" in err and "no service name" in err and "Traceback" not in err, err
 
 
 # --------------------------------------------------------------------------- faults of one server
@@ -418,3 +479,173 @@ async def test_healthz_checks_the_master_of_every_partition(daemons: Daemons, tm
             os.kill(proc.pid, signal.SIGCONT)
         await wait_for(lambda: _ok(m, "/healthz"), timeout=10, what="/healthz 200 after SIGCONT")
         no_internal_errors(m)
+
+
+# --------------------------------------------------------------------------- Sentinel
+
+
+class Sentinelled:
+    """A master, its replica and one sentinel watching them as `mymaster`, in `dir`."""
+
+    def __init__(self, dir: Path) -> None:
+        self.dir = dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.master_port, self.replica_port, self.sentinel_port = free_port(), free_port(), free_port()
+        self.master = self._start(start_redis_on(self.master_port, dir))
+        self.replica = self._start(
+            start_redis_on(self.replica_port, dir, "--replicaof", "127.0.0.1", str(self.master_port))
+        )
+        conf = dir / "sentinel.conf"  # the sentinel rewrites its file: one of its own, writable
+        conf.write_text(
+            f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {dir}\n"
+            f"sentinel monitor mymaster 127.0.0.1 {self.master_port} 1\n"
+            "sentinel down-after-milliseconds mymaster 1000\n"
+            "sentinel failover-timeout mymaster 3000\n"
+        )
+        exe = shutil.which("redis-server")
+        assert exe
+        with open(dir / "sentinel.log", "ab") as log:
+            self._start(
+                subprocess.Popen(
+                    [exe, str(conf), "--sentinel"],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+        self.url = f"redis+sentinel://127.0.0.1:{self.sentinel_port}/mymaster"
+
+    def _start(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        self.procs.append(proc)
+        return proc
+
+    def sentinel(self) -> redis.Redis:
+        return admin(self.sentinel_port)
+
+    def master_addr(self) -> tuple[str, int] | None:
+        s = self.sentinel()
+        try:
+            got = s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
+        except redis.RedisError:
+            return None
+        finally:
+            s.close()
+        return (str(got[0]), int(got[1])) if got else None
+
+    def replica_ready(self) -> bool:
+        """The sentinel knows the replica, and the replica is in sync: a failover can pick it."""
+        s = self.sentinel()
+        try:
+            rows = s.execute_command("SENTINEL", "REPLICAS", "mymaster")
+        except redis.RedisError:
+            return False
+        finally:
+            s.close()
+        for row in rows or []:
+            info = row if isinstance(row, dict) else dict(zip(row[::2], row[1::2], strict=True))
+            if int(info.get("port", 0)) == self.replica_port and info.get("master-link-status") == "ok":
+                return "s_down" not in str(info.get("flags", ""))
+        return False
+
+    def replica_caught_up(self) -> bool:
+        """The replica has applied every write the master has made so far.  (WAIT on another
+        connection than the writer's would not tell: it covers that connection's writes only.)"""
+        master, replica = admin(self.master_port), admin(self.replica_port)
+        try:
+            done = int(master.info("replication")["master_repl_offset"])
+            return int(replica.info("replication").get("slave_repl_offset", -1)) >= done
+        finally:
+            master.close()
+            replica.close()
+
+    async def kill_master(self) -> None:
+        """SIGKILL the master once its replica holds every write (a write still in flight may
+        be lost by a failover: replication is asynchronous)."""
+        await wait_for(self.replica_caught_up, timeout=10, what="the replica to catch up")
+        self.procs[0].kill()
+        self.procs[0].wait()
+
+    def stop(self) -> None:
+        for p in self.procs:
+            stop_proc(p)
+
+
+@pytest.fixture
+def sentinelled(scratch: Path) -> Iterator[Sentinelled]:
+    s = Sentinelled(scratch)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+async def test_a_sentinel_failover_is_followed(daemons: Daemons, sentinelled: Sentinelled) -> None:
+    s = sentinelled
+    await wait_for(s.replica_ready, timeout=20, interval=0.1, what="the sentinel to see the synced replica")
+    assert s.master_addr() == ("127.0.0.1", s.master_port)
+    env = {"STAGEWISE_REDIS_URL": s.url}
+    m = await daemons.manager(**env)
+    await daemons.executor(concurrency=4, STAGEWISE_GRACE="1", **env)
+    before = [uid("pre") for _ in range(3)]
+    for tid in before:
+        await m.rpc("tasks.create", {"task": add_task(tid)})
+    for tid in before:
+        await task_until(m, tid, lambda v: v["status"] == "FINISHED", within=15)
+    t0 = time.monotonic()
+    await s.kill_master()
+    await unavailable(lambda: m.rpc("tasks.get", {"id": before[0]}), "unreachable")
+    await wait_for(
+        lambda: s.master_addr() == ("127.0.0.1", s.replica_port),
+        timeout=20,
+        interval=0.1,
+        what="the sentinel to promote the replica",
+    )
+    promoted = time.monotonic() - t0
+
+    async def serves() -> bool:
+        try:
+            await m.rpc("tasks.get", {"id": before[0]})
+        except RpcError as e:
+            assert e.code == 1006, e
+            return False
+        return True
+
+    await wait_for(serves, timeout=BOUND, what="the API to answer after the failover")
+    serving = time.monotonic() - t0
+    after = [uid("post") for _ in range(3)]
+    for tid in after:
+        await m.rpc("tasks.create", {"task": add_task(tid)})
+    for tid in after:
+        v = await task_until(m, tid, lambda v: v["status"] == "FINISHED", within=20)
+        assert v["results"] == [3]
+    for tid in before:  # what the replica had is still there
+        assert (await m.rpc("tasks.get", {"id": tid}))["status"] == "FINISHED"
+    await wait_for(lambda: _ok(m, "/healthz"), timeout=BOUND, what="/healthz 200 after the failover")
+    print(f"\nfailover: promoted after {promoted:.2f} s, API serving after {serving:.2f} s")
+    no_internal_errors(m)
+
+
+async def test_the_in_process_client_follows_sentinel(sentinelled: Sentinelled, namespace: str) -> None:
+    s = sentinelled
+    await wait_for(s.replica_ready, timeout=20, interval=0.1, what="the sentinel to see the synced replica")
+    async with RedisClient(s.url, namespace=namespace) as c:
+        tid = uid()
+        await c.create(idle_app_task(tid, "idle"))
+        assert (await c.info())["namespace"] == namespace
+        await s.kill_master()
+        await wait_for(
+            lambda: s.master_addr() == ("127.0.0.1", s.replica_port),
+            timeout=20,
+            interval=0.1,
+            what="the sentinel to promote the replica",
+        )
+
+        async def served() -> Any:
+            try:
+                return await c.get(tid)
+            except Unavailable:
+                return None
+
+        v = await wait_for(served, timeout=BOUND, what="the in-process client to follow the failover")
+        assert v["id"] == tid
+        await c.create(idle_app_task(uid(), "idle"))

@@ -1,6 +1,7 @@
 """Redis storage of the core, shared by both daemons (and by the transition tests).
 
-connection  the client: one server or a Redis Cluster, decided once when connecting; its timeouts
+connection  the client: one server, a Redis Cluster or a Sentinel service, decided once when
+            connecting; its timeouts
 faults      what a Redis error means to a caller: the reason of 1006 UNAVAILABLE, or none
 scripts/    one Lua script per state transition, each opening with its KEYS, ARGV, returns
 prelude     the Lua names generated from Python: keys, statuses, consumer group, buckets
