@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+import redis
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
@@ -47,6 +48,44 @@ def client_options() -> dict[str, Any]:
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "retry": Retry(NoBackoff(), RETRIES),
     }
+
+
+class _ConnectsOutsideTheLock:
+    """redis-py 5.3 to 7.1 open a new connection (TCP, then a handshake whose replies it waits
+    for) while holding the pool's lock: while Redis does not answer, concurrent calls that each
+    need a new connection wait out each other's socket timeouts in turn, n calls n x 3 s.  This
+    is get_connection as 7.2 changed it: the lock only around taking a connection from the pool,
+    the connect and check outside it."""
+
+    async def get_connection(self: Any, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        async with self._lock:
+            connection = self.get_available_connection()
+        try:
+            await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+
+class _Pool(_ConnectsOutsideTheLock, aredis.ConnectionPool):
+    pass
+
+
+class _SentinelPool(_ConnectsOutsideTheLock, SentinelConnectionPool):
+    pass
+
+
+def _connects_under_the_lock() -> bool:
+    major, minor = (int(n) for n in redis.__version__.split(".")[:2])
+    return (5, 3) <= (major, minor) < (7, 2)
+
+
+# The pool classes of our plain and Sentinel clients: redis-py's own, but on 5.3 to 7.1 ones
+# that connect outside the pool's lock (_ConnectsOutsideTheLock).
+POOL, SENTINEL_POOL = (
+    (_Pool, _SentinelPool) if _connects_under_the_lock() else (aredis.ConnectionPool, SentinelConnectionPool)
+)
 
 
 def is_cluster(r: Any) -> bool:
@@ -145,6 +184,7 @@ def _sentinel_client(url: str, max_connections: int) -> SentinelRedis:
     client = sentinel.master_for(
         u.service,
         redis_class=SentinelRedis,
+        connection_pool_class=SENTINEL_POOL,
         db=u.db,
         username=u.username,
         password=u.password,
@@ -179,8 +219,8 @@ async def connect(url: str, max_connections: int) -> Any:
             await master.aclose()
             raise
         return master
-    client = aredis.Redis.from_url(
-        url, decode_responses=True, max_connections=max_connections, **client_options()
+    client = aredis.Redis.from_pool(
+        POOL.from_url(url, decode_responses=True, max_connections=max_connections, **client_options())
     )
     try:
         cluster = bool((await client.info("cluster")).get("cluster_enabled"))
