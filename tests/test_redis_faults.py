@@ -344,13 +344,17 @@ async def test_out_of_memory_answers_1006_and_writes_nothing(daemons: Daemons, o
         r.config_set("maxmemory-policy", "noeviction")
         r.config_set("maxmemory", str(used // 2))
         refused = uid()
-        await unavailable(
-            lambda: m.rpc("tasks.create", {"task": idle_app_task(refused, "idle")}), "out of memory"
-        )
-        await unavailable(
-            lambda: m.rpc("tasks.create_many", {"tasks": [idle_app_task(uid(), "idle")]}), "out of memory"
-        )
-        await http_503(m, "/healthz", "out of memory")
+        times = [
+            await unavailable(
+                lambda: m.rpc("tasks.create", {"task": idle_app_task(refused, "idle")}), "out of memory"
+            ),
+            await unavailable(
+                lambda: m.rpc("tasks.create_many", {"tasks": [idle_app_task(uid(), "idle")]}),
+                "out of memory",
+            ),
+            (await http_503(m, "/healthz", "out of memory"))[1],
+        ]
+        print(f"\nanswer times out of memory (s): {[round(t, 3) for t in times]}")
         # reads still work, and the refused create left nothing behind
         assert (await m.rpc("tasks.get", {"id": kept}))["status"] == "QUEUED"
         code, _ = await m.get(f"/tasks/{kept}")
@@ -433,8 +437,12 @@ async def test_a_replica_answers_read_only_and_master_down(
             timeout=15,
             what="the replica to sync",
         )
-        await unavailable(lambda: m.rpc("tasks.create", {"task": idle_app_task(uid(), "idle")}), "read-only")
-        await http_503(m, "/healthz", "read-only")
+        times = [
+            await unavailable(
+                lambda: m.rpc("tasks.create", {"task": idle_app_task(uid(), "idle")}), "read-only"
+            ),
+            (await http_503(m, "/healthz", "read-only"))[1],
+        ]
         with pytest.raises(RpcError) as e:  # a read is served: the synced data set has no task
             await m.rpc("tasks.get", {"id": tid})
         assert e.value.code == 1001
@@ -446,9 +454,13 @@ async def test_a_replica_answers_read_only_and_master_down(
             timeout=15,
             what="the replica to lose its master",
         )
-        await unavailable(lambda: m.rpc("tasks.get", {"id": tid}), "master down")
-        await http_503(m, f"/tasks/{tid}", "master down")
-        await http_503(m, "/healthz", "read-only")  # Redis refuses its write as a replica's first
+        times += [
+            await unavailable(lambda: m.rpc("tasks.get", {"id": tid}), "master down"),
+            (await http_503(m, f"/tasks/{tid}", "master down"))[1],
+            # Redis refuses the write as a replica's before it looks at the link
+            (await http_503(m, "/healthz", "read-only"))[1],
+        ]
+        print(f"\nanswer times read-only, then master down (s): {[round(t, 3) for t in times]}")
         r.replicaof("NO", "ONE")
         r.config_set("replica-serve-stale-data", "yes")
         await wait_for(lambda: _ok(m, "/healthz"), timeout=BOUND, what="/healthz 200 as a master again")
