@@ -10,12 +10,15 @@ from typing import Any
 from aiohttp import web
 
 from stagewise import errors
+from stagewise import log as slog
 from stagewise.errors import RpcError
+from stagewise.faults import describe, unavailable_reason
 from stagewise.manager import dashboard
 from stagewise.manager.metrics import metrics_handler
 from stagewise.manager.rpc import Dispatcher, NoParams
 from stagewise.manager.store import Store
 from stagewise.status import HTTP_CODE, Status
+from stagewise.storage.connection import SOCKET_TIMEOUT
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -50,8 +53,23 @@ def _foreign(request: web.Request, loopback_only: bool) -> str | None:
     return None
 
 
+# /healthz answers within this many seconds whatever Redis does: above the socket timeout, so
+# that a Redis that does not answer is normally reported by the client's own timeout.
+HEALTH_TIMEOUT = SOCKET_TIMEOUT + 1.0
+
+
+def _unavailable(e: Exception) -> web.Response | None:
+    """503 with the JSON-RPC error object of 1006 when `e` says Redis cannot serve now (the
+    reason as the API gives it, stagewise.faults), else None."""
+    reason = unavailable_reason(e)
+    if reason is None:
+        return None
+    return _json(errors.unavailable(reason).to_dict(), 503, {"Retry-After": "1"})
+
+
 def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
     limit = store.settings.body_limit
+    log = slog.get(role="http")
 
     async def rpc(request: web.Request) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > limit:
@@ -72,10 +90,19 @@ def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
             return _json(await store.get(tid))
         except RpcError as e:
             return _json(e.to_dict(), 404 if e.code == errors.TASK_NOT_FOUND else 400)
+        except Exception as e:
+            if (reply := _unavailable(e)) is None:
+                raise
+            return reply
 
     async def task_status(request: web.Request) -> web.Response:
         tid = request.match_info["id"]
-        h = await store.raw(tid) if len(tid) <= 128 else None
+        try:
+            h = await store.raw(tid) if len(tid) <= 128 else None
+        except Exception as e:
+            if (reply := _unavailable(e)) is None:
+                raise
+            return reply
         if h is None:
             return _json({"error": "not found", "id": tid}, 404)
         status = Status(h["status"])
@@ -92,14 +119,27 @@ def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
     waiting = [0]  # requests waiting for a slot
     serving = [0]  # requests holding a slot
 
+    unhealthy: list[str | None] = [None]  # the reason last reported, to log changes only
+
     async def healthz(request: web.Request) -> web.Response:
+        """200 when Redis answers and takes a write in every partition (Store.check_writable),
+        else 503 with the reason (SPEC §8), within HEALTH_TIMEOUT.  The body names no address
+        and no error text: the probe is open to all; the log has the error."""
         # the request counts show how close the manager is to shedding load (503 past
         # 4 x STAGEWISE_MAX_INFLIGHT waiting); they reveal nothing about any task
         load = {"serving": serving[0], "waiting": waiting[0], "max_inflight": store.settings.max_inflight}
         try:
-            await store.r.ping()
-        except Exception as e:  # any failure to reach Redis is "unhealthy", not a 500
-            return _json({"ok": False, "error": str(e), "requests": load}, 503)
+            async with asyncio.timeout(HEALTH_TIMEOUT):
+                await store.check_writable()
+        except Exception as e:  # any failure is "unhealthy", not a 500
+            reason = unavailable_reason(e) or "redis error"
+            if reason != unhealthy[0]:
+                log.warning("health_failed", reason=reason, error=describe(e))
+                unhealthy[0] = reason
+            return _json({"ok": False, "reason": reason, "requests": load}, 503, {"Retry-After": "1"})
+        if unhealthy[0] is not None:
+            log.info("health_ok", was=unhealthy[0])
+            unhealthy[0] = None
         return _json({"ok": True, "requests": load})
 
     # Tokens are what stops a foreign page once they are set (it cannot read or send them),

@@ -15,8 +15,9 @@ import dataclasses
 import json
 from typing import Any
 
-from stagewise import config
+from stagewise import config, errors
 from stagewise.client.aio import AsyncClient
+from stagewise.faults import unavailable_reason
 from stagewise.manager.rpc import Api, Dispatcher
 from stagewise.manager.store import Store
 from stagewise.storage.connection import connect
@@ -61,7 +62,15 @@ class RedisClient(AsyncClient):
         return self._dispatcher
 
     async def _post(self, body: Any) -> Any:
-        d = await self._rpc()
+        try:
+            d = await self._rpc()
+        except Exception as e:
+            reason = unavailable_reason(e)
+            if reason is None:
+                raise
+            # Redis could not be reached to connect: the error the manager would answer (the
+            # client raises Unavailable); the next call connects again
+            return {"jsonrpc": "2.0", "id": None, "error": errors.unavailable(reason).to_dict()}
         if isinstance(body, list):  # the batch rules (size limit, ...) of the HTTP path
             return await d.handle_body(json.dumps(body).encode())
         return await d.handle_one(body)

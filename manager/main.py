@@ -62,6 +62,8 @@ async def serve(settings: Settings) -> None:
     while r is None:
         try:
             r = await connect(settings.redis_url, max_connections=settings.max_inflight + 16)
+        except ValueError as e:  # a malformed Sentinel URL: waiting will not mend it
+            raise SystemExit(f"stagewise: STAGEWISE_REDIS_URL: {e}") from None
         except (OSError, RedisError, RedisClusterException) as e:
             log.warning("redis_unavailable", error=str(e))
             try:
@@ -87,10 +89,13 @@ async def serve(settings: Settings) -> None:
     )
     # --- systemd (shared/sdnotify.py; every call is a no-op without $NOTIFY_SOCKET) ---------------
     # READY=1 once HTTP serves and Redis answers; WATCHDOG=1 only while the loop turns (the pinger
-    # is a task on it), the scheduler task lives and Redis answers PING.
+    # is a task on it), the scheduler task lives and Redis takes writes: the check of GET /healthz.
 
     async def healthy() -> bool:
-        return not loop_task.done() and bool(await r.ping())
+        if loop_task.done():
+            return False
+        await store.check_writable()  # raises when Redis is away or refuses writes
+        return True
 
     watchdog = asyncio.create_task(sdnotify.watchdog(healthy, log), name="watchdog")
     if not stop.is_set():

@@ -53,11 +53,10 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import stagewise
 from stagewise import log as slog
+from stagewise.faults import describe, unavailable_reason
 from stagewise.keys import DURATION_BUCKETS, GROUP, Keys, parse_stream_name
 from stagewise.manager.store import Store
 from stagewise.status import Status
@@ -327,9 +326,14 @@ def metrics_handler(store: Store) -> Any:
     async def handler(request: web.Request) -> web.Response:
         try:
             snap = await gather(store)
-        except (OSError, RedisConnectionError, RedisTimeoutError) as e:
-            log.warning("scrape_failed", error=str(e))
-            return web.Response(status=503, text=f"redis unavailable: {e}\n")
+        except Exception as e:
+            reason = unavailable_reason(e)
+            if reason is None:
+                raise
+            log.warning("scrape_failed", reason=reason, error=describe(e))
+            return web.Response(
+                status=503, text=f"redis unavailable: {reason}\n", headers={"Retry-After": "1"}
+            )
         return web.Response(body=render(snap), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return handler

@@ -16,9 +16,10 @@ import msgspec
 from msgspec import Meta, Struct
 
 import stagewise
-from stagewise import errors
+from stagewise import errors, faults
 from stagewise import log as slog
 from stagewise.errors import RpcError
+from stagewise.faults import describe, unavailable_reason
 from stagewise.manager.query import Filters
 from stagewise.manager.store import Store, view
 from stagewise.models import AppName, Tag, TaskId, convert, parse_task
@@ -320,11 +321,18 @@ class Dispatcher:
                         {"field": "batch", "reason": f"more than {MAX_BATCH} requests"},
                     ),
                 )
-            out = [r for r in [await self.handle_one(d) for d in doc] if r is not None]
+            # Once a request found Redis unreachable, the ones after it are answered the same
+            # without being run: each would wait out its own socket timeout, and the batch
+            # would answer long after SPEC §7's 5 s.
+            down: list[RpcError] = []
+            out = [r for r in [await self.handle_one(d, down) for d in doc] if r is not None]
             return out or None
         return await self.handle_one(doc)
 
-    async def handle_one(self, req: Any) -> Any:
+    async def handle_one(self, req: Any, down: list[RpcError] | None = None) -> Any:
+        """The reply to one request (None for a notification).  `down`, in a batch: holds the
+        1006 of an earlier request that found Redis unreachable; a valid request is then
+        answered that without being run, and the first such 1006 is put there."""
         if not isinstance(req, dict):
             return _error(None, _bad_request("request", "must be an object"))
         rid = req.get("id")
@@ -343,13 +351,23 @@ class Dispatcher:
         extra = set(req) - {"jsonrpc", "method", "params", "id"}
         if extra:
             return _error(rid, _bad_request(sorted(extra)[0], "unknown member of a request"))
+        if down:
+            return _error(rid, down[0]) if has_id else None
         try:
             result = await self.call(method, req.get("params"))
         except RpcError as e:
             return _error(rid, e) if has_id else None
-        except Exception:
-            self.log.exception("rpc_internal_error", method=method)
-            return _error(rid, RpcError(errors.INTERNAL_ERROR)) if has_id else None
+        except Exception as e:
+            reason = unavailable_reason(e)
+            if reason is None:
+                self.log.exception("rpc_internal_error", method=method)
+                return _error(rid, RpcError(errors.INTERNAL_ERROR)) if has_id else None
+            # Redis cannot serve it now: 1006, never -32603 (SPEC §7); one line, no traceback
+            self.log.warning("rpc_unavailable", method=method, reason=reason, error=describe(e))
+            unavailable = errors.unavailable(reason)
+            if down is not None and reason == faults.UNREACHABLE:
+                down.append(unavailable)
+            return _error(rid, unavailable) if has_id else None
         return {"jsonrpc": "2.0", "id": rid, "result": result} if has_id else None
 
     async def call(self, method: str, params: Any) -> Any:

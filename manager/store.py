@@ -16,6 +16,7 @@ import redis.asyncio as aredis
 
 from stagewise import errors
 from stagewise.config import Settings
+from stagewise.faults import unavailable_reason
 from stagewise.keys import Keys, parse_stream_name, partition_of
 from stagewise.manager.query import Filters, scan
 from stagewise.models import Task
@@ -25,6 +26,7 @@ from stagewise.storage.calls import results_of
 from stagewise.storage.runner import Scripts
 
 CLEAN_BATCH = 10_000  # tasks a clean reads per status index and partition
+HEALTH_TTL_MS = 10_000  # the health check's key (Keys.health) expires this long after its write
 
 _TIMES = ("created", "updated", "queued_at", "next_run", "wait_deadline", "exec_deadline")
 
@@ -58,6 +60,17 @@ class Store:
         """Stores a validated task; returns its hash (the existing one when on_conflict is
         "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION."""
         return await self.scripts.run(calls.create(self.keys(task.id), task, on_conflict, now))
+
+    async def check_writable(self) -> None:
+        """Raises what Redis raised unless it takes a write in every partition: one tiny write
+        with a short TTL to Keys.health of each (on a Redis Cluster, so, of each partition's
+        master), in one round trip per server."""
+        pipe = self.r.pipeline(transaction=False)
+        for k in self.parts:
+            pipe.set(k.health(), "1", px=HEALTH_TTL_MS)
+        for res in await pipe.execute(raise_on_error=False):
+            if isinstance(res, Exception):
+                raise res
 
     async def raw(self, task_id: str) -> dict[str, str] | None:
         h = await self.r.hgetall(self.keys(task_id).task(task_id))
@@ -102,8 +115,16 @@ class Store:
         """cancel / unlock / restart / delete / clean of each id: one BatchResult per id, in
         order; a bad id never fails the batch.  One fenced script per task, pipelined."""
         batch = [self._batch_call(op, self.keys(i), i, dry_run, extra) for i in ids]
+        results = await self.scripts.run_many(batch, raise_on_error=False)
+        for res in results:
+            # Redis refusing writes (out of memory, read-only) is no fault of one task: the
+            # call answers 1006 as a whole, and a retry is safe (a task already cancelled,
+            # unlocked, restarted, cleaned or deleted is not changed again)
+            reason = unavailable_reason(res) if isinstance(res, Exception) else None
+            if reason is not None:
+                raise errors.unavailable(reason) from res
         out = []
-        for i, res in zip(ids, await self.scripts.run_many(batch, raise_on_error=False), strict=True):
+        for i, res in zip(ids, results, strict=True):
             if isinstance(res, Exception):
                 out.append({"id": i, "status": None, "changed": False, "error": f"internal error: {res}"})
             else:

@@ -84,6 +84,14 @@ def _validate(s: Settings) -> Settings:
     host, sep, port = s.http.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"{PREFIX}HTTP: expected host:port, got {s.http!r}")
+    if s.redis_url.startswith("redis+sentinel://"):
+        # imported for a Sentinel URL only: it loads redis-py, which the client commands never need
+        from stagewise.storage.connection import parse_sentinel_url
+
+        try:
+            parse_sentinel_url(s.redis_url)
+        except ValueError as e:
+            raise ConfigError(f"{PREFIX}REDIS_URL: {e}") from None
     return s
 
 

@@ -15,6 +15,7 @@ TASK_EXISTS = 1002
 INVALID_TRANSITION = 1003
 NOT_WAITING_FOR_MESSAGE = 1004
 LIMIT_EXCEEDED = 1005
+UNAVAILABLE = 1006  # Redis cannot serve the call now; data: {reason} (stagewise.faults)
 
 MESSAGES = {
     PARSE_ERROR: "Parse error",
@@ -27,6 +28,7 @@ MESSAGES = {
     INVALID_TRANSITION: "INVALID_TRANSITION",
     NOT_WAITING_FOR_MESSAGE: "NOT_WAITING_FOR_MESSAGE",
     LIMIT_EXCEEDED: "LIMIT_EXCEEDED",
+    UNAVAILABLE: "UNAVAILABLE",
 }
 
 
@@ -56,6 +58,15 @@ def not_found(task_id: str) -> RpcError:
 
 def invalid_transition(src: str, dst: str) -> RpcError:
     return RpcError(INVALID_TRANSITION, f"cannot go from {src} to {dst}", {"from": src, "to": dst})
+
+
+def unavailable(reason: str) -> RpcError:
+    """1006: Redis could not serve the call (`reason`: one of stagewise.faults.REASONS).
+    Nothing was half-written (each write is one script); the call may be retried, a create
+    idempotently with on_conflict "ignore"."""
+    return RpcError(
+        UNAVAILABLE, f"Redis is unavailable ({reason}); the call may be retried", {"reason": reason}
+    )
 
 
 # Codes of the errors stored on a task ({code, message, stage, type?, traceback?}, SPEC §7).

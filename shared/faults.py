@@ -1,5 +1,13 @@
-"""Redis faults as the daemons' long-lived loops see them: which ones pass by themselves, how a
-loop waits them out, and how it says so without flooding the log.
+"""What a Redis error means, in one place: to an API caller (`unavailable_reason`: the reason of
+a ``1006 UNAVAILABLE``, or None for an error a retry does not cure) and to the daemons'
+long-lived loops (`transient`: the same call may succeed later; `Backoff`, `Warnings`: how a loop
+waits a fault out and says so without flooding the log).
+
+The JSON-RPC dispatcher answers ``1006 UNAVAILABLE {reason}`` for an error with a reason, and the
+HTTP views and /healthz answer 503 with the same reason.  redis-py's exception classes differ by
+version (MASTERDOWN has a class of its own only from 6.0, where it is a ClusterDownError;
+BusyLoadingError is a ConnectionError), so subclasses are tested before their bases, and an error
+code redis-py has no class for is read from the reply.
 
 A fault *passes by itself* (`transient`) when the same call, sent again later, can succeed:
 the connection is gone or timed out, the server is loading its data set, is out of memory under
@@ -15,9 +23,89 @@ retry, and one line when it works again.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import redis.exceptions as rex
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    SlotNotCoveredError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# --------------------------------------------------------------------------- the API's view
+
+UNREACHABLE = "unreachable"  # refused, reset, or no reply within the socket timeout
+LOADING = "loading"  # LOADING: the server is still reading its data set
+READ_ONLY = "read-only"  # READONLY: a replica (a failover without Sentinel, REPLICAOF)
+OUT_OF_MEMORY = "out of memory"  # OOM: maxmemory reached under noeviction
+CLUSTER_DOWN = "cluster down"  # CLUSTERDOWN, or a slot no master serves
+MASTER_DOWN = "master down"  # MASTERDOWN: a replica lost its master, replica-serve-stale-data no
+
+REASONS = (UNREACHABLE, LOADING, READ_ONLY, OUT_OF_MEMORY, CLUSTER_DOWN, MASTER_DOWN)
+
+# An error reply's code, at its start or, for an error raised inside a script by an older
+# Redis, after the script's own prefix ("... @user_script:1: -OOM command not allowed ...").
+_CODE = re.compile(r"(?:^|\s-)(LOADING|READONLY|OOM|MASTERDOWN|CLUSTERDOWN)\b")
+_BY_CODE = {
+    "LOADING": LOADING,
+    "READONLY": READ_ONLY,
+    "OOM": OUT_OF_MEMORY,
+    "MASTERDOWN": MASTER_DOWN,
+    "CLUSTERDOWN": CLUSTER_DOWN,
+}
+
+
+def _text(exc: BaseException) -> str:
+    # args[0], not str(exc): redis-py 8 renders some errors as "server:OutOfMemoryError"
+    return str(exc.args[0]) if exc.args else ""
+
+
+def describe(exc: BaseException) -> str:
+    """`exc` for a log line: its class and its message."""
+    text = _text(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """The reason (one of REASONS) when `exc` says Redis cannot serve the call now, else None
+    (a bug, a script's refusal, a wrong password: not something a retry cures)."""
+    if isinstance(exc, BusyLoadingError):
+        return LOADING
+    if isinstance(exc, MasterDownError):
+        return MASTER_DOWN
+    if isinstance(exc, ReadOnlyError):
+        return READ_ONLY
+    if isinstance(exc, OutOfMemoryError):
+        return OUT_OF_MEMORY
+    if isinstance(exc, ClusterDownError | SlotNotCoveredError):
+        return CLUSTER_DOWN
+    if isinstance(exc, AuthenticationError | AuthorizationError):
+        return None  # configuration, not an outage: answered and logged as an internal error
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+        return UNREACHABLE  # OSError: builtin ConnectionError and TimeoutError included
+    if isinstance(exc, ResponseError):
+        m = _CODE.search(_text(exc))
+        return _BY_CODE[m.group(1)] if m else None
+    if isinstance(exc, RedisClusterException):  # the cluster client's own, without a reply code
+        text = _text(exc)
+        if "not covered" in text:
+            return CLUSTER_DOWN
+        if "cannot be connected" in text:
+            return UNREACHABLE
+    return None
+
+
+# --------------------------------------------------------------------------- the loops' view
 
 # Error replies (their first word) that name a state of the server, not of the call.
 TRANSIENT_REPLIES = frozenset(
@@ -43,7 +131,10 @@ BACKOFF_CAP = 2.0  # s: a loop retries at least this often, so it resumes soon a
 
 
 def transient(e: BaseException) -> bool:
-    """True when `e` is a Redis fault that passes by itself: the same call may succeed later."""
+    """True when `e` is a Redis fault that passes by itself: the same call may succeed later
+    (every error with an `unavailable_reason`, and a few more a loop can wait out)."""
+    if unavailable_reason(e) is not None:
+        return True
     if isinstance(e, OSError | rex.ConnectionError | rex.TimeoutError | rex.ClusterError):
         return True  # includes BusyLoadingError (LOADING) and CLUSTERDOWN / MASTERDOWN
     if isinstance(e, rex.SlotNotCoveredError):  # a cluster client between two slot maps

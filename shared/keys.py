@@ -170,6 +170,12 @@ class Keys:
         dashboard's last hour (manager/stats.py)."""
         return f"{self.prefix}:stats"
 
+    def health(self) -> str:
+        """String written with a short TTL by the manager's health check (GET /healthz, the
+        systemd watchdog): a write to this partition's slot proves that its master takes
+        writes."""
+        return f"{self.prefix}:health"
+
     def lock(self, name: str) -> str:
         """Short-lived lock so that one manager at a time runs a periodic job that is not
         itself idempotent (stream trimming)."""

@@ -37,6 +37,7 @@ from stagewise.client.errors import (
     TaskNotFound,
     TransportError,
     Unauthorized,
+    Unavailable,
     error_from,
 )
 from stagewise.client.sync import Client
@@ -74,6 +75,7 @@ __all__ = [
     "InvalidTransition",
     "NotWaitingForMessage",
     "LimitExceeded",
+    "Unavailable",
     "ERRORS",
     "error_from",
     "Filters",

@@ -90,6 +90,18 @@ class LimitExceeded(StagewiseError):
     code, name = codes.LIMIT_EXCEEDED, "LIMIT_EXCEEDED"
 
 
+class Unavailable(StagewiseError):
+    """1006: Redis could not serve the call (down, loading, read-only, out of memory, a cluster
+    slot down); `reason` says which (`data` is ``{reason}``).  Nothing was half-written: the
+    call may be retried, a create idempotently with ``on_conflict="ignore"``."""
+
+    code, name = codes.UNAVAILABLE, "UNAVAILABLE"
+
+    @property
+    def reason(self) -> str | None:
+        return self.data.get("reason") if isinstance(self.data, Mapping) else None
+
+
 ERRORS: dict[int, type[StagewiseError]] = {
     cls.code: cls
     for cls in (
@@ -103,6 +115,7 @@ ERRORS: dict[int, type[StagewiseError]] = {
         InvalidTransition,
         NotWaitingForMessage,
         LimitExceeded,
+        Unavailable,
     )
 }
 

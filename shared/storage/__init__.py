@@ -1,6 +1,7 @@
 """Redis storage of the core, shared by both daemons (and by the transition tests).
 
-connection  the client: one server or a Redis Cluster, decided once when connecting
+connection  the client: one server, a Redis Cluster or a Sentinel service, decided once when
+            connecting; its timeouts
 scripts/    one Lua script per state transition, each opening with its KEYS, ARGV, returns
 prelude     the Lua names generated from Python: keys, statuses, consumer group, buckets
 runner      loads the scripts and runs calls, many in one round trip

@@ -18,6 +18,7 @@ trip, never an error.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 from collections.abc import Sequence
 from functools import cache
@@ -30,7 +31,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stagewise.storage.calls import Call, R
-from stagewise.storage.connection import is_cluster
+from stagewise.storage.connection import SOCKET_TIMEOUT, is_cluster
 from stagewise.storage.prelude import prelude
 
 NAMES = (
@@ -64,6 +65,15 @@ def source(name: str) -> str:
     lib = (folder / "_lib.lua").read_text()
     return prelude() + lib + "\n" + (folder / f"{name}.lua").read_text()
 
+
+# ConnectionPool.get_connection's arguments: redis-py before 5.3 requires a command name (one
+# is not used for anything), 5.3 and later take none and warn about any.
+_CHECKOUT_ARGS: tuple[str, ...] = (
+    ("EVALSHA",)
+    if inspect.signature(aredis.ConnectionPool.get_connection).parameters["command_name"].default
+    is inspect.Parameter.empty
+    else ()
+)
 
 # run_many on one server: how many replies share one socket-timeout period.  A reply of one of
 # our scripts takes well under a millisecond, so a batch that needs more than socket_timeout
@@ -166,11 +176,13 @@ class Scripts:
         connection with replies still unread never goes back into use."""
         pool = self._client.connection_pool
         data = b"".join(pack_evalsha(self._scripts[n].sha, k, a) for n, k, a, _ in calls)
-        conn = await pool.get_connection()
+        conn = await pool.get_connection(*_CHECKOUT_ARGS)
         try:
             await conn.send_packed_command(data, check_health=False)
             out: list[Any] = []
-            period = conn.socket_timeout
+            # connect() gives every client a socket timeout; a client made without one (redis-py
+            # has none by default before 8.0) still gets a bound, never an endless wait
+            period = conn.socket_timeout or SOCKET_TIMEOUT
             loop = asyncio.get_running_loop()
             try:
                 async with asyncio.timeout(period) as window:
