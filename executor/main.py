@@ -18,9 +18,11 @@ import traceback
 import uvloop
 
 from stagewise import log
-from stagewise.config import Settings
+from stagewise.config import Settings, fail
 from stagewise.executor.app import App
 from stagewise.executor.worker import Executor
+from stagewise.faults import REDIS_FAULTS
+from stagewise.storage.connection import connect
 
 
 def load_app(module_app: str) -> App:
@@ -30,7 +32,7 @@ def load_app(module_app: str) -> App:
     the process with one line that says what to fix, not a traceback."""
     mod_name, _, attr = module_app.strip().partition(":")
     if not mod_name:
-        raise SystemExit(
+        fail(
             f"stagewise: executor: no app given ({module_app!r}): name it as MODULE:APP, "
             "e.g. billing.tasks:app (in a unit: STAGEWISE_APP in its env file)"
         )
@@ -40,19 +42,19 @@ def load_app(module_app: str) -> App:
         module = importlib.import_module(mod_name)
     except ModuleNotFoundError as e:
         if e.name is not None and (mod_name == e.name or mod_name.startswith(e.name + ".")):
-            raise SystemExit(
+            fail(
                 f"stagewise: executor: no module {e.name!r} (looked in {os.getcwd()} and the "
                 "installed packages; run from the folder that holds it, or install it)"
-            ) from None
-        raise SystemExit(f"stagewise: executor: importing {mod_name} failed: {_where(e)}") from None
+            )
+        fail(f"stagewise: executor: importing {mod_name} failed: {_where(e)}")
     except Exception as e:  # noqa: BLE001 - the app's own code failed to import: say where
-        raise SystemExit(f"stagewise: executor: importing {mod_name} failed: {_where(e)}") from None
+        fail(f"stagewise: executor: importing {mod_name} failed: {_where(e)}")
     name = attr or "app"
     if not hasattr(module, name):
-        raise SystemExit(f"stagewise: executor: {mod_name} has no attribute {name!r} (MODULE:APP names an App)")
+        fail(f"stagewise: executor: {mod_name} has no attribute {name!r} (MODULE:APP names an App)")
     app = getattr(module, name)
     if not isinstance(app, App):
-        raise SystemExit(
+        fail(
             f"stagewise: executor: {mod_name}:{name} is a {type(app).__name__}, not a stagewise.App"
         )
     return app
@@ -89,4 +91,28 @@ async def _serve(app: App, concurrency: int, settings: Settings) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_term)
-    await Executor(app, settings, concurrency).serve(stop)
+    if await _redis_ready(settings, stop):
+        await Executor(app, settings, concurrency).serve(stop)
+
+
+async def _redis_ready(settings: Settings, stop: asyncio.Event) -> bool:
+    """Waits for Redis like the manager does: one warning a second while it does not answer, a
+    one-line stop for a mistake waiting will not mend (a malformed URL, a database or
+    credentials Redis refuses); False when stopped meanwhile."""
+    logger = log.get(role="executor")
+    while not stop.is_set():
+        try:
+            r = await connect(settings.redis_url, max_connections=2)
+        except ValueError as e:
+            fail(f"stagewise: STAGEWISE_REDIS_URL: {e}")
+        except REDIS_FAULTS as e:
+            logger.warning("redis_unavailable", error=str(e)[:500])
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                pass
+            continue
+        await r.aclose()
+        return True
+    logger.info("executor_stopped")
+    return False

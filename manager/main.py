@@ -17,7 +17,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from stagewise import log as slog
 from stagewise import sdnotify  # systemd notify protocol: no-ops without $NOTIFY_SOCKET
-from stagewise.config import Settings
+from stagewise.config import Settings, fail
 from stagewise.manager.http import make_app
 from stagewise.manager.rpc import Api, Dispatcher
 from stagewise.manager.scheduler import Scheduler
@@ -42,7 +42,7 @@ def run(settings: Settings, insecure: bool) -> None:
     """Serve until SIGTERM / SIGINT.  An address other hosts can reach is refused without
     STAGEWISE_API_TOKENS unless `insecure` (--insecure): an open manager lets anyone run tasks."""
     if exposed_without_auth(settings) and not insecure:
-        raise SystemExit(
+        fail(
             f"stagewise: refusing to serve {settings.http} without STAGEWISE_API_TOKENS; "
             "set tokens, listen on a loopback address, or pass --insecure"
         )
@@ -63,7 +63,7 @@ async def serve(settings: Settings) -> None:
         try:
             r = await connect(settings.redis_url, max_connections=settings.max_inflight + 16)
         except ValueError as e:  # a malformed Sentinel URL: waiting will not mend it
-            raise SystemExit(f"stagewise: STAGEWISE_REDIS_URL: {e}") from None
+            fail(f"stagewise: STAGEWISE_REDIS_URL: {e}")
         except (OSError, RedisError, RedisClusterException) as e:
             log.warning("redis_unavailable", error=str(e))
             try:

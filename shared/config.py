@@ -8,14 +8,27 @@ as the environment (``STAGEWISE_REDIS_URL = "..."``) or their short lower-case f
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, NoReturn
 
 PREFIX = "STAGEWISE_"
 
 
 class ConfigError(ValueError):
     pass
+
+
+# The exit status of a daemon stopped by a configuration mistake (sysexits' EX_CONFIG): the units
+# do not restart on it (RestartPreventExitStatus), so a mistake is one line in the journal, not
+# a restart loop.
+EXIT_CONFIG = 78
+
+
+def fail(line: str) -> NoReturn:
+    """Stops a daemon on a configuration mistake: `line` on stderr, exit status EXIT_CONFIG."""
+    print(line, file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_CONFIG)
 
 
 @dataclass(frozen=True)

@@ -458,12 +458,14 @@ async def test_resolve_url_and_token() -> None:
 
 
 async def test_daemon_subcommands_kept() -> None:
+    """A daemon's configuration mistake is one line and exit status 78 (EX_CONFIG), which the
+    units do not restart on."""
     r = await sw(None, "executor", "examples.app:app", "--concurrency", "0")
-    assert r.rc == 1 and "--concurrency must be >= 1" in r.err
+    assert r.rc == 78 and r.err.strip() == "stagewise: --concurrency must be >= 1"
     r = await sw(None, "--config", "/nonexistent.toml", "manager")
-    assert r.rc == 1 and "configuration error" in r.err
+    assert r.rc == 78 and r.err.startswith("stagewise: configuration error") and len(r.err.splitlines()) == 1
     r = await sw(None, "executor", "tests.helpers:uid")
-    one_error_line(r, "stagewise: executor: tests.helpers:uid is a function, not a stagewise.App")
+    assert r.rc == 78 and r.err.strip() == "stagewise: executor: tests.helpers:uid is a function, not a stagewise.App"
 
 
 async def test_version() -> None:

@@ -38,7 +38,7 @@ def _daemon(args: argparse.Namespace) -> None:
     try:
         settings = config.load(args.config)
     except (config.ConfigError, OSError) as e:
-        raise SystemExit(f"stagewise: configuration error: {e}") from None
+        config.fail(f"stagewise: configuration error: {e}")
     log.configure(settings.log_level, role=args.cmd)
     # Imported here, not at the top: the client commands never load a daemon.
     if args.cmd == "manager":
@@ -47,7 +47,7 @@ def _daemon(args: argparse.Namespace) -> None:
         run_manager(settings, insecure=args.insecure)
     else:
         if args.concurrency < 1:
-            raise SystemExit("stagewise: --concurrency must be >= 1")
+            config.fail("stagewise: --concurrency must be >= 1")
         from stagewise.executor.main import run as run_executor
 
         run_executor(args.app, args.concurrency, settings)

@@ -6,6 +6,7 @@ seconds, whatever the redis-py version's defaults."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -16,7 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import ResponseError
+from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 
 # Seconds to open a connection (TCP and TLS handshakes): a server that is up answers in
 # milliseconds, one that is down refuses at once; only a host that drops packets waits this long.
@@ -197,6 +198,15 @@ def _sentinel_client(url: str, max_connections: int) -> SentinelRedis:
     return client
 
 
+# Error replies to the connection's own set-up (SELECT, AUTH, HELLO) that a retry cannot cure.
+_CONFIG_REPLY = re.compile(r"DB index is out of range|invalid DB index|WRONGPASS|NOAUTH|NOPERM", re.I)
+
+
+def _safe(url: str) -> str:
+    """`url` without its password, for an error line."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
 async def connect(url: str, max_connections: int) -> Any:
     """A client for `url`: a plain one for a single Redis server, a `RedisCluster` when the
     server is a Redis Cluster node (`INFO cluster` says `cluster_enabled:1`; the URL is then
@@ -204,7 +214,8 @@ async def connect(url: str, max_connections: int) -> Any:
     for ``redis+sentinel://`` (SPEC §10).  The choice costs one round trip, here, once: the
     client handed back is used as is, so the single-server path carries no cluster logic per
     command.  Raises the connection error when Redis does not answer, ValueError for a
-    malformed Sentinel URL.
+    mistake that waiting will not mend: a malformed URL, a database index Redis does not have,
+    credentials it refuses.
 
     The client is for a daemon whose own limits bound the connections it uses at once (the
     executor's concurrency, the manager's in-flight limit): `max_connections` (per node on a
@@ -219,13 +230,21 @@ async def connect(url: str, max_connections: int) -> Any:
             await master.aclose()
             raise
         return master
-    client = aredis.Redis.from_pool(
-        POOL.from_url(url, decode_responses=True, max_connections=max_connections, **client_options())
-    )
+    try:
+        pool = POOL.from_url(url, decode_responses=True, max_connections=max_connections, **client_options())
+    except ValueError as e:  # an unknown scheme, a port or database that is not a number
+        raise ValueError(f"cannot use {_safe(url)!r}: {e}") from None
+    client = aredis.Redis.from_pool(pool)
     try:
         cluster = bool((await client.info("cluster")).get("cluster_enabled"))
-    except ResponseError:  # refused (an ACL without INFO, a proxy): run as before, on one server
-        return client
+    except (AuthenticationError, AuthorizationError) as e:  # waiting will not mend a password
+        await client.aclose()
+        raise ValueError(f"Redis refused the credentials of {_safe(url)!r}: {e}") from None
+    except ResponseError as e:
+        if _CONFIG_REPLY.search(str(e)):  # e.g. a database index past `databases`
+            await client.aclose()
+            raise ValueError(f"Redis refused {_safe(url)!r}: {e}") from None
+        return client  # refused (an ACL without INFO, a proxy): run as before, on one server
     except BaseException:
         await client.aclose()
         raise
