@@ -306,6 +306,7 @@ async def test_create_due_now_is_queued_with_a_stream_entry(store: Store, r: Any
     assert [g["name"] for g in groups] == [GROUP]
     entries = await r.xrange(k.stream(APP))
     assert [f for _, f in entries] == [{"t": tid, "j": v["job_id"]}]
+    assert await r.hget(k.task(tid), "entry") == entries[0][0]  # the hint's id, kept with the task
     assert await read_entry(r, k) == (entries[0][0], {"t": tid, "j": v["job_id"]})
     assert await r.zscore(k.due(), member(APP, tid)) is None
 
@@ -767,6 +768,7 @@ async def test_lost_or_handed_back_run_is_queued_again_at_its_stage(
     assert v["job_id"] == run.job
     h = await r.hgetall(k.task(tid))
     assert h["interruptions"] == ("1" if how == "reap" else "0")
+    assert [h["entry"]] == [e for e, _ in await r.xrevrange(k.stream(APP), count=1)]  # its fresh hint
     assert not await r.sismember(k.running("ex1"), member(APP, tid))
     assert await r.zscore(k.deadlines(), member(APP, tid)) is None
     attempts = await store.attempts(tid)
@@ -986,6 +988,8 @@ async def test_a_consumer_is_dropped_only_with_nothing_pending(store: Store, r: 
     assert await pending(r, k) == 1  # the entry is still there to give back
     res = await store.scripts.run(calls.redeliver(k, stream, tid, entry[0], entry[1]["j"]))
     assert res == Code("REQUEUED")
+    [(fresh, _)] = await r.xrange(stream, f"({entry[0]}", "+")
+    assert await r.hget(k.task(tid), "entry") == fresh  # the task points at its fresh hint
     assert await store.scripts.run(calls.drop_consumer(k, stream, "ex1")) == Code("DROPPED")
     assert await r.xinfo_consumers(stream, GROUP) == []
     assert await store.scripts.run(calls.drop_consumer(k, k.stream("nope"), "ex1")) == Code("NONE")

@@ -159,6 +159,7 @@ def _fields(task: Task) -> list[str]:
         "error": "",
         "exit_code": "",
         "queued_at": "",
+        "entry": "",
         "wait_deadline": "",
         "exec_deadline": "",
     }
