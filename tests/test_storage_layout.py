@@ -118,6 +118,8 @@ def _sample_calls() -> list[calls.Call[Any]]:
         calls.redeliver(k, k.stream("a"), "t", "1-0", "j"),
         calls.drop_consumer(k, k.stream("a"), "e"),
         calls.ping(k, "e"),
+        calls.orphan(k, "a/t", "l"),
+        calls.requeue_lost(k, "t", "j", "1-0"),
         calls.claim(k, k.stream("a"), "1-0", "t", "j", "e", "l"),
         calls.commit(k, "t", "j", "l", 0, "null", "ok", "m"),
         calls.fail(k, "t", "j", "l", 0, {"code": "X"}, None, "error", "m"),

@@ -54,6 +54,8 @@ NAMES = (
     "delete",
     "clean",
     "handback",
+    "orphan",
+    "requeue_lost",
 )
 
 
