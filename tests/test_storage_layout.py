@@ -45,8 +45,8 @@ async def test_every_key_function_of_the_prelude_is_the_python_key(r: Any, parti
 def test_every_key_method_has_its_lua_function() -> None:
     """A key added in Python without a Lua function would push a script to spell it."""
     methods = {n for n in vars(Keys) if not n.startswith("_") and callable(getattr(Keys, n))}
-    # stream = stream_of(stream_name(...)) in _lib.lua; lock and clean_cursor: the manager's own
-    python_only = {"stream", "lock", "clean_cursor", "stats"}
+    # stream = stream_of(stream_name(...)) in _lib.lua; lock and the cursors: the manager's own
+    python_only = {"stream", "lock", "clean_cursor", "reconcile_cursor", "stats"}
     assert methods - python_only == {m.__name__ for m, _ in KEY_FUNCTIONS.values()}
 
 

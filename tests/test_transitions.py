@@ -999,7 +999,9 @@ async def test_a_consumer_is_dropped_only_with_nothing_pending(store: Store, r: 
 # =========================================================================== reconciliation
 
 
-async def report(store: Store, k: Keys, executor: str, settled: int, held: list[str], prefix: str = "p") -> None:
+async def report(
+    store: Store, k: Keys, executor: str, settled: int, held: list[str], prefix: str = "p"
+) -> None:
     """The executor's heartbeat with its report: leases `prefix`.<n>, claims settled up to
     `settled`, the runs of `held`."""
     assert await store.scripts.run(calls.ping(k, executor, None, calls.Report(prefix, settled, held))) is True
@@ -1177,6 +1179,64 @@ async def test_a_queued_task_without_a_recorded_hint_gets_one(store: Store, r: A
     second = await read_entry(r, k)
     assert second is not None
     assert await claim(store, k, tid, second[0], job, "ex1", "l2") == Claim("STALE", {})
+
+
+async def test_the_reconcile_role_takes_back_only_the_runs_no_live_executor_runs(
+    store: Store, r: Any, k: Keys
+) -> None:
+    """Scheduler.orphans over every RUNNING task: ex1 reported after its claims, holding p.2,
+    settled up to p.3 (p.4: a claim in flight); ex2 left the registry; ex3 is declared dead."""
+    runs = {}
+    for name, executor, lease in [
+        ("orphan", "ex1", "p.1"), ("held", "ex1", "p.2"), ("in_flight", "ex1", "p.4"),
+        ("unregistered", "ex2", "x.1"), ("dead", "ex3", "y.1"),
+    ]:  # fmt: skip
+        tid = await create(store, id=name)
+        runs[tid] = await take(store, r, k, tid, executor=executor, lease=lease)
+    await report(store, k, "ex1", settled=3, held=["p.2"])
+    await r.zrem(k.executors(), "ex2")
+    assert (await mark_dead(store, k, "ex3")).code == "DEAD"
+    sec, usec = await r.time()
+    scheduler = Scheduler(store)
+    assert await scheduler.orphans(k, sec + usec / 1e6) == 2
+    for tid in ("orphan", "unregistered"):
+        await check(store, r, k, tid, "QUEUED", executor_id=None)
+    for tid in ("held", "in_flight", "dead"):
+        await check(store, r, k, tid, "RUNNING")
+    assert await scheduler.orphans(k, sec + usec / 1e6) == 0  # nothing more to take
+    assert await r.hget(k.metrics(APP), "orphans") == "2"
+
+
+async def test_the_reconcile_role_walks_the_queued_tasks_a_bounded_number_per_pass(
+    r: Any, redis_url: str, namespace: str, k: Keys
+) -> None:
+    """Five tasks queued in one step (one score: the walk goes on by id) and one after, all past
+    the grace period (dead_seconds); the hints of the five are gone.  With 2 a pass, the walk
+    goes through them from its cursor, 2, 2 and 1, then starts from the oldest again."""
+    store = Store(r, Settings(redis_url=redis_url, namespace=namespace, ping_interval=0.01, dead_after=1))
+    await store.create_many([parse_task({"id": f"a{i}", "app": APP, "commands": [call()]}) for i in range(5)], "")
+    await r.xtrim(k.stream(APP), maxlen=0, approximate=False)
+    await create(store, id="b")  # its hint is there
+    scores = {tid: s for tid, s in await r.zrange(k.idx_status("QUEUED"), 0, -1, withscores=True)}
+    assert len({scores[f"a{i}"] for i in range(5)}) == 1 and scores["b"] > scores["a0"]
+    sec, usec = await r.time()
+    now = sec + usec / 1e6 + 0.05  # every task past the grace period; the fresh hints are not
+    await wait_for(lambda: _later_than(r, now), what="the grace period to pass")
+    scheduler = Scheduler(store)
+    scheduler.reconcile_batch = 2
+    got = [await scheduler.lost_deliveries(k, now) for _ in range(5)]
+    assert got == [2, 2, 1, 0, 0]
+    assert await r.hget(k.metrics(APP), "lost_deliveries") == "5"
+    assert not await r.exists(k.reconcile_cursor())  # the last pass went to the end
+    for tid in [f"a{i}" for i in range(5)] + ["b"]:
+        await check(store, r, k, tid, "QUEUED")
+    hinted = {f["t"] for _, f in await r.xrange(k.stream(APP))}
+    assert hinted == {"a0", "a1", "a2", "a3", "a4", "b"}
+
+
+async def _later_than(r: Any, t: float) -> bool:
+    sec, usec = await r.time()
+    return bool(sec + usec / 1e6 > t)
 
 
 # =========================================================================== cancel

@@ -402,9 +402,7 @@ def orphan(k: Keys, task_member: str, lease: str) -> Call[Orphan]:
     QUEUED when its executor is unregistered, or live and reported not holding the lease; see
     orphan.lua."""
     _, _, tid = task_member.partition("/")
-    return Call(
-        "orphan", [k.task(tid), k.executors(), k.dead_executors()], [k.prefix, tid, lease], _orphan
-    )
+    return Call("orphan", [k.task(tid), k.executors(), k.dead_executors()], [k.prefix, tid, lease], _orphan)
 
 
 def requeue_lost(k: Keys, task_id: str, job_id: str, entry: str) -> Call[Code]:
