@@ -519,7 +519,7 @@ async def test_redis_back_from_an_older_file_no_task_is_left_stuck(
     for status in ("RUNNING", "QUEUED"):
         assert await rpc_again(m, "tasks.list", {"status": status}) == {"items": [], "next_cursor": None}
     assert {e["member"] for e in logged(m, "orphan_requeued", reason="not_held")} == {f"demo/{t}" for t in ids}
-    assert [e["task_id"] for e in logged(m, "lost_delivery")] == ["q"]
+    assert {e["task_id"] for e in logged(m, "lost_delivery")} == {"q"}
     assert not logged(m, "executor_dead") and ex.alive
 
 
