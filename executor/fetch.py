@@ -26,6 +26,14 @@ by itself is sent again with the same lease until it gets its answer (claim.lua 
 replay like the original).  A read that finds a consumer group gone (Redis lost data) has the
 executor make the groups again (`rejoin`).  Any failure of the loop is waited out with a capped
 backoff and logged once per kind, never the end of the loop.
+
+Leases are `<prefix>.<counter>`: a random prefix of this process, and a counter in the order of
+the claims.  `settled` is the highest counter whose claim reply has been fully processed (each
+claimed task's run started, in `runner.runs`): claims go out one batch at a time, and `settled`
+moves past a batch in the same step as the last run of it starts, so every lease at or below
+it is either a run this executor has started or one it never will.  The heartbeat reports it
+with the leases of the runs held (ping.lua), which is how the manager tells a task RUNNING in
+our name that we do not run (orphan.lua) from a claim still in flight.
 """
 
 from __future__ import annotations
@@ -98,11 +106,12 @@ class Fetcher:
         self._streams_at = 0.0
         self._turn = 0  # cluster: the partition read first, and the one a blocking read waits on
         self._leases = itertools.count(1)
-        self._lease_prefix = uuid.uuid4().hex[:12]
+        self.lease_prefix = uuid.uuid4().hex[:12]
+        self.settled = 0  # the highest lease counter whose claim reply was fully processed
 
     def new_lease(self) -> str:
         """A token unique to one claim: this process's random prefix and a counter."""
-        return f"{self._lease_prefix}.{next(self._leases)}"
+        return f"{self.lease_prefix}.{next(self._leases)}"
 
     async def fetch(self) -> None:
         """The fetch role, until `quiet`: one read for all the free slots, then the claim of
@@ -288,6 +297,10 @@ class Fetcher:
                 self.runner.start(k, f["t"], res.fields, lease)
                 continue
             self.slots.release()
+        # Every run of the batch has started (no await since the replies came): the heartbeat
+        # may now report these leases as settled.
+        if leases:
+            self.settled = max(self.settled, int(leases[-1].rpartition(".")[2]))
         for p, refused in dead.items():
             self.log.warning("claim_refused_dead", partition=p, entries=len(refused))
         try:

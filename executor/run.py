@@ -229,11 +229,17 @@ class Runner:
                     for _, taken in res.taken:  # messages taken from the inbox on the way
                         results.append(decode(taken))
                 case "STALE":
-                    # Cancelled, unlocked, reaped: the hand-back answers STALE too.  But if Redis
-                    # lost our last commit (a restart from an older file, a failover), the task is
-                    # still ours at an earlier stage: handed back, that stage runs again.
+                    # Cancelled, unlocked, expired, reaped, or taken back by the manager's
+                    # reconciliation (orphan.lua: Redis lost our registration): the hand-back
+                    # answers STALE too, and the run is over, as it should be (info).  But if
+                    # Redis lost our last commit (a restart from an older file, a failover), the
+                    # task is still ours at an earlier stage: handed back, that stage runs again
+                    # (a warning: Redis lost a write of ours).
                     back = await self.handback(run)
-                    log.warning("run_abandoned", **ids, stage=stage, reason="stale", result=back.code)
+                    lost = back.code == "QUEUED"
+                    (log.warning if lost else log.info)(
+                        "run_abandoned", **ids, stage=stage, reason="stale", result=back.code
+                    )
                     return
                 case "REPLAY":  # our commit landed but its reply was lost: give the run back whole
                     back = await self.handback(run)

@@ -3,9 +3,10 @@ and composes the rooms that do the work.
 
 Roles (each an asyncio task):
   heartbeat  pings every ping_interval on the executors zset (never on a work stream), each
-             partition on its own; told it is not registered in a partition (declared dead,
-             or Redis lost the registry), it gives up (hands back) its runs of that partition
-             only and registers again (`refused`)
+             partition on its own, with a report of the runs it holds there (`report`: the
+             manager takes back a task RUNNING in our name that we do not run); told it is not
+             registered in a partition (declared dead, or Redis lost the registry), it gives up
+             (hands back) its runs of that partition only and registers again (`refused`)
   fetch      the Fetcher (executor/fetch.py): reads the app streams through the consumer group,
              as many entries as free slots, and claims them in one pipelined round trip (the
              claim acknowledges the entry)
@@ -108,8 +109,17 @@ class Executor:
     async def ping(self, k: Keys, *info: Any) -> bool:
         """ping.lua on a partition: with `info` (field, value pairs) it registers us; without,
         it is the heartbeat, which answers False when we are not registered (declared dead, or
-        the registry lost)."""
-        return await self.scripts.run(calls.ping(k, self.id, info or None))
+        the registry lost).  Either carries our `report` of the partition."""
+        return await self.scripts.run(calls.ping(k, self.id, info or None, self.report(k)))
+
+    def report(self, k: Keys) -> calls.Report:
+        """What we run in partition `k`, for the manager's reconciliation (orphan.lua): the
+        leases of our runs there (those given up whose hand-back has not landed too) and the
+        fetcher's `settled` watermark, read in one step: a lease at or below it that is not
+        listed is a run we have let go and never run again."""
+        runs = [*self.runs.values(), *self.runner.owed]
+        held = sorted({run.lease for run in runs if run.keys.partition == k.partition})
+        return calls.Report(self.fetcher.lease_prefix, self.fetcher.settled, held)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:

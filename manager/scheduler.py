@@ -14,6 +14,11 @@ a clean of tens of thousands of tasks runs while due work keeps flowing every ti
                                               reap.lua (re-queued), their unclaimed pending entries
                                               -> redeliver.lua, then they leave the registry
                                               (forget.lua); see Scheduler.reap_executor
+  reconcile   ping_interval                   what a Redis that lost writes (a restart from an
+                                              older file, a failover to a replica that lagged) left
+                                              stuck: RUNNING tasks no live executor runs ->
+                                              orphan.lua, QUEUED tasks whose stream entry is gone
+                                              -> requeue_lost.lua; see Scheduler.reconcile
   trim        TRIM_EVERY                      app streams lose the entries every consumer is done
                                               with, so Redis memory stays bounded under a steady load
   trim_notes  TRIM_EVERY                      notifications older than notify_retention
@@ -22,12 +27,16 @@ a clean of tens of thousands of tasks runs while due work keeps flowing every ti
 
 Each step reads only what is due from a sorted set or index (never all tasks) and acts through
 one fenced, idempotent script per task, so any number of managers can run these roles at once:
-of two managers racing for an entry, one acts, the other gets NOT_DUE / SKIP.
+of two managers racing for an entry, one acts, the other gets NOT_DUE / SKIP.  The reconcile
+role reads, per partition and pass, the RUNNING tasks (the deadlines zset holds exactly those),
+the executors' registry and reports, and at most RECONCILE_BATCH QUEUED tasks: its cost
+follows the tasks running and that cap, whatever the number of tasks stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,18 +49,67 @@ from stagewise.keys import GROUP, Keys, split_member
 from stagewise.manager import stats
 from stagewise.manager.store import Store
 from stagewise.policy import catch_up_cron
+from stagewise.status import Status
 from stagewise.storage import calls
 from stagewise.storage.streams import redeliver_pending
 
 REDIS_ERRORS = REDIS_FAULTS  # any Redis or socket error, the cluster client's own too
 TRIM_EVERY = 2.0  # s
 CLEAN_EVERY = 60.0  # s
+RECONCILE_BATCH = 200  # QUEUED tasks whose hint the reconcile role looks at, per partition and pass
+RUNNING_PAGE = 1000  # RUNNING tasks the reconcile role reads per round trip
 
 
 def _older(a: str, b: str) -> str:
     """The smaller of two stream ids."""
     pa, pb = tuple(map(int, a.split("-"))), tuple(map(int, b.split("-")))
     return a if pa <= pb else b
+
+
+@dataclass(frozen=True)
+class Report:
+    """An executor's last report of its runs in a partition (ping.lua): its lease prefix, the
+    lease counter its claims are settled up to, the leases it holds, when it reported."""
+
+    prefix: str
+    settled: int
+    held: frozenset[str]
+    reported: float
+
+    @classmethod
+    def parse(cls, raw: list[str | None]) -> Report | None:
+        """From HMGET lease_prefix settled held reported; None: no report (yet, or ever: an
+        executor of an older version)."""
+        prefix, settled, held, reported = raw
+        if settled is None or held is None or reported is None:
+            return None
+        try:
+            return cls(prefix or "", int(settled), frozenset(json.loads(held)), float(reported))
+        except (TypeError, ValueError):
+            return None
+
+
+def suspect(
+    eid: str,
+    lease: str,
+    run_started: str | None,
+    live: set[str],
+    dead: set[str],
+    reports: dict[str, Report | None],
+) -> bool:
+    """Whether orphan.lua may take back a RUNNING task held by `eid` under `lease`: its rules,
+    read outside the script to spare a script per running task.  orphan.lua reads them again, in
+    one step, and decides."""
+    if eid not in live:
+        return eid not in dead  # registry lost (a reaping hash left: the script sees it)
+    rep = reports.get(eid)
+    try:
+        if rep is None or run_started is None or rep.reported <= float(run_started):
+            return False  # no report since the claim
+    except ValueError:
+        return False
+    prefix, _, n = lease.rpartition(".")
+    return prefix == rep.prefix and n.isdigit() and int(n) <= rep.settled and lease not in rep.held
 
 
 @dataclass(frozen=True)
@@ -81,6 +139,7 @@ class Scheduler:
             Role("deadlines", settings.tick, self._each(self.deadlines)),
             Role("ended", settings.tick, self._each(self.ended)),
             Role("reap", max(settings.ping_interval / 2, settings.tick), self._each(self.reap)),
+            Role("reconcile", settings.ping_interval, self._each(self.reconcile)),
             Role("trim", TRIM_EVERY, self._each(lambda k, _now: self.trim(k))),
             Role("trim_notes", TRIM_EVERY, self._each(self.trim_notes)),
         ]
@@ -92,6 +151,7 @@ class Scheduler:
         # and how many steps each has ended (with or without an error).
         self.busy: set[str] = set()
         self.steps: dict[str, int] = {role.name: 0 for role in self.roles}
+        self.reconcile_batch = RECONCILE_BATCH
 
     def _count(self, what: str, n: int = 1) -> None:
         self.stats[what] = self.stats.get(what, 0) + n
@@ -231,6 +291,118 @@ class Scheduler:
             redelivered=redelivered,
             registered_again=left.code == "LIVE",
         )
+
+    async def reconcile(self, k: Keys, now: float) -> None:
+        """What a Redis that lost recent writes (a restart from an older file, a failover to a
+        replica that lagged, a flushed registry) leaves stuck, taken back within
+        2 x STAGEWISE_DEAD_AFTER pings of its return:
+
+          - a task RUNNING in the name of an executor that does not run it: the executor
+            finished it and Redis lost the commit, or the executor is no longer registered
+            (`orphans`, orphan.lua).  Executors report with each ping the leases of the runs
+            they hold and the lease counter their claims are settled up to; the role acts at its
+            first pass after the first report that follows Redis's return (a ping interval or so);
+          - a task QUEUED whose stream entry is gone (`lost_deliveries`, requeue_lost.lua),
+            once it has been QUEUED for dead_seconds.
+
+        Cost per pass and partition: a read of each RUNNING task's executor and lease, of the
+        registry and the reports of the executors that hold them, and at most `reconcile_batch`
+        QUEUED tasks; a script only for the tasks that look stuck.  Nothing grows with the
+        number of tasks stored.  A QUEUED backlog larger than what a cycle of passes covers in
+        dead_seconds (reconcile_batch per ping_interval) is gone through in more passes."""
+        await self.orphans(k, now)
+        await self.lost_deliveries(k, now)
+
+    async def orphans(self, k: Keys, now: float) -> int:
+        """RUNNING tasks that no live executor runs -> orphan.lua (QUEUED again at their stage).
+        The deadlines zset holds exactly the RUNNING tasks; those past their deadline are the
+        deadlines role's.  Returns how many were taken back."""
+        live = set(await self.r.zrange(k.executors(), 0, -1))
+        dead = set(await self.r.zrange(k.dead_executors(), 0, -1))
+        reports: dict[str, Report | None] = {}
+        suspects: list[tuple[str, str, str]] = []  # (member, lease, executor id)
+        offset = 0
+        while True:
+            members = await self.r.zrangebyscore(
+                k.deadlines(), f"({now!r}", "+inf", start=offset, num=RUNNING_PAGE
+            )
+            if not members:
+                break
+            pipe = self.r.pipeline(transaction=False)
+            for m in members:
+                pipe.hmget(k.task(split_member(m)[1]), "status", "executor_id", "lease", "run_started")
+            rows = await pipe.execute()
+            unread = sorted({row[1] for row in rows if row[1] in live and row[1] not in reports})
+            if unread:
+                pipe = self.r.pipeline(transaction=False)
+                for eid in unread:
+                    pipe.hmget(k.executor(eid), "lease_prefix", "settled", "held", "reported")
+                for eid, raw in zip(unread, await pipe.execute(), strict=True):
+                    reports[eid] = Report.parse(raw)
+            for m, (status, eid, lease, started) in zip(members, rows, strict=True):
+                if (
+                    status == Status.RUNNING
+                    and lease
+                    and suspect(eid or "", lease, started, live, dead, reports)
+                ):
+                    suspects.append((m, lease, eid or ""))
+            if len(members) < RUNNING_PAGE:
+                break
+            offset += len(members)
+        requeued = 0
+        for i in range(0, len(suspects), self.settings.batch):
+            chunk = suspects[i : i + self.settings.batch]
+            results = await self.scripts.run_many([calls.orphan(k, m, lease) for m, lease, _ in chunk])
+            for (m, _, eid), res in zip(chunk, results, strict=True):
+                if res.code == "QUEUED":
+                    requeued += 1
+                    self._count("orphans")
+                    self.log.warning("orphan_requeued", member=m, executor_id=eid or None, reason=res.reason)
+        return requeued
+
+    async def lost_deliveries(self, k: Keys, now: float) -> int:
+        """QUEUED tasks queued more than dead_seconds ago whose stream entry is gone ->
+        requeue_lost.lua (a fresh entry).  At most `reconcile_batch` a pass, walking the QUEUED
+        index (score: `updated`, when the task was queued) from the cursor kept in Redis
+        (Keys.reconcile_cursor: the score and id of the last task looked at; ids of one score
+        come in order) up to now - dead_seconds, then from the oldest again.  Returns how many
+        were re-queued."""
+        idx, ck, cap = k.idx_status(Status.QUEUED), k.reconcile_cursor(), self.reconcile_batch
+        upper = f"({now - self.settings.dead_seconds!r}"
+        at, last_id = await self.r.hmget(ck, "score", "member")
+        after = float(at) if at and last_id is not None else None
+        offset = 0
+        while True:
+            page = await self.r.zrangebyscore(
+                idx, at or "-inf", upper, start=offset, num=cap, withscores=True
+            )
+            fresh = [tid for tid, sc in page if after is None or sc > after or tid > last_id]
+            if fresh or len(page) < cap:  # a page of ties all looked at already: read on
+                break
+            offset += len(page)
+        requeued = 0
+        if fresh:
+            pipe = self.r.pipeline(transaction=False)
+            for tid in fresh:
+                pipe.hmget(k.task(tid), "status", "job_id", "entry")
+            rows = await pipe.execute()
+            todo = [
+                (tid, row) for tid, row in zip(fresh, rows, strict=True) if row[0] == Status.QUEUED and row[1]
+            ]
+            results = await self.scripts.run_many(
+                [calls.requeue_lost(k, tid, job, entry or "") for tid, (_, job, entry) in todo]
+            )
+            for (tid, (_, _, entry)), res in zip(todo, results, strict=True):
+                if res.code == "REQUEUED":
+                    requeued += 1
+                    self._count("lost_deliveries")
+                    self.log.warning("lost_delivery", partition=k.partition, task_id=tid, entry=entry)
+        if len(page) < cap:  # the end of what is old enough: the next pass starts from the oldest
+            await self.r.delete(ck)
+        else:
+            tid, score = page[-1]
+            await self.r.hset(ck, mapping={"score": repr(score), "member": tid})
+        return requeued
 
     async def trim(self, k: Keys) -> int:
         """Drops stream entries below the oldest one still needed: the oldest pending entry

@@ -165,6 +165,12 @@ class Keys:
         that started from the oldest every time would stall on them."""
         return f"{self.prefix}:cc"
 
+    def reconcile_cursor(self) -> str:
+        """Hash {score, member}: where in the QUEUED status index the manager's reconcile role
+        goes on looking for tasks whose dispatch hint is gone (requeue_lost.lua), a bounded
+        number per pass; gone when a pass reached the end, so the next starts from the oldest."""
+        return f"{self.prefix}:rc"
+
     def stats(self) -> str:
         """Hash minute -> JSON sample of the counters and queues (partition 0 only): the
         dashboard's last hour (manager/stats.py)."""

@@ -9,6 +9,10 @@
   dead later) and new tasks finish.
 - Redis stops answering (SIGSTOP) for longer than the dead threshold with tasks running: once
   it answers again, every task ends FINISHED and no stage was committed twice.
+- Redis goes back in time (a restart from a snapshot taken while tasks ran, the executor up all
+  along): the tasks the executor finished since are RUNNING again in its name, and a QUEUED
+  task's entry is gone; the manager's reconciliation (from the executor's reports of the runs
+  it holds) has every task FINISHED within 2 x dead_after pings of Redis's return.
 
 Each fault test gets a redis-server of its own (the session's is shared by every test), and
 real manager and executor processes (tests.helpers.Daemons) with short ping intervals.
@@ -297,6 +301,49 @@ async def test_an_entry_left_pending_on_a_live_executor_is_given_back(
         await asyncio.wait_for(serving, 15)
 
 
+async def test_the_heartbeat_reports_the_runs_it_holds(r: Any, redis_url: str, namespace: str) -> None:
+    """With each ping the executor reports, per partition, the leases of its runs and the lease
+    counter its claims are settled up to (orphan.lua reads them): the lease of a run while it
+    runs, no lease once it is over."""
+    settings = Settings(redis_url=redis_url, namespace=namespace, ping_interval=0.05)
+    release = asyncio.Event()
+    app = App("held")
+
+    @app.method("held.wait")
+    async def wait(ctx: Any) -> str:
+        await release.wait()
+        return str(ctx.task_id)
+
+    store = Store(r, settings)
+    k = Keys(namespace, 0)
+    ex = Executor(app, settings, concurrency=2)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(ex.serve(stop))
+
+    async def reported(held: list[str], settled: int) -> bool:
+        info = await r.hgetall(k.executor(ex.id))
+        return (
+            info.get("lease_prefix") == ex.fetcher.lease_prefix
+            and json.loads(info.get("held", "null")) == held
+            and int(info.get("settled", -1)) >= settled
+        )
+
+    try:
+        await store.create(parse_task({"id": "t", "app": "held", "commands": [{"method": "held.wait"}]}))
+        await wait_for(lambda: "t" in ex.runs, what="the task running")
+        lease = ex.runs["t"].lease
+        assert lease.startswith(ex.fetcher.lease_prefix + ".")
+        n = int(lease.rpartition(".")[2])
+        await wait_for(lambda: reported([lease], n), what="the run reported as held")
+        release.set()
+        await wait_for(lambda: reported([], n), what="the run over, no lease reported")
+        assert (await store.raw("t") or {}).get("status") == "FINISHED"
+    finally:
+        release.set()
+        stop.set()
+        await asyncio.wait_for(serving, 15)
+
+
 # --------------------------------------------------------------------------- Redis faults
 
 
@@ -422,9 +469,77 @@ async def test_redis_restarted_empty_the_executor_resumes_within_5_s(
     ]
 
 
+async def test_redis_back_from_an_older_file_no_task_is_left_stuck(
+    stack: Daemons, own_redis: RedisServer, probe: aredis.Redis
+) -> None:
+    """Redis restarts from a snapshot (SAVE) taken while four tasks ran, the executor up all
+    along: the tasks it finished after the snapshot are RUNNING again in its name, under leases
+    it no longer holds; and a task QUEUED behind them whose entry was deleted (XDEL) before the
+    snapshot has no entry to be read from.  Within 2 x dead_after pings of Redis's return every
+    task ends FINISHED, by the manager's reconciliation: the executor's heartbeat goes on, so it
+    is never declared dead, and none of the tasks is left RUNNING or QUEUED."""
+    ping, dead_after = 0.2, 20  # dead after 4 s: longer than the snapshot is old at the restart
+    env = {"STAGEWISE_PING_INTERVAL": str(ping), "STAGEWISE_DEAD_AFTER": str(dead_after)}
+    m = await stack.manager(**env)
+    ex = await stack.executor(concurrency=4, **env)
+    await executor_up(m)
+    ids = [f"s{i}" for i in range(4)]
+    for tid in ids:
+        await m.rpc("tasks.create", {"task": sleeper(tid, 0.2)})
+    await wait_for(lambda: _all_running(m, ids), timeout=10, what="every task running")
+    await m.rpc("tasks.create", {"task": adder("q")})  # every slot is taken: it waits on the stream
+    k = Keys(stack.namespace, 0)
+    entry = await probe.hget(k.task("q"), "entry")
+    assert entry and await probe.xdel(k.stream("demo"), entry) == 1
+    await probe.save()  # the file Redis comes back from
+    for tid in ids:
+        await finished_once(m, tid)
+    own_redis.proc.terminate()
+    await asyncio.to_thread(own_redis.proc.wait, 10)
+    restart(own_redis)  # from the snapshot: its dir holds dump.rdb
+    back = time.monotonic()
+    window = 2 * dead_after * ping
+    first = await rpc_again(m, "tasks.get", {"id": ids[0]})
+    assert first["status"] == "RUNNING"  # as at the snapshot, in the name of the live executor
+
+    async def ended(tid: str) -> dict[str, Any] | None:
+        v = await rpc_again(m, "tasks.get", {"id": tid})
+        return v if v["status"] in TERMINAL else None
+
+    for tid in [*ids, "q"]:
+        left = window - (time.monotonic() - back)
+        v = await wait_for(lambda t=tid: ended(t), timeout=max(left, 0.1), what=f"{tid} to end")
+        assert v["status"] == "FINISHED", v
+        attempts = await rpc_again(m, "tasks.attempts", {"id": tid})
+        assert sorted(a["stage"] for a in attempts if a["outcome"] == "ok") == list(range(v["stages"]))
+        if tid != "q":
+            assert v["results"] == [0.2, tid, 0.2]
+            outcomes = [a["outcome"] for a in attempts]
+            assert outcomes.count("lost") == 1, outcomes  # taken back once, then run again
+    for status in ("RUNNING", "QUEUED"):
+        assert await rpc_again(m, "tasks.list", {"status": status}) == {"items": [], "next_cursor": None}
+    assert {e["member"] for e in logged(m, "orphan_requeued", reason="not_held")} == {f"demo/{t}" for t in ids}
+    assert {e["task_id"] for e in logged(m, "lost_delivery")} == {"q"}
+    assert not logged(m, "executor_dead") and ex.alive
+
+
+async def rpc_again(m: ManagerProc, method: str, params: dict[str, Any], within: float = 5.0) -> Any:
+    """`m.rpc`, sent again while it fails: after Redis's restart the manager answers an internal
+    error until Redis takes commands, and once for each pooled connection Redis closed."""
+
+    async def once() -> tuple[Any] | None:
+        try:
+            return (await m.rpc(method, params),)
+        except RpcError:
+            return None
+
+    return (await wait_for(once, timeout=within, what=f"{method} answered"))[0]
+
+
 def restart(server: RedisServer) -> None:
     """A new redis-server on the port (and dir) of `server`, which has exited: an empty one,
-    stopped with the fixture as the first would have been."""
+    unless a SAVE left dump.rdb in that dir (it loads it); stopped with the fixture as the
+    first would have been."""
     exe = shutil.which("redis-server")
     assert exe is not None
     argv = [exe, "--port", str(server.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]

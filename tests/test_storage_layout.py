@@ -45,9 +45,9 @@ async def test_every_key_function_of_the_prelude_is_the_python_key(r: Any, parti
 def test_every_key_method_has_its_lua_function() -> None:
     """A key added in Python without a Lua function would push a script to spell it."""
     methods = {n for n in vars(Keys) if not n.startswith("_") and callable(getattr(Keys, n))}
-    # stream = stream_of(stream_name(...)) in _lib.lua; lock, clean_cursor, stats and health:
+    # stream = stream_of(stream_name(...)) in _lib.lua; lock, the cursors, stats and health:
     # the manager's own
-    python_only = {"stream", "lock", "clean_cursor", "stats", "health"}
+    python_only = {"stream", "lock", "clean_cursor", "reconcile_cursor", "stats", "health"}
     assert methods - python_only == {m.__name__ for m, _ in KEY_FUNCTIONS.values()}
 
 
@@ -119,6 +119,8 @@ def _sample_calls() -> list[calls.Call[Any]]:
         calls.redeliver(k, k.stream("a"), "t", "1-0", "j"),
         calls.drop_consumer(k, k.stream("a"), "e"),
         calls.ping(k, "e"),
+        calls.orphan(k, "a/t", "l"),
+        calls.requeue_lost(k, "t", "j", "1-0"),
         calls.claim(k, k.stream("a"), "1-0", "t", "j", "e", "l"),
         calls.commit(k, "t", "j", "l", 0, "null", "ok", "m"),
         calls.fail(k, "t", "j", "l", 0, {"code": "X"}, None, "error", "m"),

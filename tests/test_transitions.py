@@ -121,11 +121,12 @@ async def claim(
     )
 
 
-async def take(store: Store, r: Any, k: Keys, tid: str, executor: str = "ex1") -> Lease:
-    """Reads the next stream entry (it must be for `tid`) and claims it."""
+async def take(store: Store, r: Any, k: Keys, tid: str, executor: str = "ex1", lease: str = "") -> Lease:
+    """Reads the next stream entry (it must be for `tid`) and claims it (with `lease`, or a
+    random one)."""
     entry = await read_entry(r, k, APP, executor)
     assert entry is not None and entry[1]["t"] == tid, entry
-    lease = uuid.uuid4().hex
+    lease = lease or uuid.uuid4().hex
     res = await claim(store, k, tid, entry[0], entry[1]["j"], executor, lease)
     assert res.code == "OK", res
     return Lease(entry[1]["j"], lease, executor)
@@ -306,6 +307,7 @@ async def test_create_due_now_is_queued_with_a_stream_entry(store: Store, r: Any
     assert [g["name"] for g in groups] == [GROUP]
     entries = await r.xrange(k.stream(APP))
     assert [f for _, f in entries] == [{"t": tid, "j": v["job_id"]}]
+    assert await r.hget(k.task(tid), "entry") == entries[0][0]  # the hint's id, kept with the task
     assert await read_entry(r, k) == (entries[0][0], {"t": tid, "j": v["job_id"]})
     assert await r.zscore(k.due(), member(APP, tid)) is None
 
@@ -767,6 +769,7 @@ async def test_lost_or_handed_back_run_is_queued_again_at_its_stage(
     assert v["job_id"] == run.job
     h = await r.hgetall(k.task(tid))
     assert h["interruptions"] == ("1" if how == "reap" else "0")
+    assert [h["entry"]] == [e for e, _ in await r.xrevrange(k.stream(APP), count=1)]  # its fresh hint
     assert not await r.sismember(k.running("ex1"), member(APP, tid))
     assert await r.zscore(k.deadlines(), member(APP, tid)) is None
     attempts = await store.attempts(tid)
@@ -986,9 +989,254 @@ async def test_a_consumer_is_dropped_only_with_nothing_pending(store: Store, r: 
     assert await pending(r, k) == 1  # the entry is still there to give back
     res = await store.scripts.run(calls.redeliver(k, stream, tid, entry[0], entry[1]["j"]))
     assert res == Code("REQUEUED")
+    [(fresh, _)] = await r.xrange(stream, f"({entry[0]}", "+")
+    assert await r.hget(k.task(tid), "entry") == fresh  # the task points at its fresh hint
     assert await store.scripts.run(calls.drop_consumer(k, stream, "ex1")) == Code("DROPPED")
     assert await r.xinfo_consumers(stream, GROUP) == []
     assert await store.scripts.run(calls.drop_consumer(k, k.stream("nope"), "ex1")) == Code("NONE")
+
+
+# =========================================================================== reconciliation
+
+
+async def report(
+    store: Store, k: Keys, executor: str, settled: int, held: list[str], prefix: str = "p"
+) -> None:
+    """The executor's heartbeat with its report: leases `prefix`.<n>, claims settled up to
+    `settled`, the runs of `held`."""
+    assert await store.scripts.run(calls.ping(k, executor, None, calls.Report(prefix, settled, held))) is True
+
+
+async def orphan(store: Store, k: Keys, tid: str, lease: str) -> calls.Orphan:
+    return await store.scripts.run(calls.orphan(k, member(APP, tid), lease))
+
+
+@pytest.mark.parametrize("why", ["unregistered", "not_held"])
+async def test_a_running_task_no_live_executor_runs_is_queued_again_at_its_stage(
+    store: Store, r: Any, k: Keys, why: str
+) -> None:
+    """Redis lost writes: the task is RUNNING at stage 1 in the name of ex1, which is no longer
+    registered (its registry lost), or is live and reports it no longer holds the lease (it
+    finished the run, and Redis lost the commit).  Taken back like a reap, not counted as an
+    interruption; the old run's late writes are fenced off."""
+    tid = await create(store, commands=[call(), call()])
+    run = await take(store, r, k, tid, lease="p.1")
+    assert await commit(store, k, tid, run, 0, "a") == Commit("RUN", 1, [])
+    if why == "unregistered":
+        await r.zrem(k.executors(), "ex1")
+        await r.delete(k.executor("ex1"))
+    else:
+        await report(store, k, "ex1", settled=1, held=[])
+    assert await orphan(store, k, tid, "p.1") == calls.Orphan("QUEUED", why)
+    v = await check(store, r, k, tid, "QUEUED", stage=1, results=["a"], executor_id=None, locked=False)
+    assert v["job_id"] == run.job
+    h = await r.hgetall(k.task(tid))
+    assert h["interruptions"] == "0" and h["lease"] == ""
+    assert not await r.sismember(k.running("ex1"), member(APP, tid))
+    assert await r.zscore(k.deadlines(), member(APP, tid)) is None
+    assert [h["entry"]] == [e for e, _ in await r.xrevrange(k.stream(APP), count=1)]
+    last = (await store.attempts(tid))[-1]
+    assert (last["stage"], last["outcome"], last["executor_id"]) == (1, "lost", "ex1")
+    assert await r.hget(k.metrics(APP), "orphans") == "1"
+    # the old run is fenced off; taken again, the task finishes
+    assert await commit(store, k, tid, run, 1, "late") == Commit("STALE", None, [])
+    assert await handback(store, k, tid, run) == Code("STALE")
+    run2 = await take(store, r, k, tid, executor="ex2")
+    assert await commit(store, k, tid, run2, 1, "b") == Commit("FINISHED", 2, [])
+    await check(store, r, k, tid, "FINISHED", results=["a", "b"])
+    assert await orphan(store, k, tid, run2.lease) == calls.Orphan("SKIP", None)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["held", "claim_in_flight", "other_prefix", "reported_before_the_claim", "never_reported", "declared_dead",
+     "other_lease", "unregistered_and_reaped"],
+)  # fmt: skip
+async def test_a_run_its_executor_may_still_be_running_is_never_taken(
+    store: Store, r: Any, k: Keys, case: str
+) -> None:
+    """Refused, with nothing written: the live executor reported the lease as held; its lease is
+    above the watermark (a claim whose reply the executor has not processed yet) or of a prefix
+    not the executor's; the executor has not reported since the claim (or never reports: an
+    older version); the executor is declared dead (the reap's); the caller read another lease;
+    the executor left the registry but its reap is not over."""
+    tid = await create(store)
+    if case == "reported_before_the_claim":
+        await register(store, k, "ex1")
+        await report(store, k, "ex1", settled=5, held=[])
+    lease = {"claim_in_flight": "p.2", "other_prefix": "q.1"}.get(case, "p.1")
+    run = await take(store, r, k, tid, lease=lease)
+    expected = {
+        "held": "HELD",
+        "claim_in_flight": "UNSETTLED",
+        "other_prefix": "UNSETTLED",
+        "reported_before_the_claim": "UNREPORTED",
+        "never_reported": "UNREPORTED",
+        "declared_dead": "REAPING",
+        "other_lease": "SKIP",
+        "unregistered_and_reaped": "REAPING",
+    }[case]
+    if case in ("held", "claim_in_flight", "other_prefix"):
+        await report(store, k, "ex1", settled=1, held=["p.1"] if case == "held" else [])
+    elif case == "declared_dead":
+        assert (await mark_dead(store, k, "ex1")).code == "DEAD"
+    elif case == "unregistered_and_reaped":  # its reaping hash is still there
+        assert (await mark_dead(store, k, "ex1")).code == "DEAD"
+        await r.zrem(k.dead_executors(), "ex1")
+    before = await snapshot(r, k, tid)
+    running = await r.smembers(k.running("ex1"))
+    asked = "p.9" if case == "other_lease" else run.lease
+    assert await orphan(store, k, tid, asked) == calls.Orphan(expected, None)
+    assert await snapshot(r, k, tid) == before
+    assert await r.smembers(k.running("ex1")) == running
+    assert await r.hget(k.metrics(APP), "orphans") is None
+    assert await commit(store, k, tid, run, 0, "a") == Commit("FINISHED", 1, [])
+
+
+async def requeue_lost(store: Store, r: Any, k: Keys, tid: str) -> Code:
+    h = await r.hgetall(k.task(tid))
+    return await store.scripts.run(calls.requeue_lost(k, tid, h["job_id"], h.get("entry", "")))
+
+
+@pytest.mark.parametrize("how", ["deleted", "trimmed", "acked_without_a_claim", "stream_gone"])
+async def test_a_queued_task_whose_hint_is_gone_gets_a_fresh_one(
+    store: Store, r: Any, k: Keys, how: str
+) -> None:
+    """QUEUED -> SUSPENDED -> QUEUED in one step (lost delivery), with a fresh hint that an
+    executor reads and claims; counted in the app's metrics."""
+    tid = await create(store, commands=[call(), call()])
+    old = await r.hget(k.task(tid), "entry")
+    stream = k.stream(APP)
+    if how == "deleted":
+        assert await r.xdel(stream, old) == 1
+    elif how == "trimmed":
+        await r.xtrim(stream, maxlen=0, approximate=False)
+    elif how == "acked_without_a_claim":  # delivered, then acknowledged in a past Redis lost
+        assert (await read_entry(r, k)) is not None
+        assert await r.xack(stream, GROUP, old) == 1
+    else:
+        await r.delete(stream)
+    v0 = await store.get(tid)
+    assert await requeue_lost(store, r, k, tid) == Code("REQUEUED")
+    v = await check(store, r, k, tid, "QUEUED", stage=0, job_id=v0["job_id"])
+    fresh = await r.hget(k.task(tid), "entry")
+    assert [e for e, _ in await r.xrange(stream)][-1] == fresh
+    assert fresh != old or how == "stream_gone"  # a stream made anew may give the same id again
+    assert v["updated"] > v0["updated"]
+    assert await r.hget(k.metrics(APP), "lost_deliveries") == "1"
+    assert [g["name"] for g in await r.xinfo_groups(stream)] == [GROUP]
+    assert await r.sismember(k.apps(), APP)
+    run = await take(store, r, k, tid, executor="ex2")  # the fresh hint is delivered
+    assert await commit(store, k, tid, run, 0, "a") == Commit("RUN", 1, [])
+    assert await requeue_lost(store, r, k, tid) == Code("SKIP")  # RUNNING now
+
+
+@pytest.mark.parametrize(
+    "case", ["undelivered", "group_gone", "pending", "other_entry", "other_job", "not_queued"]
+)
+async def test_a_queued_task_whose_hint_is_there_is_left_alone(
+    store: Store, r: Any, k: Keys, case: str
+) -> None:
+    """Refused, with nothing written: the hint waits undelivered on the stream (also when the
+    group is gone: executors make it again at 0 and read it), or is pending on a consumer;
+    the caller's fence (entry, job id, QUEUED) no longer matches."""
+    tid = await create(store)
+    h = await r.hgetall(k.task(tid))
+    job, entry = h["job_id"], h["entry"]
+    expected = "UNDELIVERED"
+    if case == "group_gone":
+        await r.xgroup_destroy(k.stream(APP), GROUP)
+    elif case == "pending":  # delivered, not claimed yet
+        assert await read_entry(r, k) is not None
+        expected = "PENDING"
+    elif case in ("other_entry", "other_job"):
+        await r.xdel(k.stream(APP), entry)  # gone, but the caller's fence does not match
+        entry, job = ("1-1", job) if case == "other_entry" else (entry, "other")
+        expected = "SKIP"
+    elif case == "not_queued":
+        await take(store, r, k, tid)
+        expected = "SKIP"
+    before = await snapshot(r, k, tid)
+    groups = await r.xinfo_groups(k.stream(APP))
+    assert await store.scripts.run(calls.requeue_lost(k, tid, job, entry)) == Code(expected)
+    assert await snapshot(r, k, tid) == before
+    assert await r.xinfo_groups(k.stream(APP)) == groups
+    assert await r.hget(k.metrics(APP), "lost_deliveries") is None
+
+
+async def test_a_queued_task_without_a_recorded_hint_gets_one(store: Store, r: Any, k: Keys) -> None:
+    """Queued by an older version, which kept no entry: a fresh hint whose id is kept; the old
+    hint, if it is still there, is claimed STALE after the fresh one."""
+    tid = await create(store)
+    await r.hdel(k.task(tid), "entry")
+    job = await r.hget(k.task(tid), "job_id")
+    assert await store.scripts.run(calls.requeue_lost(k, tid, job, "")) == Code("HINTED")
+    entries = [e for e, _ in await r.xrange(k.stream(APP))]
+    assert len(entries) == 2 and await r.hget(k.task(tid), "entry") == entries[1]
+    await check(store, r, k, tid, "QUEUED")
+    assert await r.hget(k.metrics(APP), "lost_deliveries") is None
+    await take(store, r, k, tid)
+    second = await read_entry(r, k)
+    assert second is not None
+    assert await claim(store, k, tid, second[0], job, "ex1", "l2") == Claim("STALE", {})
+
+
+async def test_the_reconcile_role_takes_back_only_the_runs_no_live_executor_runs(
+    store: Store, r: Any, k: Keys
+) -> None:
+    """Scheduler.orphans over every RUNNING task: ex1 reported after its claims, holding p.2,
+    settled up to p.3 (p.4: a claim in flight); ex2 left the registry; ex3 is declared dead."""
+    runs = {}
+    for name, executor, lease in [
+        ("orphan", "ex1", "p.1"), ("held", "ex1", "p.2"), ("in_flight", "ex1", "p.4"),
+        ("unregistered", "ex2", "x.1"), ("dead", "ex3", "y.1"),
+    ]:  # fmt: skip
+        tid = await create(store, id=name)
+        runs[tid] = await take(store, r, k, tid, executor=executor, lease=lease)
+    await report(store, k, "ex1", settled=3, held=["p.2"])
+    await r.zrem(k.executors(), "ex2")
+    assert (await mark_dead(store, k, "ex3")).code == "DEAD"
+    sec, usec = await r.time()
+    scheduler = Scheduler(store)
+    assert await scheduler.orphans(k, sec + usec / 1e6) == 2
+    for tid in ("orphan", "unregistered"):
+        await check(store, r, k, tid, "QUEUED", executor_id=None)
+    for tid in ("held", "in_flight", "dead"):
+        await check(store, r, k, tid, "RUNNING")
+    assert await scheduler.orphans(k, sec + usec / 1e6) == 0  # nothing more to take
+    assert await r.hget(k.metrics(APP), "orphans") == "2"
+
+
+async def test_the_reconcile_role_walks_the_queued_tasks_a_bounded_number_per_pass(
+    r: Any, redis_url: str, namespace: str, k: Keys
+) -> None:
+    """Five tasks queued in one step (one score: the walk goes on by id) and one after, all past
+    the grace period (dead_seconds); the hints of the five are gone.  With 2 a pass, the walk
+    goes through them from its cursor, 2, 2 and 1, then starts from the oldest again."""
+    store = Store(r, Settings(redis_url=redis_url, namespace=namespace, ping_interval=0.01, dead_after=1))
+    await store.create_many([parse_task({"id": f"a{i}", "app": APP, "commands": [call()]}) for i in range(5)], "")
+    await r.xtrim(k.stream(APP), maxlen=0, approximate=False)
+    await create(store, id="b")  # its hint is there
+    scores = {tid: s for tid, s in await r.zrange(k.idx_status("QUEUED"), 0, -1, withscores=True)}
+    assert len({scores[f"a{i}"] for i in range(5)}) == 1 and scores["b"] > scores["a0"]
+    sec, usec = await r.time()
+    now = sec + usec / 1e6 + 0.05  # every task past the grace period; the fresh hints are not
+    await wait_for(lambda: _later_than(r, now), what="the grace period to pass")
+    scheduler = Scheduler(store)
+    scheduler.reconcile_batch = 2
+    got = [await scheduler.lost_deliveries(k, now) for _ in range(5)]
+    assert got == [2, 2, 1, 0, 0]
+    assert await r.hget(k.metrics(APP), "lost_deliveries") == "5"
+    assert not await r.exists(k.reconcile_cursor())  # the last pass went to the end
+    for tid in [f"a{i}" for i in range(5)] + ["b"]:
+        await check(store, r, k, tid, "QUEUED")
+    hinted = {f["t"] for _, f in await r.xrange(k.stream(APP))}
+    assert hinted == {"a0", "a1", "a2", "a3", "a4", "b"}
+
+
+async def _later_than(r: Any, t: float) -> bool:
+    sec, usec = await r.time()
+    return bool(sec + usec / 1e6 > t)
 
 
 # =========================================================================== cancel

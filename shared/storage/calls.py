@@ -53,8 +53,8 @@ def new_job_id() -> str:
 
 class Code(NamedTuple):
     """A reply that is a code and nothing else worth reading (handback, redeliver, expire,
-    reap, forget, drop_consumer, send): e.g. QUEUED, STALE, REQUEUED, DROPPED, FAILED, SKIP,
-    NOT_DUE, DELIVERED, GONE."""
+    reap, forget, drop_consumer, send, requeue_lost): e.g. QUEUED, STALE, REQUEUED, DROPPED,
+    FAILED, SKIP, NOT_DUE, DELIVERED, GONE."""
 
     code: str
 
@@ -83,6 +83,24 @@ class Commit(NamedTuple):
     code: str
     stage: int | None
     taken: list[tuple[int, str]]
+
+
+class Orphan(NamedTuple):
+    """orphan.lua: QUEUED (taken back; `reason` unregistered or not_held), or SKIP / REAPING /
+    UNREPORTED / UNSETTLED / HELD (left alone; `reason` None)."""
+
+    code: str
+    reason: str | None
+
+
+class Report(NamedTuple):
+    """What an executor's heartbeat says of its runs in one partition (ping.lua keeps it for
+    orphan.lua): the `prefix` of its leases, `settled` (the highest lease counter whose claim
+    reply it has fully processed) and `held` (the leases of the runs it holds there)."""
+
+    prefix: str
+    settled: int
+    held: list[str]
 
 
 class Fail(NamedTuple):
@@ -159,6 +177,7 @@ def _fields(task: Task) -> list[str]:
         "error": "",
         "exit_code": "",
         "queued_at": "",
+        "entry": "",
         "wait_deadline": "",
         "exec_deadline": "",
     }
@@ -374,6 +393,25 @@ def redeliver(k: Keys, stream: str, task_id: str, entry_id: str, job_id: str) ->
     return Call("redeliver", [k.task(task_id), stream], [k.prefix, task_id, entry_id, job_id], _code)
 
 
+def _orphan(res: Any) -> Orphan:
+    return Orphan(res[0], res[1] if len(res) > 1 else None)
+
+
+def orphan(k: Keys, task_member: str, lease: str) -> Call[Orphan]:
+    """A RUNNING task (`task_member`, app/id, under `lease`) that no live executor may run:
+    QUEUED when its executor is unregistered, or live and reported not holding the lease; see
+    orphan.lua."""
+    _, _, tid = task_member.partition("/")
+    return Call("orphan", [k.task(tid), k.executors(), k.dead_executors()], [k.prefix, tid, lease], _orphan)
+
+
+def requeue_lost(k: Keys, task_id: str, job_id: str, entry: str) -> Call[Code]:
+    """A task QUEUED for the run `job_id` with the hint `entry` ('' none recorded): REQUEUED
+    when the hint is gone, HINTED (no entry recorded: a fresh one), UNDELIVERED, PENDING or
+    SKIP; see requeue_lost.lua."""
+    return Call("requeue_lost", [k.task(task_id)], [k.prefix, task_id, job_id, entry], _code)
+
+
 def drop_consumer(k: Keys, stream: str, consumer: str) -> Call[Code]:
     """The consumer leaves the stream's group if nothing is pending on it: DROPPED, PENDING or
     NONE (no such stream or group)."""
@@ -383,10 +421,15 @@ def drop_consumer(k: Keys, stream: str, consumer: str) -> Call[Code]:
 # --------------------------------------------------------------------------- the executor
 
 
-def ping(k: Keys, executor_id: str, info: Sequence[Any] | None = None) -> Call[bool]:
-    """A heartbeat; with `info` (field, value, ...) a registration.  False: this executor is
-    not registered (declared dead, or the registry was lost): it must register again."""
-    args = [k.prefix, executor_id, 0] if info is None else [k.prefix, executor_id, 1, *info]
+def ping(
+    k: Keys, executor_id: str, info: Sequence[Any] | None = None, report: Report | None = None
+) -> Call[bool]:
+    """A heartbeat; with `info` (field, value, ...) a registration; with `report`, what the
+    executor runs in this partition (kept for orphan.lua).  False: this executor is not
+    registered (declared dead, or the registry was lost): it must register again."""
+    rep: list[Any] = ["", "", ""] if report is None else [report.prefix, report.settled, _J(report.held)]
+    flag = 0 if info is None else 1
+    args = [k.prefix, executor_id, flag, *rep, *(info or ())]
     return Call("ping", [k.executors(), k.executor(executor_id)], args, bool)
 
 

@@ -55,6 +55,8 @@ NAMES = (
     "delete",
     "clean",
     "handback",
+    "orphan",
+    "requeue_lost",
 )
 
 

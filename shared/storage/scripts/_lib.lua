@@ -117,11 +117,13 @@ end
 
 -- Puts a dispatch hint on the app stream of the task's priority.  The task hash stays the
 -- source of truth: a hint whose task is no longer QUEUED with that job id is dropped by the
--- claim.
+-- claim.  The hint's id is kept in the task's `entry` field (redeliver.lua and requeue_lost.lua
+-- keep it up to date when they put a fresh hint), so that the manager can tell a QUEUED task
+-- whose hint is gone (requeue_lost.lua).
 local function enqueue(tkey, id, app, old, ts)
   local h = redis.call('HMGET', tkey, 'job_id', 'priority')
-  redis.call('XADD', k_stream(app, h[2]), '*', 't', id, 'j', h[1])
-  put('queued_at', fmt(ts), 'next_run', '', 'wait_deadline', '')
+  local entry = redis.call('XADD', k_stream(app, h[2]), '*', 't', id, 'j', h[1])
+  put('entry', entry, 'queued_at', fmt(ts), 'next_run', '', 'wait_deadline', '')
   set_status(tkey, id, app, old, S.QUEUED, ts)
 end
 

@@ -21,5 +21,5 @@ end
 if code ~= 'CREATED' then return {code, from} end
 -- What this script set on top of ARGV[8] (the caller has the rest): no HGETALL of ~45 fields.
 local SET_HERE = {'id', 'app', 'created', 'stage', 'stage_started', 'status', 'updated', 'next_run',
-  'queued_at', 'wait_deadline', 'exit_code', 'error'}
+  'queued_at', 'entry', 'wait_deadline', 'exit_code', 'error'}
 return append_fields({'CREATED'}, KEYS[1], SET_HERE)
