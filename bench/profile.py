@@ -10,7 +10,7 @@ executor's samples went:
   start-up imports   a frame of importlib's loader on the stack
   redis-py           the sampled function is redis-py's (packing, reading, its timeouts, pool)
   stage call         under Executor.call: conditions, templates, params, the handler
-  our RESP packing   shared/scripting.py (run_many's packing and reading loop)
+  our RESP packing   shared/storage/runner.py (run_many's packing and reading loop)
   event loop         asyncio / uvloop themselves (callbacks, tasks, the C loop)
   bookkeeping        the rest: fetch, claim, run, commit batching, decoding
 
@@ -59,9 +59,9 @@ def role(frames: list[tuple[str, str]]) -> str:
         return "start-up imports"
     if leaf_file.startswith("redis/") or "/redis/" in leaf_file:
         return "redis-py"
-    if any(fn == "Executor.call" for fn, _ in frames):
+    if any(fn == "call" and file.endswith("executor/call.py") for fn, file in frames):
         return "stage call"
-    if leaf_file.endswith("shared/scripting.py"):
+    if leaf_file.endswith("shared/storage/runner.py"):
         return "our RESP packing"
     if "asyncio/" in leaf_file or "uvloop" in leaf_file:
         return "event loop"
