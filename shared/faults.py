@@ -26,18 +26,20 @@ import asyncio
 import re
 from typing import Any
 
-import redis.exceptions as rex
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     BusyLoadingError,
     ClusterDownError,
+    ClusterError,
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
+    RedisError,
     ResponseError,
     SlotNotCoveredError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -107,15 +109,10 @@ def unavailable_reason(exc: BaseException) -> str | None:
 
 # --------------------------------------------------------------------------- the loops' view
 
-# Error replies (their first word) that name a state of the server, not of the call.
+# Error replies (their first word) beyond `unavailable_reason`'s that a loop waits out too.
 TRANSIENT_REPLIES = frozenset(
     {
-        "OOM",  # maxmemory reached under noeviction: writes refused until memory is freed
-        "READONLY",  # a replica, e.g. the old master during a failover
-        "LOADING",  # loading its data set after a restart
         "BUSY",  # a script ran past busy-reply-threshold
-        "MASTERDOWN",  # a replica that lost its master
-        "CLUSTERDOWN",  # a cluster with slots not served
         "TRYAGAIN",  # a multi-key command during a resharding
         "NOREPLICAS",  # min-replicas-to-write not met
         "UNBLOCKED",  # a blocking read ended by the server (its key or group went away)
@@ -124,7 +121,7 @@ TRANSIENT_REPLIES = frozenset(
 
 # Everything a long-lived loop waits out rather than dies of: any Redis error, any socket error,
 # and the cluster client's own (a slot not covered while a failover is under way).
-REDIS_FAULTS: tuple[type[BaseException], ...] = (OSError, rex.RedisError, rex.RedisClusterException)
+REDIS_FAULTS: tuple[type[BaseException], ...] = (OSError, RedisError, RedisClusterException)
 
 BACKOFF_FIRST = 0.1  # s
 BACKOFF_CAP = 2.0  # s: a loop retries at least this often, so it resumes soon after Redis does
@@ -133,15 +130,11 @@ BACKOFF_CAP = 2.0  # s: a loop retries at least this often, so it resumes soon a
 def transient(e: BaseException) -> bool:
     """True when `e` is a Redis fault that passes by itself: the same call may succeed later
     (every error with an `unavailable_reason`, and a few more a loop can wait out)."""
-    if unavailable_reason(e) is not None:
+    if unavailable_reason(e) is not None:  # down, loading, read-only, out of memory, cluster down
         return True
-    if isinstance(e, OSError | rex.ConnectionError | rex.TimeoutError | rex.ClusterError):
-        return True  # includes BusyLoadingError (LOADING) and CLUSTERDOWN / MASTERDOWN
-    if isinstance(e, rex.SlotNotCoveredError):  # a cluster client between two slot maps
-        return True
-    if isinstance(e, rex.OutOfMemoryError | rex.ReadOnlyError | rex.TryAgainError):
-        return True
-    if isinstance(e, rex.ResponseError):
+    if isinstance(e, OSError | RedisConnectionError | RedisTimeoutError | ClusterError | TryAgainError):
+        return True  # ConnectionError includes a refused password: an operator may mend it
+    if isinstance(e, ResponseError):
         words = str(e).split(None, 1)
         return bool(words) and words[0] in TRANSIENT_REPLIES
     return False
@@ -151,7 +144,7 @@ def kind(e: BaseException) -> str:
     """What sort of failure `e` is, for a log line: its class, and for an error reply its first
     word ("ResponseError:NOGROUP"); the same kind is logged once by `Warnings`."""
     name = type(e).__name__
-    if type(e) is rex.ResponseError:  # redis-py gives the common codes classes of their own
+    if type(e) is ResponseError:  # redis-py gives the common codes classes of their own
         words = str(e).split(None, 1)
         return f"{name}:{words[0]}" if words else name
     return name
@@ -160,7 +153,7 @@ def kind(e: BaseException) -> str:
 def is_nogroup(e: BaseException) -> bool:
     """The consumer group (or its stream) is gone: Redis lost data (a flushed database, a
     restart from an older file).  Re-creating the group is the cure, not waiting."""
-    return isinstance(e, rex.ResponseError) and str(e).startswith("NOGROUP")
+    return isinstance(e, ResponseError) and str(e).startswith("NOGROUP")
 
 
 class Backoff:
