@@ -65,7 +65,6 @@ BUCKETS = DURATION_BUCKETS  # defined once, in stagewise.keys, and given to the 
 INF = "+Inf"
 
 
-
 @dataclass
 class Histogram:
     counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))  # last: +Inf
@@ -282,35 +281,28 @@ class SnapshotCollector(Collector):
             hist.add_metric([app, method, outcome], h.cumulative(), h.sum)
         yield hist
 
-        retries = CounterMetricFamily(
-            "stagewise_retries", "Failed stage attempts that were scheduled for a retry.", labels=["app"]
+        yield _counter(
+            "stagewise_retries", "Failed stage attempts that were scheduled for a retry.", ["app"], s.retries
         )
-        for app, n in sorted(s.retries.items()):
-            retries.add_metric([app], n)
-        yield retries
-
-        failures = CounterMetricFamily(
-            "stagewise_failures", "Tasks that ended FAILED, by error code.", labels=["app", "code"]
+        yield _counter(
+            "stagewise_failures", "Tasks that ended FAILED, by error code.", ["app", "code"], s.failures
         )
-        for (app, code), n in sorted(s.failures.items()):
-            failures.add_metric([app, code], n)
-        yield failures
-
-        created = CounterMetricFamily("stagewise_tasks_created", "Tasks stored.", labels=["app"])
-        for app, n in sorted(s.created.items()):
-            created.add_metric([app], n)
-        yield created
-
-        ended = CounterMetricFamily(
-            "stagewise_tasks_ended", "Runs that ended, by final status.", labels=["app", "status"]
+        yield _counter("stagewise_tasks_created", "Tasks stored.", ["app"], s.created)
+        yield _counter(
+            "stagewise_tasks_ended", "Runs that ended, by final status.", ["app", "status"], s.ended
         )
-        for (app, status), n in sorted(s.ended.items()):
-            ended.add_metric([app, status], n)
-        yield ended
 
         info = InfoMetricFamily("stagewise_build", "The manager's version.")
         info.add_metric([], {"version": stagewise.__version__})
         yield info
+
+
+def _counter(name: str, doc: str, labels: list[str], values: dict[Any, int]) -> CounterMetricFamily:
+    """A counter family of `values`, keyed by a label value or a tuple of them, in label order."""
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, n in sorted(values.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], n)
+    return family
 
 
 def render(snap: Snapshot) -> bytes:
