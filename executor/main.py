@@ -21,8 +21,7 @@ from stagewise import log
 from stagewise.config import Settings, fail
 from stagewise.executor.app import App
 from stagewise.executor.worker import Executor
-from stagewise.faults import REDIS_FAULTS
-from stagewise.storage.connection import connect
+from stagewise.storage.connection import connect_when_ready
 
 
 def load_app(module_app: str) -> App:
@@ -91,28 +90,9 @@ async def _serve(app: App, concurrency: int, settings: Settings) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_term)
-    if await _redis_ready(settings, stop):
-        await Executor(app, settings, concurrency).serve(stop)
-
-
-async def _redis_ready(settings: Settings, stop: asyncio.Event) -> bool:
-    """Waits for Redis like the manager does: one warning a second while it does not answer, a
-    one-line stop for a mistake waiting will not mend (a malformed URL, a database or
-    credentials Redis refuses); False when stopped meanwhile."""
-    logger = log.get(role="executor")
-    while not stop.is_set():
-        try:
-            r = await connect(settings.redis_url, max_connections=2)
-        except ValueError as e:
-            fail(f"stagewise: STAGEWISE_REDIS_URL: {e}")
-        except REDIS_FAULTS as e:
-            logger.warning("redis_unavailable", error=str(e)[:500])
-            try:
-                await asyncio.wait_for(stop.wait(), 1.0)
-            except TimeoutError:
-                pass
-            continue
-        await r.aclose()
-        return True
-    logger.info("executor_stopped")
-    return False
+    executor = Executor(app, settings, concurrency)
+    r = await connect_when_ready(settings.redis_url, executor.max_connections, stop, log.get(role="executor"))
+    if r is None:  # stopped while waiting
+        log.get(role="executor").info("executor_stopped")
+        return
+    await executor.serve(stop, r)

@@ -122,12 +122,15 @@ class Executor:
         return calls.Report(self.fetcher.lease_prefix, self.fetcher.settled, held)
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self) -> None:
+    @property
+    def max_connections(self) -> int:
         # runs (<= concurrency) + fetch + control (one per partition on a cluster) + heartbeat +
         # shutdown work: never more
-        self.r = await connect(
-            self.settings.redis_url, max_connections=self.concurrency + 16 + len(self.parts)
-        )
+        return self.concurrency + 16 + len(self.parts)
+
+    async def start(self, r: Any = None) -> None:
+        """Sets up on `r` (a client made by connect with max_connections), or connects."""
+        self.r = r if r is not None else await connect(self.settings.redis_url, self.max_connections)
         self.cluster = is_cluster(self.r)
         self.split = self.cluster and len(self.parts) > 1
         self.scripts = Scripts(self.r)
@@ -188,8 +191,8 @@ class Executor:
             if not await self.ping(k):
                 await self.refused(k)
 
-    async def serve(self, stop: asyncio.Event) -> None:
-        await self.start()
+    async def serve(self, stop: asyncio.Event, r: Any = None) -> None:
+        await self.start(r)
         roles = Roles(
             heartbeat=asyncio.create_task(self.heartbeat(), name="heartbeat"),
             fetch=asyncio.create_task(self.fetcher.fetch(), name="fetch"),

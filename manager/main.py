@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import signal
-from typing import Any
 
 import uvloop
 from aiohttp import web
-from redis.exceptions import RedisClusterException, RedisError
 
 from stagewise import log as slog
 from stagewise import sdnotify  # systemd notify protocol: no-ops without $NOTIFY_SOCKET
@@ -22,7 +20,7 @@ from stagewise.manager.http import make_app
 from stagewise.manager.rpc import Api, Dispatcher
 from stagewise.manager.scheduler import Scheduler
 from stagewise.manager.store import Store
-from stagewise.storage.connection import connect, is_cluster
+from stagewise.storage.connection import connect_when_ready, is_cluster
 
 
 def exposed_without_auth(settings: Settings) -> bool:
@@ -58,21 +56,10 @@ async def serve(settings: Settings) -> None:
     # Wait for Redis first: whether it is a single server or a Redis Cluster decides which
     # client to use (stagewise.storage.connection.connect).  HTTP handlers are bounded by max_inflight and use
     # one connection at a time; + scheduler.
-    r: Any = None
-    while r is None:
-        try:
-            r = await connect(settings.redis_url, max_connections=settings.max_inflight + 16)
-        except ValueError as e:  # a malformed Sentinel URL: waiting will not mend it
-            fail(f"stagewise: STAGEWISE_REDIS_URL: {e}")
-        except (OSError, RedisError, RedisClusterException) as e:
-            log.warning("redis_unavailable", error=str(e))
-            try:
-                await asyncio.wait_for(stop.wait(), 1.0)
-            except TimeoutError:
-                pass
-            if stop.is_set():
-                log.info("manager_stopped")
-                return
+    r = await connect_when_ready(settings.redis_url, settings.max_inflight + 16, stop, log)
+    if r is None:  # stopped while waiting
+        log.info("manager_stopped")
+        return
     store = Store(r, settings)
     runner = web.AppRunner(make_app(store, Dispatcher(Api(store))), access_log=None)
     await runner.setup()

@@ -6,6 +6,7 @@ seconds, whatever the redis-py version's defaults."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,9 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
+
+from stagewise.config import fail
+from stagewise.faults import REDIS_FAULTS
 
 # Seconds to open a connection (TCP and TLS handshakes): a server that is up answers in
 # milliseconds, one that is down refuses at once; only a host that drops packets waits this long.
@@ -87,6 +91,24 @@ def _connects_under_the_lock() -> bool:
 POOL, SENTINEL_POOL = (
     (_Pool, _SentinelPool) if _connects_under_the_lock() else (aredis.ConnectionPool, SentinelConnectionPool)
 )
+
+
+async def connect_when_ready(url: str, max_connections: int, stop: asyncio.Event, log: Any) -> Any | None:
+    """`connect`, waiting for Redis as a daemon starting must: one `redis_unavailable` warning a
+    second while it does not answer; a mistake waiting will not mend (connect's ValueError)
+    stops the process with one line (config.fail); None when `stop` is set meanwhile."""
+    while not stop.is_set():
+        try:
+            return await connect(url, max_connections)
+        except ValueError as e:
+            fail(f"stagewise: STAGEWISE_REDIS_URL: {e}")
+        except REDIS_FAULTS as e:
+            log.warning("redis_unavailable", error=str(e)[:500])
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                pass
+    return None
 
 
 def is_cluster(r: Any) -> bool:
