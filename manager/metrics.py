@@ -115,8 +115,7 @@ async def gather(store: Store) -> Snapshot:
     """Reads the numbers of every partition in three pipelined round trips."""
     r, parts = store.r, store.parts
     snap = Snapshot()
-    sec, usec = await r.time()
-    now = snap.now = sec + usec / 1e6
+    now = snap.now = await store.server_time()
 
     # 1: the names to look further at (stream names, executors) and the due ZSETs
     pipe = r.pipeline(transaction=False)

@@ -272,8 +272,7 @@ class Api:
         }
 
     async def apps(self, p: NoParams) -> Any:
-        sec, usec = await self.store.r.time()  # Redis's clock, as the indexes' scores
-        return await self.store.apps(sec + usec / 1e6)
+        return await self.store.apps(await self.store.server_time())  # the indexes' clock
 
     async def stats(self, p: NoParams) -> Any:
         from stagewise.manager.stats import history

@@ -166,8 +166,7 @@ class Scheduler:
         return step
 
     async def server_time(self) -> float:
-        sec, usec = await self.r.time()
-        return sec + usec / 1e6
+        return await self.store.server_time()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Runs every role until `stop` is set, then returns once each has finished the step

@@ -50,6 +50,11 @@ class Store:
         self.scripts = Scripts(client)
         self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
 
+    async def server_time(self) -> float:
+        """Redis's clock (TIME), the one the scripts stamp tasks and indexes with."""
+        sec, usec = await self.r.time()
+        return float(sec + usec / 1e6)
+
     def keys(self, task_id: str) -> Keys:
         return self.parts[partition_of(task_id, len(self.parts))]
 
