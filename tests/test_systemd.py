@@ -247,15 +247,20 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     units = _unit_dir()
     if units is None:
         pytest.skip("no systemd unit directory with sysinit.target: unit files not verified")
-    # A root of its own: the system's units, ours, and a stand-in for the ExecStart binary
-    # (verify checks that it is executable).  Templates are verified through an instance.
+    # A root of its own: the system's units and ours.
     root = tmp_path / "root"
-    shutil.copytree(units, root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
     for f in DEPLOY.glob("*.service"):
         shutil.copy(f, root / "etc/systemd/system" / f.name)
-    binary = root / "opt/stagewise/venv/bin/stagewise"
-    binary.parent.mkdir(parents=True)
+    verify_units(exe, units, root, root / "opt/stagewise/venv/bin/stagewise")
+
+
+def verify_units(exe: str, units: Path, root: Path, binary: Path) -> subprocess.CompletedProcess[str]:
+    """`systemd-analyze verify` of our two units as installed under `root` (the template through
+    an instance), beside the system's `units`, with a stand-in for the ExecStart `binary` (verify
+    checks that it is executable).  Fails on any error, and on any warning naming our units."""
+    shutil.copytree(units, root / "usr/lib/systemd/system", symlinks=True, dirs_exist_ok=True)
+    binary.parent.mkdir(parents=True, exist_ok=True)
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
     out = subprocess.run(
@@ -267,3 +272,4 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     report = out.stdout + out.stderr
     assert out.returncode == 0, report
     assert "stagewise" not in report, report  # unknown keys / bad values are only warnings
+    return out
