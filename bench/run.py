@@ -11,7 +11,10 @@ repetition run every system x workload x config through the unmodified harness (
 <venv python> /work/shared/bench/peers/bench.py PEER WORKLOAD CONFIG REP bench/out/results.jsonl`;
 stagewise is peer `stagewise`, module bench/peer_stagewise.py via PYTHONPATH), plus two stagewise-only
 measurements (JSON-RPC batch enqueue, Redis commands by origin under MONITOR), stop redis-server, and write
-bench/RESULTS.md. Only the standard library is used here; the extra measurements run in a child process with
+bench/RESULTS.md. Peers: every one the harness has (arq, saq, taskiq list and stream, rq, Celery, Dramatiq,
+streaq, docket, BullMQ's Python port, and DBOS when a private Postgres can be started here: Debian's
+postgresql package, run as user postgres on BENCH_PG_PORT; otherwise DBOS is skipped and RESULTS.md says
+why). Only the standard library is used here; the extra measurements run in a child process with
 the project's venv (`run.py --extra ...`).
 """
 
@@ -48,7 +51,24 @@ LOGS = OUT / "logs"
 RESULTS_MD = BENCH / "RESULTS.md"
 SW_BIN = ROOT / ".venv" / "bin"
 
-PEERS = ["arq", "saq", "taskiq-list", "taskiq-stream", "rq", "celery", "dramatiq"]
+PEERS = [
+    "arq",
+    "saq",
+    "taskiq-list",
+    "taskiq-stream",
+    "rq",
+    "celery",
+    "dramatiq",
+    "streaq",
+    "docket",
+    "bullmq",
+]
+PEERS += ["dbos"]
+VENV_OF = {"taskiq-list": "taskiq", "taskiq-stream": "taskiq"}  # else venv-<peer>
+# DBOS keeps its state in Postgres, not Redis: it runs only where a private Postgres can be started
+# (Debian's postgresql package: initdb and pg_ctl under /usr/lib/postgresql/<v>/bin).
+PG_PORT = int(os.environ.get("BENCH_PG_PORT", "5491"))
+PG_URL = f"postgresql://postgres@127.0.0.1:{PG_PORT}"
 SYSTEMS = ["stagewise", *PEERS]
 WORKLOADS = ["enqueue", "noop", "latency", "chain"]
 RUN_TIMEOUT = 540
@@ -65,6 +85,10 @@ QUICK_CONFIG = {
     "rq": "tuned",
     "celery": "default",
     "dramatiq": "default",
+    "streaq": "tuned",
+    "docket": "tuned",
+    "bullmq": "tuned",
+    "dbos": "tuned",
 }
 QUICK_SKIP = {
     ("arq", "latency"): "about 110 s: arq polls every 0.5 s, p50 about 500 ms",
@@ -98,7 +122,7 @@ def redis_cmd(port: int, *args: str) -> str:
 def peer_python(system: str) -> Path:
     if system == "stagewise":
         return SW_BIN / "python"
-    return PEER_VENVS / f"venv-{system.split('-')[0]}" / "bin" / "python"
+    return PEER_VENVS / f"venv-{VENV_OF.get(system, system)}" / "bin" / "python"
 
 
 def jsonl(path: Path) -> list[dict[str, Any]]:
@@ -182,6 +206,80 @@ class Redis:
         self.pid = None
 
 
+class Postgres:
+    """A private Postgres for the dbos peer (Debian's postgresql package), in bench/out/pg, torn down after
+    the run.  `unavailable` says why it cannot be started here (then dbos is skipped, and the results say
+    so)."""
+
+    def __init__(self) -> None:
+        self.dir = OUT / "pg"
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        self.bin = bins[-1].parent if bins else None
+        self.started = False
+        self.unavailable = ""
+        if self.bin is None:
+            self.unavailable = "no Postgres server here (Debian's postgresql package is not installed)"
+        elif os.geteuid() == 0 and not shutil.which("runuser"):
+            self.unavailable = "running as root without runuser: Postgres refuses to run as root"
+        elif socket.socket().connect_ex(("127.0.0.1", PG_PORT)) == 0:
+            self.unavailable = f"port {PG_PORT} is taken (set BENCH_PG_PORT)"
+
+    def _as_pg(self, *argv: str) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else list(argv)
+
+    def start(self) -> bool:
+        if self.unavailable or self.bin is None:
+            return False
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        try:
+            subprocess.run(
+                self._as_pg(
+                    str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres"
+                ),
+                check=True,
+                capture_output=True,
+            )
+            opts = (
+                f"-p {PG_PORT} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                "-c synchronous_commit=off -c max_connections=200"
+            )
+            subprocess.run(
+                self._as_pg(
+                    str(self.bin / "pg_ctl"),
+                    "-D",
+                    str(self.dir / "data"),
+                    "-l",
+                    str(self.dir / "pg.log"),
+                    "-o",
+                    opts,
+                    "-w",
+                    "start",
+                ),
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+            err = getattr(e, "stderr", b"") or b""
+            self.unavailable = f"Postgres did not start: {e} {err.decode(errors='replace')[-200:]}".strip()
+            return False
+        self.started = True
+        return True
+
+    def stop(self) -> None:
+        if self.started and self.bin is not None:
+            subprocess.run(
+                self._as_pg(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "stop"),
+                capture_output=True,
+                timeout=60,
+            )
+            self.started = False
+
+
 def run_group(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
     """Runs argv in its own session / process group, so that whatever it leaves behind (a worker, the
     stagewise manager) can be stopped by that group's id."""
@@ -221,7 +319,7 @@ def ensure_venvs() -> float:
     """Builds the peer venvs with the harness's script when one is missing; returns the seconds spent."""
     missing = [
         p
-        for p in ("arq", "saq", "taskiq", "rq", "celery", "dramatiq")
+        for p in sorted({VENV_OF.get(s, s) for s in PEERS})
         if not (PEER_VENVS / f"venv-{p}" / ".ok").exists()
     ]
     if not missing:
@@ -233,11 +331,13 @@ def ensure_venvs() -> float:
     return time.monotonic() - t
 
 
-def plan(quick: bool, configs: dict[str, list[str]]) -> tuple[list[tuple[str, str, str]], list[str]]:
+def plan(
+    quick: bool, configs: dict[str, list[str]], systems: list[str] = SYSTEMS
+) -> tuple[list[tuple[str, str, str]], list[str]]:
     """(system, workload, config) for one repetition, in the harness's order (stagewise first), and the
     runs left out (QUICK)."""
     runs, skipped = [], []
-    for s in SYSTEMS:
+    for s in systems:
         for w in WORKLOADS:
             if quick and (s, w) in QUICK_SKIP:
                 skipped.append(f"{s} {w}: {QUICK_SKIP[(s, w)]}")
@@ -253,7 +353,7 @@ def plan(quick: bool, configs: dict[str, list[str]]) -> tuple[list[tuple[str, st
 
 
 def harness_env(redis: Redis, system: str, inflight: int, via: str = "redis") -> dict[str, str]:
-    env = dict(os.environ, BENCH_REDIS_PORT=str(redis.port), BENCH_LOGS=str(LOGS))
+    env = dict(os.environ, BENCH_REDIS_PORT=str(redis.port), BENCH_LOGS=str(LOGS), BENCH_PG_URL=PG_URL)
     env.pop("BENCH_CONFIG", None)
     env.pop("PYTHONPATH", None)
     if system == "stagewise":
@@ -339,6 +439,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     budget = args.budget or (QUICK_BUDGET if args.quick else FULL_BUDGET)
     reps = args.reps or 1
     redis = Redis()
+    pg = Postgres()
     meta: dict[str, Any] = dict(
         quick=args.quick,
         reps=reps,
@@ -362,15 +463,22 @@ def orchestrate(args: argparse.Namespace) -> int:
         info = redis.info()
         meta["redis"] = dict(version=info.get("redis_version"), port=redis.port, argv=redis.argv)
         log(f"redis-server {info.get('redis_version')} on port {redis.port}; results -> {RESULTS_JSONL}")
+        systems = list(SYSTEMS)
+        if pg.start():
+            log(f"postgres on port {PG_PORT} for dbos")
+        else:
+            systems.remove("dbos")
+            meta["skipped_unavailable"] = [f"dbos: {pg.unavailable}"]
+            log(f"!! dbos skipped: {pg.unavailable}")
         configs = {}
-        for s in SYSTEMS:
+        for s in systems:
             p = run_group(
                 [str(peer_python(s)), str(HARNESS / "bench.py"), "--configs", s],
                 harness_env(redis, s, INFLIGHT),
                 60,
             )
             configs[s] = p.stdout.split() or ["default", "tuned"]
-        runs, skipped = plan(args.quick, configs)
+        runs, skipped = plan(args.quick, configs, systems)
         meta["skipped_quick"] = skipped
         inflight = INFLIGHT
         last_sw = max(i for i, run in enumerate(runs) if run[0] == "stagewise")
@@ -408,6 +516,7 @@ def orchestrate(args: argparse.Namespace) -> int:
             log(f"!! time budget reached: {len(meta['skipped_budget'])} runs skipped")
     finally:
         redis.stop()
+        pg.stop()
         meta["elapsed_s"] = round(time.monotonic() - t0, 1)
         meta["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         META_JSON.write_text(json.dumps(meta, indent=1))
@@ -707,6 +816,9 @@ def render() -> None:
             + "; ".join(meta.get("skipped_quick", []))
             + ". `make bench` runs every config."
         )
+        w("")
+    if meta.get("skipped_unavailable"):
+        w("**Not run here**: " + "; ".join(meta["skipped_unavailable"]) + ".")
         w("")
     if meta.get("skipped_budget"):
         w(
