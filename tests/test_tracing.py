@@ -251,6 +251,19 @@ async def test_a_restart_leaves_the_callers_trace(stack: Stack) -> None:
     assert fresh.context.trace_id == int(v2["job_id"], 16)
 
 
+async def test_a_message_that_never_comes_is_a_wait_span_that_timed_out(stack: Stack) -> None:
+    tid = uid("silent")
+    doc = {"id": tid, "app": "otel", "commands": [{"message": {"timeout": 0.2, "on_timeout": "fail"}}]}
+    await stack.rpc("tasks.create", {"task": doc}, {"traceparent": TRACEPARENT})
+    v = await stack.ended(tid)
+    assert v["status"] == "FAILED" and v["error"]["code"] == "MESSAGE_TIMEOUT", v
+    (wait,) = await stack.spans(v["job_id"], 1)
+    assert wait.name == "wait message" and f"{wait.context.trace_id:032x}" == CALLER_TRACE
+    assert attrs(wait)["stagewise.outcome"] == "timeout" and wait.status.status_code == StatusCode.ERROR
+    assert wait.start_time is not None and wait.end_time is not None
+    assert (wait.end_time - wait.start_time) / 1e9 >= 0.2
+
+
 # --------------------------------------------------------------------------- real daemons
 
 
