@@ -19,6 +19,8 @@ from typing import Any
 
 import msgspec
 
+from stagewise.tracing import TraceContext
+
 _APP = re.compile(r"^[a-z0-9_.-]{1,64}$")
 
 
@@ -32,6 +34,8 @@ class Ctx(msgspec.Struct, frozen=True):
     app: str
     executor_id: str
     deadline: float | None  # UNIX time when the call is cancelled (stage timeout or exec deadline)
+    # The span of this attempt (ids, traceparent) when OpenTelemetry tracing is on, else None
+    trace: TraceContext | None = None
 
 
 class ParamsError(ValueError):

@@ -11,6 +11,7 @@ run loop (executor/run.py) commits the one or fails the attempt with the other.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import time
 import traceback
@@ -24,6 +25,7 @@ import msgspec
 from stagewise.errors import StageError, stage_error
 from stagewise.executor.app import App, Ctx, ParamsError
 from stagewise.templates import TemplateError, check, fill
+from stagewise.tracing import TraceContext
 
 _encoder = msgspec.json.Encoder()
 decode = msgspec.json.Decoder().decode  # JSON as stored (a task's doc, kws, results)
@@ -76,9 +78,16 @@ def _ours(filename: str) -> bool:
 
 
 async def call(
-    app: App, pool: ThreadPoolExecutor, cmd: dict[str, Any], env: dict[str, Any], run: Facts, stage: int
+    app: App,
+    pool: ThreadPoolExecutor,
+    cmd: dict[str, Any],
+    env: dict[str, Any],
+    run: Facts,
+    stage: int,
+    trace: TraceContext | None = None,
 ) -> tuple[str, str, Any]:
-    """Runs one call stage; returns (outcome, result JSON, result) or raises Failure."""
+    """Runs one call stage; returns (outcome, result JSON, result) or raises Failure.  `trace`:
+    the attempt's span (tracing on), the handler's `ctx.trace`."""
     name = cmd["method"]
     method = app.methods.get(name)
     if method is None:
@@ -111,6 +120,7 @@ async def call(
             app=app.name,
             executor_id=run.executor_id,
             deadline=deadline,
+            trace=trace,
         )
     try:
         async with asyncio.timeout(max(deadline - wall, 0)) as window:
@@ -118,7 +128,10 @@ async def call(
                 value = await method.fn(**kwargs)
             else:
                 loop = asyncio.get_running_loop()
-                value = await loop.run_in_executor(pool, partial(method.fn, **kwargs))
+                fn = partial(method.fn, **kwargs)
+                if trace is not None:  # run in our context: the span is the current one there too
+                    fn = partial(contextvars.copy_context().run, fn)
+                value = await loop.run_in_executor(pool, fn)
         if window.expired():
             # The time ran out, yet the handler returned: the timeout's cancel was lost in
             # the handler (swallowed by it, or by a Redis write of its own on Python 3.11,

@@ -45,6 +45,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from stagewise import tracing
 from stagewise.aio import raise_if_stop_requested
 from stagewise.executor.run import Runner
 from stagewise.faults import Backoff, Warnings, is_nogroup, transient
@@ -279,8 +280,9 @@ class Fetcher:
         each entry refused gives its slot back.  Entries refused because we are not registered
         in their partition (DEAD), or whose claim failed for good, go back on their streams."""
         leases = [self.new_lease() for _ in entries]
+        traced = tracing.current() is not None  # the claims then read the task's trace field
         claims = [
-            calls.claim(k, stream, eid, f["t"], f["j"], self.executor_id, lease)
+            calls.claim(k, stream, eid, f["t"], f["j"], self.executor_id, lease, traced)
             for (k, stream, eid, f, _), lease in zip(entries, leases, strict=True)
         ]
         results = await self._claim_all(claims)

@@ -17,7 +17,7 @@ import traceback
 
 import uvloop
 
-from stagewise import log
+from stagewise import log, tracing
 from stagewise.config import Settings, fail
 from stagewise.executor.app import App
 from stagewise.executor.worker import Executor
@@ -90,9 +90,13 @@ async def _serve(app: App, concurrency: int, settings: Settings) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_term)
+    tracing.setup("stagewise-executor", log.get(role="executor"))  # when OTEL_* asks (SPEC §8)
     executor = Executor(app, settings, concurrency)
     r = await connect_when_ready(settings.redis_url, executor.max_connections, stop, log.get(role="executor"))
     if r is None:  # stopped while waiting
         log.get(role="executor").info("executor_stopped")
         return
-    await executor.serve(stop, r)
+    try:
+        await executor.serve(stop, r)
+    finally:
+        tracing.shutdown()  # the spans still buffered go out before the process ends

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from stagewise import tracing
 from stagewise.errors import StageError, stage_error
 from stagewise.executor.app import App
 from stagewise.executor.batcher import Batcher
@@ -188,67 +189,96 @@ class Runner:
         log = self.log
         retries, max_retries = int(h.get("retries") or 0), doc.get("max_retries", 0)
         backoff = float(doc.get("retry_backoff", 1.0))
-        while True:
-            cmd = commands[stage]
-            t0 = time.monotonic()
-            try:
-                outcome, result, value = await call(self.app, self.pool, cmd, env, facts, stage)
-            except Failure as f:
-                spent = f.error["code"] == StageError.EXEC_TIMEOUT  # the run's time budget is gone
-                delay = retry_delay(retries, max_retries, backoff, spent)
-                failed = await self.fail(run, stage, f.error, delay, f.outcome, method=cmd["method"])
-                if failed.code == "STALE":
-                    await self.handback(run)  # ours at an earlier stage only if Redis lost a commit
+        tr = tracing.current()  # None: tracing off, and nothing below costs more than this test
+        span: tracing.Attempt | None = None
+        try:
+            while True:
+                cmd = commands[stage]
+                t0 = time.monotonic()
+                if tr is not None:  # a span per attempt, in the run's trace (stagewise.tracing)
+                    span = tr.attempt(
+                        task_id=run.task_id,
+                        job_id=run.job_id,
+                        stage=stage,
+                        method=cmd["method"],
+                        attempt=attempt,
+                        app=self.app.name,
+                        trace_field=h.get("trace"),
+                    )
+                try:
+                    if span is None:
+                        outcome, result, value = await call(self.app, self.pool, cmd, env, facts, stage)
+                    else:
+                        with span.active():
+                            outcome, result, value = await call(
+                                self.app, self.pool, cmd, env, facts, stage, span.context
+                            )
+                except Failure as f:
+                    spent = f.error["code"] == StageError.EXEC_TIMEOUT  # the run's time budget is gone
+                    delay = retry_delay(retries, max_retries, backoff, spent)
+                    failed = await self.fail(run, stage, f.error, delay, f.outcome, method=cmd["method"])
+                    if span is not None:
+                        span.end(f.outcome, failed.code, f.error)
+                    if failed.code == "STALE":
+                        await self.handback(run)  # ours at an earlier stage only if Redis lost a commit
+                    log.info(
+                        "stage",
+                        **ids,
+                        stage=stage,
+                        method=cmd["method"],
+                        outcome=f.outcome,
+                        error=f.error["code"],
+                        ms=round((time.monotonic() - t0) * 1000, 3),
+                        next=failed.code,
+                        **({"traceback": f.error["traceback"]} if "traceback" in f.error else {}),
+                    )
+                    return
+                res = await self.commit(run, stage, result, outcome, cmd["method"])
+                if span is not None:
+                    span.end(outcome, res.code)
                 log.info(
                     "stage",
                     **ids,
                     stage=stage,
                     method=cmd["method"],
-                    outcome=f.outcome,
-                    error=f.error["code"],
+                    outcome=outcome,
                     ms=round((time.monotonic() - t0) * 1000, 3),
-                    next=failed.code,
-                    **({"traceback": f.error["traceback"]} if "traceback" in f.error else {}),
+                    next=res.code,
                 )
-                return
-            res = await self.commit(run, stage, result, outcome, cmd["method"])
-            log.info(
-                "stage",
-                **ids,
-                stage=stage,
-                method=cmd["method"],
-                outcome=outcome,
-                ms=round((time.monotonic() - t0) * 1000, 3),
-                next=res.code,
-            )
-            results.append(value)
-            match res.code:
-                case "RUN":
-                    assert res.stage is not None
-                    stage = res.stage
-                    for _, taken in res.taken:  # messages taken from the inbox on the way
-                        results.append(decode(taken))
-                case "STALE":
-                    # Cancelled, unlocked, expired, reaped, or taken back by the manager's
-                    # reconciliation (orphan.lua: Redis lost our registration): the hand-back
-                    # answers STALE too, and the run is over, as it should be (info).  But if
-                    # Redis lost our last commit (a restart from an older file, a failover), the
-                    # task is still ours at an earlier stage: handed back, that stage runs again
-                    # (a warning: Redis lost a write of ours).
-                    back = await self.handback(run)
-                    lost = back.code == "QUEUED"
-                    (log.warning if lost else log.info)(
-                        "run_abandoned", **ids, stage=stage, reason="stale", result=back.code
-                    )
-                    return
-                case "REPLAY":  # our commit landed but its reply was lost: give the run back whole
-                    back = await self.handback(run)
-                    log.warning(
-                        "run_handed_back", **ids, stage=stage, reason="commit replayed", result=back.code
-                    )
-                    return
-                case _:  # WAITING / FINISHED: the task is no longer ours
-                    return
+                results.append(value)
+                match res.code:
+                    case "RUN":
+                        assert res.stage is not None
+                        stage = res.stage
+                        for _, taken in res.taken:  # messages taken from the inbox on the way
+                            results.append(decode(taken))
+                    case "STALE":
+                        # Cancelled, unlocked, expired, reaped, or taken back by the manager's
+                        # reconciliation (orphan.lua: Redis lost our registration): the hand-back
+                        # answers STALE too, and the run is over, as it should be (info).  But if
+                        # Redis lost our last commit (a restart from an older file, a failover), the
+                        # task is still ours at an earlier stage: handed back, that stage runs again
+                        # (a warning: Redis lost a write of ours).
+                        back = await self.handback(run)
+                        lost = back.code == "QUEUED"
+                        (log.warning if lost else log.info)(
+                            "run_abandoned", **ids, stage=stage, reason="stale", result=back.code
+                        )
+                        return
+                    case "REPLAY":  # our commit landed but its reply was lost: give the run back whole
+                        back = await self.handback(run)
+                        log.warning(
+                            "run_handed_back", **ids, stage=stage, reason="commit replayed", result=back.code
+                        )
+                        return
+                    case _:  # WAITING / FINISHED: the task is no longer ours
+                        return
+        except BaseException as e:
+            # The run stopped in an attempt (a cancel, a stop, a crash of ours): its span ends
+            # too (a span already ended is left as it was).
+            if span is not None:
+                span.end("canceled" if isinstance(e, asyncio.CancelledError) else "error")
+            raise
 
     # ------------------------------------------------------------------ the scripts of a run
     async def commit(self, run: Run, stage: int, result: str, outcome: str, method: str) -> Commit:

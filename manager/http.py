@@ -9,13 +9,13 @@ from typing import Any
 
 from aiohttp import web
 
-from stagewise import errors
+from stagewise import errors, tracing
 from stagewise import log as slog
 from stagewise.errors import RpcError
 from stagewise.faults import describe, unavailable_reason
 from stagewise.manager import dashboard
 from stagewise.manager.metrics import metrics_handler
-from stagewise.manager.rpc import Dispatcher, NoParams
+from stagewise.manager.rpc import CALLER_TRACE, Dispatcher, NoParams
 from stagewise.manager.store import Store
 from stagewise.status import HTTP_CODE, Status
 from stagewise.storage.connection import SOCKET_TIMEOUT
@@ -79,7 +79,16 @@ def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
             body += chunk
             if len(body) > limit:
                 return _too_large(limit)
-        out = await dispatcher.handle_body(bytes(body))
+        # A W3C trace context sent with the request joins the runs it creates to the caller's
+        # trace (stagewise.tracing): kept whether or not this manager traces, since the
+        # executors make the spans of the stages.
+        trace = tracing.caller(request.headers.get("traceparent"), request.headers.get("tracestate"))
+        token = CALLER_TRACE.set(trace) if trace is not None else None
+        try:
+            out = await dispatcher.handle_body(bytes(body))
+        finally:
+            if token is not None:
+                CALLER_TRACE.reset(token)
         if out is None:
             return web.Response(status=204)
         return _json(out)

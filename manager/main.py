@@ -14,7 +14,7 @@ import uvloop
 from aiohttp import web
 
 from stagewise import log as slog
-from stagewise import sdnotify  # systemd notify protocol: no-ops without $NOTIFY_SOCKET
+from stagewise import sdnotify, tracing  # sdnotify: systemd's protocol, no-ops without it
 from stagewise.config import Settings, fail
 from stagewise.manager.http import make_app
 from stagewise.manager.rpc import Api, Dispatcher
@@ -60,6 +60,7 @@ async def serve(settings: Settings) -> None:
     if r is None:  # stopped while waiting
         log.info("manager_stopped")
         return
+    tracing.setup("stagewise-manager", log)  # OpenTelemetry, when OTEL_* asks for it (SPEC §8)
     store = Store(r, settings)
     runner = web.AppRunner(make_app(store, Dispatcher(Api(store))), access_log=None)
     await runner.setup()
@@ -96,4 +97,5 @@ async def serve(settings: Settings) -> None:
     await loop_task
     await runner.cleanup()
     await r.aclose()
+    tracing.shutdown()  # the spans still buffered go out before the process ends
     log.info("manager_stopped")

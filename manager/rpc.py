@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, cast
 
@@ -30,6 +31,12 @@ MAX_BATCH = 100
 # the stack they start from, so a request just under msgspec's limit could fail later (storing the
 # task, encoding a reply) with an internal error instead.
 MAX_JSON_DEPTH = 256
+
+# The trace context of the HTTP request being served (stagewise.tracing.caller of its
+# `traceparent` and `tracestate` headers), for tasks.create and tasks.create_many to store:
+# set by the HTTP layer around the request's dispatch, which runs in a task of its own, so
+# concurrent requests never see each other's.  The methods take their params only.
+CALLER_TRACE: ContextVar[str | None] = ContextVar("stagewise_caller_trace", default=None)
 
 
 class CreateParams(Struct, forbid_unknown_fields=True):
@@ -182,7 +189,7 @@ class Api:
 
     async def create(self, p: CreateParams) -> Any:
         task = parse_task(p.task)
-        return view(await self.store.create(task, p.on_conflict))
+        return view(await self.store.create(task, p.on_conflict, trace=CALLER_TRACE.get()))
 
     async def get(self, p: GetParams) -> Any:
         return await self.store.get(p.id, p.include_results)
@@ -203,7 +210,8 @@ class Api:
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise errors.invalid_params("tasks", f"id {dup!r} appears twice")
-        return {"group": group, "ids": await self.store.create_many(tasks, group, p.on_conflict)}
+        ids = await self.store.create_many(tasks, group, p.on_conflict, CALLER_TRACE.get())
+        return {"group": group, "ids": ids}
 
     async def _batch(self, op: str, p: BatchParams, **extra: Any) -> Any:
         f = p.filters()

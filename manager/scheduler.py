@@ -44,6 +44,7 @@ from typing import Any
 import redis.asyncio as aredis
 
 from stagewise import log as slog
+from stagewise import tracing
 from stagewise.faults import REDIS_FAULTS, Warnings
 from stagewise.keys import GROUP, Keys, split_member
 from stagewise.manager import stats
@@ -221,11 +222,14 @@ class Scheduler:
         members = await self.r.zrangebyscore(k.due(), "-inf", now, start=0, num=self.settings.batch)
         if not members:
             return 0
-        results = await self.scripts.run_many([calls.wake(k, m) for m in members])
+        tr = tracing.current()
+        results = await self.scripts.run_many([calls.wake(k, m, tr is not None) for m in members])
         for m, res in zip(members, results, strict=True):
             if res.code not in ("NOT_DUE", "SKIP", "GONE"):
                 self._count("woken")
                 self.log.debug("woken", member=m, status=res.code)
+                if tr is not None and res.wait is not None:  # a timer or message wait ended
+                    tr.wait(split_member(m)[1], res.wait)
         return len(members)
 
     async def deadlines(self, k: Keys, now: float) -> int:

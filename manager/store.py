@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from stagewise import errors
+from stagewise import errors, tracing
 from stagewise.config import Settings
 from stagewise.faults import unavailable_reason
 from stagewise.keys import Keys, parse_stream_name, partition_of
@@ -60,11 +60,12 @@ class Store:
 
     # ------------------------------------------------------------------ create / read
     async def create(
-        self, task: Task, on_conflict: str = "error", now: float | None = None
+        self, task: Task, on_conflict: str = "error", now: float | None = None, trace: str | None = None
     ) -> dict[str, str]:
         """Stores a validated task; returns its hash (the existing one when on_conflict is
-        "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION."""
-        return await self.scripts.run(calls.create(self.keys(task.id), task, on_conflict, now))
+        "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION.  `trace`: the
+        caller's trace context (stagewise.tracing.caller) the first run's spans join."""
+        return await self.scripts.run(calls.create(self.keys(task.id), task, on_conflict, now, trace))
 
     async def check_writable(self) -> None:
         """Raises what Redis raised unless it takes a write in every partition: one tiny write
@@ -95,7 +96,10 @@ class Store:
 
     # ------------------------------------------------------------------ messages
     async def send(self, task_id: str, data: Any) -> None:
-        await self.scripts.run(calls.send(self.keys(task_id), task_id, data))
+        tr = tracing.current()
+        sent = await self.scripts.run(calls.send(self.keys(task_id), task_id, data, tr is not None))
+        if tr is not None and sent.wait is not None:
+            tr.wait(task_id, sent.wait)
 
     # ------------------------------------------------------------------ listing
     async def list_tasks(
@@ -203,7 +207,9 @@ class Store:
                 await self.r.hset(k.clean_cursor(), status, repr(moved))
 
     # ------------------------------------------------------------------ groups, notifications
-    async def create_many(self, tasks: list[Task], group: str, on_conflict: str = "error") -> list[str]:
+    async def create_many(
+        self, tasks: list[Task], group: str, on_conflict: str = "error", trace: str | None = None
+    ) -> list[str]:
         """Stores a batch whole or not at all: one create_many.lua per partition checks every
         task of its partition before it writes any.  Across partitions (no script spans two
         slots) the ids are checked first for every partition; only a create of one of the
@@ -223,7 +229,7 @@ class Store:
         for t in tasks:
             by_part.setdefault(self.keys(t.id).partition, []).append(t)
         await self.scripts.run_many(
-            [calls.create_many(self.parts[p], part, on_conflict) for p, part in by_part.items()]
+            [calls.create_many(self.parts[p], part, on_conflict, trace) for p, part in by_part.items()]
         )
         return [t.id for t in tasks]
 

@@ -21,7 +21,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgspec
 
-from stagewise import errors
+from stagewise import errors, tracing
 from stagewise.errors import RpcError
 from stagewise.keys import Keys, stream_name
 from stagewise.models import Task
@@ -59,11 +59,40 @@ class Code(NamedTuple):
     code: str
 
 
+class WaitEnd(NamedTuple):
+    """A wait that a script just ended, for its span (stagewise.tracing; asked for by the
+    caller only while tracing is on): `kind` timer or message, its `stage`, when it `started`
+    and `ended` (Redis's clock), the run's `job_id`, the task's `trace` field ('' none) and the
+    `outcome`: ok (timer over, message received) or timeout (a message's)."""
+
+    kind: str
+    stage: int
+    started: float
+    ended: float
+    job_id: str
+    trace: str
+    outcome: str
+
+
+def _wait_end(res: Sequence[Any]) -> WaitEnd:
+    kind, stage, started, ended, job_id, trace, outcome = res
+    return WaitEnd(kind, int(stage), float(started), float(ended), job_id, trace, outcome)
+
+
 class Wake(NamedTuple):
-    """wake.lua: the status the task has now, or NOT_DUE / GONE / SKIP (with its status)."""
+    """wake.lua: the status the task has now, or NOT_DUE / GONE / SKIP (with its status);
+    `wait`: the wait it ended, when asked for (`traced`)."""
 
     code: str
     status: str | None
+    wait: WaitEnd | None = None
+
+
+class Sent(NamedTuple):
+    """send.lua: DELIVERED (`wait`: the message wait it ended, when asked for) or KEPT."""
+
+    code: str
+    wait: WaitEnd | None = None
 
 
 class Claim(NamedTuple):
@@ -142,10 +171,12 @@ def _code(res: Any) -> Code:
 # --------------------------------------------------------------------------- create
 
 
-def _fields(task: Task) -> list[str]:
+def _fields(task: Task, trace: str | None = None) -> list[str]:
     """The hash of a new task: its document, plus the settings the scripts read, as field,
-    value strings."""
+    value strings; with `trace` (the caller's context, stagewise.tracing.caller), the field
+    `trace` that joins the spans of the run to the caller's trace."""
     d = task.doc
+    job_id = new_job_id()
     doc = msgspec.to_builtins(d)
     doc["id"] = task.id
     kws = doc.pop("kws")
@@ -154,7 +185,7 @@ def _fields(task: Task) -> list[str]:
         "kws": _J(kws),
         "plan": _J(task.plan()),
         "stages": len(task.commands),
-        "job_id": new_job_id(),
+        "job_id": job_id,
         "attempt": 0,
         "retries": 0,
         "interruptions": 0,
@@ -181,13 +212,17 @@ def _fields(task: Task) -> list[str]:
         "wait_deadline": "",
         "exec_deadline": "",
     }
+    if trace:  # only when the caller sent one: without, the hash has no such field
+        fields["trace"] = tracing.stored(job_id, trace)
     return [str(x) for kv in fields.items() for x in kv]
 
 
-def _new_task(k: Keys, task: Task, now: float | None) -> tuple[list[str], list[Any], list[str]]:
+def _new_task(
+    k: Keys, task: Task, now: float | None, trace: str | None = None
+) -> tuple[list[str], list[Any], list[str]]:
     """KEYS and per-task ARGV of store_new (_lib.lua) for one task, and the fields sent."""
     d = task.doc
-    fields = _fields(task)
+    fields = _fields(task, trace)
     due_at: float | str = ""
     if d.cron:
         due_at = next_cron(d.cron, d.tz, now if now is not None else time.time())
@@ -220,9 +255,12 @@ def _created(task_id: str, fields: list[str], res: Any) -> dict[str, str]:
     raise refused(code, task_id, res)
 
 
-def create(k: Keys, task: Task, on_conflict: str, now: float | None = None) -> Call[dict[str, str]]:
-    """tasks.create: the stored hash; raises TASK_EXISTS / INVALID_TRANSITION."""
-    keys, (tid, app, due_at, enabled, sname, fields_json), fields = _new_task(k, task, now)
+def create(
+    k: Keys, task: Task, on_conflict: str, now: float | None = None, trace: str | None = None
+) -> Call[dict[str, str]]:
+    """tasks.create: the stored hash; raises TASK_EXISTS / INVALID_TRANSITION.  `trace`: the
+    caller's trace context (stagewise.tracing.caller), or None."""
+    keys, (tid, app, due_at, enabled, sname, fields_json), fields = _new_task(k, task, now, trace)
     args = [k.prefix, tid, app, on_conflict, due_at, enabled, sname, fields_json]
     return Call("create", keys, args, partial(_created, task.id, fields))
 
@@ -233,27 +271,35 @@ def _created_many(res: Any) -> int:
     raise refused(res[0], res[1], res, many=True)
 
 
-def create_many(k: Keys, tasks: Sequence[Task], on_conflict: str) -> Call[int]:
+def create_many(k: Keys, tasks: Sequence[Task], on_conflict: str, trace: str | None = None) -> Call[int]:
     """tasks.create_many for the tasks of one partition: how many were stored; raises
-    TASK_EXISTS / INVALID_TRANSITION with nothing written."""
+    TASK_EXISTS / INVALID_TRANSITION with nothing written.  `trace` as for create, for every task."""
     keys: list[str] = []
     args: list[Any] = [k.prefix, on_conflict]
     for t in tasks:
-        t_keys, t_args, _ = _new_task(k, t, None)
+        t_keys, t_args, _ = _new_task(k, t, None, trace)
         keys += t_keys
         args += t_args
     return Call("create_many", keys, args, _created_many)
 
 
-def send(k: Keys, task_id: str, data: Any) -> Call[Code]:
-    """tasks.send: DELIVERED or KEPT; raises TASK_NOT_FOUND / NOT_WAITING_FOR_MESSAGE."""
+def send(k: Keys, task_id: str, data: Any, traced: bool = False) -> Call[Sent]:
+    """tasks.send: DELIVERED or KEPT; raises TASK_NOT_FOUND / NOT_WAITING_FOR_MESSAGE.
+    `traced`: a DELIVERED reply tells the wait it ended (WaitEnd), for its span."""
 
-    def decode(res: Any) -> Code:
-        if res[0] in ("DELIVERED", "KEPT"):
-            return Code(res[0])
+    def decode(res: Any) -> Sent:
+        if res[0] == "DELIVERED":
+            return Sent(res[0], _wait_end(res[2:]) if len(res) > 2 else None)
+        if res[0] == "KEPT":
+            return Sent(res[0])
         raise refused(res[0], task_id, res)
 
-    return Call("send", [k.task(task_id), k.inbox(task_id), k.due()], [k.prefix, task_id, _J(data)], decode)
+    return Call(
+        "send",
+        [k.task(task_id), k.inbox(task_id), k.due()],
+        [k.prefix, task_id, _J(data), int(traced)],
+        decode,
+    )
 
 
 # --------------------------------------------------------------------------- batch operations
@@ -313,13 +359,16 @@ def restart(
 
 
 def _wake(res: Any) -> Wake:
+    if len(res) > 2:  # {status, 'WAIT', kind, ...}: a wait ended, traced
+        return Wake(res[0], None, _wait_end(res[2:]))
     return Wake(res[0], res[1] if len(res) > 1 else None)
 
 
-def wake(k: Keys, task_member: str) -> Call[Wake]:
-    """The due entry `task_member` (app/id) is acted on: see wake.lua."""
+def wake(k: Keys, task_member: str, traced: bool = False) -> Call[Wake]:
+    """The due entry `task_member` (app/id) is acted on: see wake.lua.  `traced`: a reply that
+    ends a wait tells it (WaitEnd), for its span."""
     _, _, tid = task_member.partition("/")
-    return Call("wake", [k.task(tid), k.due()], [k.prefix, tid, task_member], _wake)
+    return Call("wake", [k.task(tid), k.due()], [k.prefix, tid, task_member, int(traced)], _wake)
 
 
 def expire(k: Keys, task_member: str) -> Call[Code]:
@@ -438,12 +487,20 @@ def _claim(res: Any) -> Claim:
 
 
 def claim(
-    k: Keys, stream: str, entry_id: str, task_id: str, job_id: str, executor_id: str, lease: str
+    k: Keys,
+    stream: str,
+    entry_id: str,
+    task_id: str,
+    job_id: str,
+    executor_id: str,
+    lease: str,
+    traced: bool = False,
 ) -> Call[Claim]:
+    """`traced`: the reply carries the task's `trace` field too (when it has one)."""
     return Call(
         "claim",
         [k.task(task_id), stream, k.executors(), k.running(executor_id), k.deadlines()],
-        [k.prefix, task_id, entry_id, job_id, executor_id, lease],
+        [k.prefix, task_id, entry_id, job_id, executor_id, lease, int(traced)],
         _claim,
     )
 

@@ -217,6 +217,26 @@ local function advance(tkey, id, app, s, plan, ts)
   end
 end
 
+-- Tracing (stagewise.tracing), only when the caller asks for it: what the span of a wait that
+-- ends now needs, read before the transition rewrites wait_deadline and updated.  A wait began
+-- its timeout (or timer) before its deadline; a message wait without a timeout began when the
+-- task went WAITING, the last change of `updated` while it waits at a message stage (a message
+-- sent to it is delivered, never kept).  Returns the reply tail {kind, stage, started, job_id,
+-- trace} that wait_reply completes.
+local function wait_facts(tkey, s, p)
+  local h = redis.call('HMGET', tkey, 'job_id', 'trace', 'wait_deadline', 'updated')
+  local started = tonumber(h[4]) or 0
+  local deadline = tonumber(h[3] or '')
+  if deadline and p[2] >= 0 then started = deadline - p[2] end
+  return {p[1] == 't' and 'timer' or 'message', s, fmt(started), h[1], h[2] or ''}
+end
+
+-- The reply of a script that ended a wait: {status, 'WAIT', kind, stage, started, ended,
+-- job_id, trace, outcome} (stagewise.storage.calls.WaitEnd).
+local function wait_reply(status, w, ts, outcome)
+  return {status, 'WAIT', w[1], w[2], w[3], fmt(ts), w[4], w[5], outcome}
+end
+
 local function finish(tkey, id, app, old, ts, t)
   put('exit_code', 0, 'error', '', 'next_run', '', 'wait_deadline', '')
   if t then t.error = '' end

@@ -5,7 +5,8 @@
 -- KEYS[4] running set of this executor     KEYS[5] deadlines zset
 -- ARGV[1] prefix  ARGV[2] task id  ARGV[3] stream entry id  ARGV[4] job id of the entry
 -- ARGV[5] executor id  ARGV[6] lease token (fresh per claim; a replay with the same token
---   after a lost reply gets the same answer)
+--   after a lost reply gets the same answer)  ARGV[7] '1': tracing is on: the reply has the
+--   task's `trace` field too, when it has one (stagewise.tracing)
 -- Returns {'OK', field, value, ...}   what the executor runs the task with: doc, kws, job_id,
 --            stage, stages, retries, attempt, exec_deadline and the results r.<i> of the
 --            stages before the current one (not the whole hash: a smaller reply to build and parse)
@@ -30,11 +31,10 @@ local function reply()
     'stages', t.stages, 'retries', t.retries or '0', 'attempt', t.attempt,
     'exec_deadline', t.exec_deadline}
   local s = tonumber(t.stage) or 0
-  if s > 0 then
-    local names = {}
-    for i = 0, s - 1 do names[#names + 1] = 'r.' .. i end
-    append_fields(out, tkey, names)
-  end
+  local names = {}
+  for i = 0, s - 1 do names[#names + 1] = 'r.' .. i end
+  if ARGV[7] == '1' then names[#names + 1] = 'trace' end
+  if #names > 0 then append_fields(out, tkey, names) end
   return out
 end
 

@@ -4,7 +4,9 @@
 --   kept in the inbox, in order, and the next message stage takes it at once.
 -- KEYS[1] task hash   KEYS[2] inbox list   KEYS[3] due zset
 -- ARGV[1] prefix  ARGV[2] task id  ARGV[3] data (JSON)
--- Returns {'DELIVERED', status} | {'KEPT'} | {'NOT_FOUND'} | {'NOT_WAITING', status}
+-- ARGV[4] '1': tracing is on: DELIVERED tells the wait it ended (wait_reply in _lib.lua)
+-- Returns {'DELIVERED', status} | {'DELIVERED', 'WAIT', ...} (ARGV[4] '1') | {'KEPT'}
+--         | {'NOT_FOUND'} | {'NOT_WAITING', status}
 local tkey, id = KEYS[1], ARGV[2]
 local h = redis.call('HMGET', tkey, 'status', 'app', 'stage', 'plan')
 local status, app = h[1], h[2]
@@ -14,10 +16,12 @@ local s = tonumber(h[3])
 local plan = cjson.decode(h[4])
 local ts = now()
 if status == S.WAITING and plan[s + 1][1] == 'm' then
+  local w = ARGV[4] == '1' and wait_facts(tkey, s, plan[s + 1])
   redis.call('ZREM', KEYS[3], member(app, id))
   redis.call('HSET', tkey, 'r.' .. s, ARGV[3])
   local verdict = advance(tkey, id, app, s + 1, plan, ts)
   settle(tkey, id, app, status, verdict, ts)
+  if w then return wait_reply('DELIVERED', w, ts, 'ok') end
   return {'DELIVERED', redis.call('HGET', tkey, 'status')}
 end
 -- Keep it only if a message stage ahead will take it: count the message stages from the

@@ -9,7 +9,9 @@
 -- reaches a call, so an executor only ever claims a call stage.
 -- KEYS[1] task hash   KEYS[2] due zset
 -- ARGV[1] prefix  ARGV[2] task id  ARGV[3] due member (app/id)
+-- ARGV[4] '1': tracing is on: a reply that ends a wait tells it (wait_reply)
 -- Returns {'NOT_DUE'} | {'GONE'} | {'SKIP', status} | {new status}
+--         | {new status, 'WAIT', ...} (ARGV[4] '1', a wait ended: see wait_reply in _lib.lua)
 local tkey, id, m = KEYS[1], ARGV[2], ARGV[3]
 local ts = now()
 local score = tonumber(redis.call('ZSCORE', KEYS[2], m))
@@ -25,12 +27,16 @@ if status == S.IDLE or status == S.SUSPENDED then
 elseif status == S.WAITING then
   local plan = cjson.decode(h[5])
   local p = plan[s + 1]
+  local w = ARGV[4] == '1' and wait_facts(tkey, s, p)
   if p[1] == 'm' and p[3] == 'fail' then
     fail(tkey, id, app, status, ts, cjson.encode({code = 'MESSAGE_TIMEOUT', stage = s,
       message = 'no message within ' .. p[2] .. ' s'}))
   else
     redis.call('HSET', tkey, 'r.' .. s, 'null')
     settle(tkey, id, app, status, advance(tkey, id, app, s + 1, plan, ts), ts)
+  end
+  if w then
+    return wait_reply(redis.call('HGET', tkey, 'status'), w, ts, p[1] == 't' and 'ok' or 'timeout')
   end
 else
   return {'SKIP', status}
