@@ -123,16 +123,16 @@ async def check_server(client: Any, durability: Durability) -> list[str]:
             ) from None
         where = f" on {name}" if name else ""
         version = str(info.get("redis_version", "0"))
-        if durability.level == "fsync":
+        if durability.level == "fsync":  # both problems in the one line, so one fix round
+            needs = []
             if _version(version) < FSYNC_MIN_VERSION:
-                raise ValueError(
-                    f"STAGEWISE_DURABILITY=fsync needs Redis 7.2 or later (WAITAOF); the server{where} "
-                    f"runs {version}: use replica or async, or upgrade Redis"
-                )
+                needs.append(f"Redis 7.2 or later for WAITAOF (it runs {version})")
             if not int(info.get("aof_enabled", 0)):
+                needs.append("appendonly yes, whose fsync WAITAOF waits for")
+            if needs:
                 raise ValueError(
-                    f"STAGEWISE_DURABILITY=fsync needs appendonly yes on the server{where} "
-                    "(WAITAOF waits for the AOF's fsync)"
+                    f"STAGEWISE_DURABILITY=fsync needs {' and '.join(needs)} on the server{where}; "
+                    "use replica or async otherwise"
                 )
         replicas = int(info.get("connected_slaves", 0))
         if replicas < durability.min_replicas:
