@@ -73,6 +73,31 @@ def start_redis(port: int, dir: Path, *extra: str) -> subprocess.Popen[bytes]:
         time.sleep(0.02)  # poll interval inside a deadline loop
 
 
+def truncate_aof(dir: Path, cut: int) -> None:
+    """Drops what the AOF logged after second `cut` (its #TS annotations say when)."""
+    manifest = dir / "appendonlydir" / "appendonly.aof.manifest"
+    subprocess.run(
+        ["redis-check-aof", "--truncate-to-timestamp", str(cut), str(manifest)],
+        check=True,
+        capture_output=True,
+        input=b"y\n",
+    )
+
+
+def start_sentinel(dir: Path, port: int, master: int) -> subprocess.Popen[bytes]:
+    conf = dir / "sentinel.conf"  # the sentinel rewrites its file: one of its own, writable
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {dir}\nsentinel monitor mymaster 127.0.0.1 {master} 1\n"
+        "sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 3000\n"
+    )
+    exe = shutil.which("redis-server")
+    assert exe
+    with open(dir / "sentinel.log", "ab") as log:
+        return subprocess.Popen(
+            [exe, str(conf), "--sentinel"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+
+
 def kill(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGCONT)
@@ -93,7 +118,9 @@ class Load:
         while not stop.is_set():
             tid = uuid.uuid4().hex[:12]
             try:
-                await self.m.rpc("tasks.create", {"task": {"id": tid, "app": "idle", "commands": [{"method": "m.x"}]}})
+                await self.m.rpc(
+                    "tasks.create", {"task": {"id": tid, "app": "idle", "commands": [{"method": "m.x"}]}}
+                )
             except RpcError as e:
                 if e.code != 1006:
                     self.errors.append(repr(e))
@@ -169,14 +196,7 @@ async def restart_scenario(args: argparse.Namespace, fsync: str, truncate: bool)
 
         load, rate = await with_load(m, args.producers, args.seconds, fault)
         if truncate:
-            manifest = dir / "appendonlydir" / "appendonly.aof.manifest"
-            cut = int(killed_at[0]) - 2  # keeps the writes of the seconds before the last one
-            subprocess.run(
-                ["redis-check-aof", "--truncate-to-timestamp", str(cut), str(manifest)],
-                check=True,
-                capture_output=True,
-                input=b"y\n",
-            )
+            truncate_aof(dir, int(killed_at[0]) - 2)  # keeps the seconds before the last one
         proc = start_redis(port, dir, *conf)
         ids = [tid for _, tid in load.acked]
         got = present(port, ids)
@@ -194,17 +214,7 @@ async def failover_scenario(args: argparse.Namespace, durability: str) -> list[R
     a, b, s = free_port(), free_port(), free_port()
     procs = {"a": start_redis(a, dir, "--appendonly", "yes")}
     procs["b"] = start_redis(b, dir, "--appendonly", "yes", "--replicaof", "127.0.0.1", str(a))
-    conf = dir / "sentinel.conf"
-    conf.write_text(
-        f"port {s}\nbind 127.0.0.1\ndir {dir}\nsentinel monitor mymaster 127.0.0.1 {a} 1\n"
-        "sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 3000\n"
-    )
-    exe = shutil.which("redis-server")
-    assert exe
-    with open(dir / "sentinel.log", "ab") as log:
-        procs["s"] = subprocess.Popen(
-            [exe, str(conf), "--sentinel"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+    procs["s"] = start_sentinel(dir, s, a)
 
     def sentinel_master() -> int | None:
         c = redis.Redis(port=s, socket_timeout=1, decode_responses=True)
