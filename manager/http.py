@@ -139,7 +139,7 @@ def make_app(store: Store, dispatcher: Dispatcher) -> web.Application:
         load = {"serving": serving[0], "waiting": waiting[0], "max_inflight": store.settings.max_inflight}
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT):
-                await store.check_writable()
+                await store.check_writable(durable=True)
         except Exception as e:  # any failure is "unhealthy", not a 500
             reason = unavailable_reason(e) or "redis error"
             if reason != unhealthy[0]:

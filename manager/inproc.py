@@ -21,6 +21,7 @@ from stagewise.faults import unavailable_reason
 from stagewise.manager.rpc import Api, Dispatcher
 from stagewise.manager.store import Store
 from stagewise.storage.connection import connect
+from stagewise.storage.durability import Durability, check_server
 
 __all__ = ["RedisClient"]
 
@@ -58,6 +59,12 @@ class RedisClient(AsyncClient):
                 partitions=partitions or settings.partitions,
             )
             self._redis = await connect(settings.redis_url, max_connections=self._max_connections)
+            try:  # ValueError when Redis cannot give STAGEWISE_DURABILITY (fsync before 7.2)
+                await check_server(self._redis, Durability.of(settings))
+            except BaseException:
+                await self._redis.aclose()
+                self._redis = None
+                raise
             self._dispatcher = Dispatcher(Api(Store(self._redis, settings)))
         return self._dispatcher
 

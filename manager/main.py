@@ -21,6 +21,7 @@ from stagewise.manager.rpc import Api, Dispatcher
 from stagewise.manager.scheduler import Scheduler
 from stagewise.manager.store import Store
 from stagewise.storage.connection import connect_when_ready, is_cluster
+from stagewise.storage.durability import Durability, check_server
 
 
 def exposed_without_auth(settings: Settings) -> bool:
@@ -60,6 +61,12 @@ async def serve(settings: Settings) -> None:
     if r is None:  # stopped while waiting
         log.info("manager_stopped")
         return
+    try:  # a Redis that cannot give STAGEWISE_DURABILITY: one line, exit 78
+        for warning in await check_server(r, Durability.of(settings)):
+            log.warning("durability_not_met", reason=warning)
+    except ValueError as e:
+        await r.aclose()
+        fail(f"stagewise: {e}")
     tracing.setup("stagewise-manager", log)  # OpenTelemetry, when OTEL_* asks for it (SPEC §8)
     store = Store(r, settings)
     runner = web.AppRunner(make_app(store, Dispatcher(Api(store))), access_log=None)
@@ -74,6 +81,7 @@ async def serve(settings: Settings) -> None:
         namespace=settings.namespace,
         partitions=settings.partitions,
         cluster=is_cluster(r),
+        durability=settings.durability,
     )
     # --- systemd (shared/sdnotify.py; every call is a no-op without $NOTIFY_SOCKET) ---------------
     # READY=1 once HTTP serves and Redis answers; WATCHDOG=1 only while the loop turns (the pinger

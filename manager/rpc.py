@@ -338,7 +338,8 @@ class Dispatcher:
 
     async def handle_one(self, req: Any, down: list[RpcError] | None = None) -> Any:
         """The reply to one request (None for a notification).  `down`, in a batch: holds the
-        1006 of an earlier request that found Redis unreachable; a valid request is then
+        1006 of an earlier request that found Redis unreachable or a durability wait not met
+        (each later write would wait it out again); a valid request is then
         answered that without being run, and the first such 1006 is put there."""
         if not isinstance(req, dict):
             return _error(None, _bad_request("request", "must be an object"))
@@ -372,7 +373,8 @@ class Dispatcher:
             # Redis cannot serve it now: 1006, never -32603 (SPEC §7); one line, no traceback
             self.log.warning("rpc_unavailable", method=method, reason=reason, error=describe(e))
             unavailable = errors.unavailable(reason)
-            if down is not None and reason == faults.UNREACHABLE:
+            # a wait not met will not be met by the next request within the 5 s either
+            if down is not None and (reason == faults.UNREACHABLE or isinstance(e, faults.DurabilityNotMet)):
                 down.append(unavailable)
             return _error(rid, unavailable) if has_id else None
         return {"jsonrpc": "2.0", "id": rid, "result": result} if has_id else None

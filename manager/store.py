@@ -17,16 +17,16 @@ import redis.asyncio as aredis
 from stagewise import errors, tracing
 from stagewise.config import Settings
 from stagewise.faults import unavailable_reason
-from stagewise.keys import Keys, parse_stream_name, partition_of
+from stagewise.keys import HEALTH_TTL_MS, Keys, parse_stream_name, partition_of
 from stagewise.manager.query import Filters, scan
 from stagewise.models import Task
 from stagewise.status import Status
 from stagewise.storage import calls
 from stagewise.storage.calls import results_of
+from stagewise.storage.durability import Durability
 from stagewise.storage.runner import Scripts
 
 CLEAN_BATCH = 10_000  # tasks a clean reads per status index and partition
-HEALTH_TTL_MS = 10_000  # the health check's key (Keys.health) expires this long after its write
 
 _TIMES = ("created", "updated", "queued_at", "next_run", "wait_deadline", "exec_deadline")
 
@@ -47,7 +47,9 @@ class Store:
         # redis-py's return types are unions over decode modes; we always decode, so Any.
         self.r: Any = client
         self.settings = settings
-        self.scripts = Scripts(client)
+        # API writes (the methods below) wait as STAGEWISE_DURABILITY says; the scheduler's
+        # roles, which share these Scripts, do not (stagewise.storage.durability)
+        self.scripts = Scripts(client, Durability.of(settings))
         self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
 
     async def server_time(self) -> float:
@@ -65,18 +67,23 @@ class Store:
         """Stores a validated task; returns its hash (the existing one when on_conflict is
         "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION.  `trace`: the
         caller's trace context (stagewise.tracing.caller) the first run's spans join."""
-        return await self.scripts.run(calls.create(self.keys(task.id), task, on_conflict, now, trace))
+        k = self.keys(task.id)
+        return await self.scripts.run(calls.create(k, task, on_conflict, now, trace), durable=[k])
 
-    async def check_writable(self) -> None:
+    async def check_writable(self, durable: bool = False) -> None:
         """Raises what Redis raised unless it takes a write in every partition: one tiny write
         with a short TTL to Keys.health of each (on a Redis Cluster, so, of each partition's
-        master), in one round trip per server."""
+        master), in one round trip per server.  `durable` (GET /healthz): also raises
+        DurabilityNotMet when STAGEWISE_DURABILITY's wait is not met, since every API write
+        then answers 1006."""
         pipe = self.r.pipeline(transaction=False)
         for k in self.parts:
             pipe.set(k.health(), "1", px=HEALTH_TTL_MS)
         for res in await pipe.execute(raise_on_error=False):
             if isinstance(res, Exception):
                 raise res
+        if durable:
+            await self.scripts.run_many([], durable=self.parts)
 
     async def raw(self, task_id: str) -> dict[str, str] | None:
         h = await self.r.hgetall(self.keys(task_id).task(task_id))
@@ -96,8 +103,9 @@ class Store:
 
     # ------------------------------------------------------------------ messages
     async def send(self, task_id: str, data: Any) -> None:
+        k = self.keys(task_id)
         tr = tracing.current()
-        sent = await self.scripts.run(calls.send(self.keys(task_id), task_id, data, tr is not None))
+        sent = await self.scripts.run(calls.send(k, task_id, data, tr is not None), durable=[k])
         if tr is not None and sent.wait is not None:
             tr.wait(task_id, sent.wait)
 
@@ -124,7 +132,8 @@ class Store:
         """cancel / unlock / restart / delete / clean of each id: one BatchResult per id, in
         order; a bad id never fails the batch.  One fenced script per task, pipelined."""
         batch = [self._batch_call(op, self.keys(i), i, dry_run, extra) for i in ids]
-        results = await self.scripts.run_many(batch, raise_on_error=False)
+        written = [] if dry_run else [self.keys(i) for i in ids]  # a dry run writes nothing
+        results = await self.scripts.run_many(batch, raise_on_error=False, durable=written)
         for res in results:
             # Redis refusing writes (out of memory, read-only) is no fault of one task: the
             # call answers 1006 as a whole, and a retry is safe (a task already cancelled,
@@ -229,7 +238,8 @@ class Store:
         for t in tasks:
             by_part.setdefault(self.keys(t.id).partition, []).append(t)
         await self.scripts.run_many(
-            [calls.create_many(self.parts[p], part, on_conflict, trace) for p, part in by_part.items()]
+            [calls.create_many(self.parts[p], part, on_conflict, trace) for p, part in by_part.items()],
+            durable=[self.parts[p] for p in by_part],
         )
         return [t.id for t in tasks]
 
@@ -280,11 +290,16 @@ class Store:
 
     async def ack(self, ids: list[str]) -> int:
         n = 0
+        written: list[Keys] = []
         for nid in ids:
             part, _, sid = nid.partition("-")
             if not _NOTE_ID.match(nid) or int(part) >= len(self.parts):
                 continue  # not an id notifications.list gave out: nothing to ack
+            written.append(self.parts[int(part)])
             n += await self.r.xdel(self.parts[int(part)].notes(), sid)
+        # the wait goes after the deletes, on a connection of its own: the fence before it
+        # covers them (stagewise.storage.durability)
+        await self.scripts.run_many([], durable=written)
         return n
 
     # ------------------------------------------------------------------ attempts, executors

@@ -24,6 +24,12 @@ class ConfigError(ValueError):
 # a restart loop.
 EXIT_CONFIG = 78
 
+# STAGEWISE_DURABILITY (SPEC §10): when an API write is acknowledged.  `async`: once Redis
+# applied it; `replica`: once WAIT saw STAGEWISE_MIN_REPLICAS replicas take it; `fsync`: once
+# WAITAOF saw it fsynced to the local AOF (and on STAGEWISE_MIN_REPLICAS replicas' AOFs).
+# stagewise.storage.durability carries them out.
+DURABILITY_LEVELS = ("async", "replica", "fsync")
+
 
 def fail(line: str) -> NoReturn:
     """Stops a daemon on a configuration mistake: `line` on stderr, exit status EXIT_CONFIG."""
@@ -41,6 +47,8 @@ class Settings:
     dead_after: int = 3  # missed pings before an executor is declared dead
     max_interruptions: int = 5  # executor losses on one stage before EXECUTOR_LOST
     partitions: int = 1
+    durability: str = "async"  # one of DURABILITY_LEVELS
+    min_replicas: int = 1  # replicas a `replica` / `fsync` acknowledgement waits for
     # Beyond SPEC §10 (documented in the README):
     body_limit: int = 1 << 20  # bytes of a JSON-RPC request body
     grace: float = 30.0  # s an executor waits for running stages on SIGTERM
@@ -69,7 +77,8 @@ class Settings:
 _NAMES = {f.name for f in fields(Settings) if not f.name.startswith("_")}
 
 
-_ZERO_OK = {"clean_after"}  # 0 switches it off
+# 0 switches clean_after off; min_replicas 0 is `fsync` on the local disk only
+_ZERO_OK = {"clean_after", "min_replicas"}
 
 
 def _coerce(name: str, raw: Any) -> Any:
@@ -97,6 +106,13 @@ def _validate(s: Settings) -> Settings:
     host, sep, port = s.http.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"{PREFIX}HTTP: expected host:port, got {s.http!r}")
+    if s.durability not in DURABILITY_LEVELS:
+        raise ConfigError(
+            f"{PREFIX}DURABILITY: expected one of {', '.join(DURABILITY_LEVELS)}, got {s.durability!r}"
+        )
+    if s.durability == "replica" and s.min_replicas < 1:
+        # WAIT for 0 replicas returns at once: an acknowledgement that promises nothing
+        raise ConfigError(f"{PREFIX}MIN_REPLICAS: must be >= 1 with {PREFIX}DURABILITY=replica, got 0")
     if s.redis_url.startswith("redis+sentinel://"):
         # imported for a Sentinel URL only: it loads redis-py, which the client commands never need
         from stagewise.storage.connection import parse_sentinel_url

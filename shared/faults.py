@@ -54,6 +54,20 @@ CLUSTER_DOWN = "cluster down"  # CLUSTERDOWN, or a slot no master serves
 MASTER_DOWN = "master down"  # MASTERDOWN: a replica lost its master, replica-serve-stale-data no
 
 REASONS = (UNREACHABLE, LOADING, READ_ONLY, OUT_OF_MEMORY, CLUSTER_DOWN, MASTER_DOWN)
+# The reason of a durability wait not met starts with this word and says what was seen
+# ("durability: 0 of 1 replicas acknowledged within 1.0 s"): an operator needs the counts.
+DURABILITY = "durability"
+
+
+class DurabilityNotMet(RedisError):
+    """Redis applied the write, but STAGEWISE_DURABILITY's wait (WAIT, WAITAOF) did not see it
+    on enough replicas or disks in time (stagewise.storage.durability).  The write may well be
+    kept; it was not acknowledged, so the API answers 1006 with `reason` and the caller may
+    retry (a create idempotently, with on_conflict "ignore")."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 # An error reply's code, at its start or, for an error raised inside a script by an older
 # Redis, after the script's own prefix ("... @user_script:1: -OOM command not allowed ...").
@@ -79,8 +93,11 @@ def describe(exc: BaseException) -> str:
 
 
 def unavailable_reason(exc: BaseException) -> str | None:
-    """The reason (one of REASONS) when `exc` says Redis cannot serve the call now, else None
-    (a bug, a script's refusal, a wrong password: not something a retry cures)."""
+    """The reason (one of REASONS, or a DURABILITY one) when `exc` says Redis cannot serve the
+    call now, else None (a bug, a script's refusal, a wrong password: not something a retry
+    cures)."""
+    if isinstance(exc, DurabilityNotMet):
+        return exc.reason
     if isinstance(exc, BusyLoadingError):
         return LOADING
     if isinstance(exc, MasterDownError):

@@ -23,6 +23,10 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 
+# The health key (Keys.health) expires this long after its write.
+HEALTH_TTL_MS = 10_000
+
+
 def partition_of(task_id: str, partitions: int) -> int:
     """The partition a task lives in: stable across processes and restarts."""
     if partitions <= 1:
@@ -177,9 +181,10 @@ class Keys:
         return f"{self.prefix}:stats"
 
     def health(self) -> str:
-        """String written with a short TTL by the manager's health check (GET /healthz, the
-        systemd watchdog): a write to this partition's slot proves that its master takes
-        writes."""
+        """String written with a short TTL (HEALTH_TTL_MS) by the manager's health check (GET
+        /healthz, the systemd watchdog): a write to this partition's slot proves that its
+        master takes writes.  Also the fence a durability wait is measured from
+        (stagewise.storage.durability)."""
         return f"{self.prefix}:health"
 
     def lock(self, name: str) -> str:

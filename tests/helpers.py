@@ -174,8 +174,9 @@ def _cluster_ports(n: int) -> list[int]:
 
 class RedisClusterServers:
     """A throw-away Redis Cluster on loopback: `masters` redis-server processes with
-    cluster-enabled, no replicas, no persistence, all in one temp dir, joined by
-    `redis-cli --cluster create`; `start` returns once every node reports cluster_state:ok.
+    cluster-enabled (and `replicas` replicas of each, none by default), no persistence, all in
+    one temp dir, joined by `redis-cli --cluster create`; `start` returns once every node
+    reports cluster_state:ok (and, with replicas, every replica's link to its master is up).
     `.url` names the first node (a client finds the others from it); `.ports`, `.dir`, `.procs`."""
 
     def __init__(self, procs: list[subprocess.Popen[bytes]], ports: list[int], dir: Path) -> None:
@@ -186,13 +187,15 @@ class RedisClusterServers:
         self._slots: list[tuple[int, int, int]] | None = None  # (first slot, last slot, master port)
 
     @classmethod
-    def start(cls, masters: int = 3, timeout: float = 30.0, attempts: int = 3) -> RedisClusterServers:
+    def start(
+        cls, masters: int = 3, timeout: float = 30.0, attempts: int = 3, replicas: int = 0
+    ) -> RedisClusterServers:
         exe, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if exe is None or cli is None:
             raise RuntimeError("redis-server / redis-cli are not on PATH: run `make test` (it installs them)")
         last = ""
         for _ in range(attempts):  # retry: a free port may be taken between probe and bind
-            ports = _cluster_ports(masters)
+            ports = _cluster_ports(masters * (1 + replicas))
             tmp = Path(tempfile.mkdtemp(prefix="stagewise-cluster-"))
             procs = []
             for p in ports:
@@ -205,7 +208,7 @@ class RedisClusterServers:
                     )
             cluster = cls(procs, ports, tmp)
             try:
-                cluster._form(cli, timeout)
+                cluster._form(cli, timeout, replicas)
                 return cluster
             except BaseException as e:
                 cluster.stop()
@@ -220,7 +223,7 @@ class RedisClusterServers:
             host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1, decode_responses=True
         )
 
-    def _form(self, cli: str, timeout: float) -> None:
+    def _form(self, cli: str, timeout: float, replicas: int = 0) -> None:
         deadline = time.monotonic() + timeout
         clients = [self._client(p) for p in self.ports]
         try:
@@ -248,7 +251,7 @@ class RedisClusterServers:
             until(lambda: each(lambda c: bool(c.ping())), "every node to answer PING")
             nodes = [f"127.0.0.1:{p}" for p in self.ports]
             done = subprocess.run(
-                [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+                [cli, "--cluster", "create", *nodes, "--cluster-replicas", str(replicas), "--cluster-yes"],
                 capture_output=True,
                 timeout=max(deadline - time.monotonic(), 1),
                 stdin=subprocess.DEVNULL,
@@ -264,6 +267,16 @@ class RedisClusterServers:
                 ),
                 "cluster_state:ok on every node",
             )
+            if replicas:
+                until(
+                    lambda: each(
+                        lambda c: (
+                            (i := c.info("replication"))["role"] == "master"
+                            or i.get("master_link_status") == "up"
+                        )
+                    ),
+                    "every replica in sync",
+                )
         finally:
             for c in clients:
                 c.close()
@@ -283,6 +296,15 @@ class RedisClusterServers:
             if start <= slot <= end:
                 return port
         raise AssertionError(f"no master serves slot {slot} of {key!r}")
+
+    def replicas_of(self, master_port: int) -> list[int]:
+        """The ports of the replicas of the master on `master_port`."""
+        c = self._client(master_port)
+        try:
+            info = c.info("replication")
+        finally:
+            c.close()
+        return [int(v["port"]) for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
 
     def log_tails(self, n: int = 20) -> str:
         return "\n".join(f"--- node {p} ---\n{_tail(self.dir / f'redis-{p}.log', n)}" for p in self.ports)

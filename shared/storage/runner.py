@@ -13,6 +13,11 @@ cluster pipeline, which routes each EVALSHA to the node of its KEYS (all of one 
 of one slot).  Either way a script the server did not know (Redis restart, failover, SCRIPT
 FLUSH) is loaded and run again on its own, so an emptied script cache costs one extra round
 trip, never an error.
+
+An API write names the partitions it writes (`durable`): with a STAGEWISE_DURABILITY that
+waits, its scripts are followed, in the same round trip and on the same connection (per server
+on a cluster), by the fence and WAIT / WAITAOF (stagewise.storage.durability), and a wait not
+met raises DurabilityNotMet.
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stagewise.faults import DurabilityNotMet
+from stagewise.keys import Keys
 from stagewise.storage.calls import Call, R
 from stagewise.storage.connection import SOCKET_TIMEOUT, is_cluster
+from stagewise.storage.durability import Durability, fence
 from stagewise.storage.prelude import prelude
 
 NAMES = (
@@ -96,6 +104,12 @@ def _arg(value: Any) -> bytes:
     raise TypeError(f"a script argument must be str, bytes, int or float, not {type(value).__name__}")
 
 
+def pack_command(*args: Any) -> bytes:
+    """Any command in RESP (the fence and the wait of a durable call)."""
+    parts = [_arg(a) for a in args]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
 def pack_evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
     """EVALSHA sha numkeys KEYS... ARGV... in RESP, as one bytes string."""
     n = b"%d" % len(keys)
@@ -112,37 +126,50 @@ def pack_evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
 class Scripts:
     """The scripts registered on one client; ``await scripts.run(calls.claim(...))``."""
 
-    def __init__(self, client: aredis.Redis) -> None:
+    def __init__(self, client: aredis.Redis, durability: Durability | None = None) -> None:
         self._client = client
+        self.durability = durability or Durability()
         self._single = not is_cluster(client)  # a cluster gets a cluster pipeline
         self._scripts: dict[str, AsyncScript] = {}
         for name in NAMES:
             self._scripts[name] = client.register_script(source(name))
 
-    async def run(self, call: Call[R]) -> R:
-        """One script call, its reply decoded; raises what the script (or the decoder) raised."""
-        if self._single:
-            return (await self.run_many([call]))[0]
+    async def run(self, call: Call[R], durable: Sequence[Keys] = ()) -> R:
+        """One script call, its reply decoded; raises what the script (or the decoder) raised.
+        `durable`: as for run_many."""
+        if self._single or (durable and self.durability.waits):
+            return (await self.run_many([call], durable=durable))[0]
         name, keys, args, decode = call
         return decode(await self._scripts[name](keys=keys, args=args, client=self._client))
 
-    async def run_many(self, calls: Sequence[Call[Any]], raise_on_error: bool = True) -> list[Any]:
+    async def run_many(
+        self, calls: Sequence[Call[Any]], raise_on_error: bool = True, durable: Sequence[Keys] = ()
+    ) -> list[Any]:
         """Runs the calls, in order, in one round trip; returns their decoded replies in order.
         With `raise_on_error` false, a call that failed (or whose reply the decoder refused with
         an error) has its exception in its place and the others still count; otherwise the
-        first failure is raised (after all have run)."""
-        if not calls:
+        first failure is raised (after all have run).
+
+        `durable`: the partitions an API write wrote (or, calls empty, the partitions of writes
+        made before on any connection).  With a durability level that waits, the acknowledgement
+        waits for them, and DurabilityNotMet is raised before any call's own error when it is
+        not met: the caller answers 1006 (the writes may have been applied)."""
+        parts = list(dict.fromkeys(durable)) if self.durability.waits else []
+        if not calls and not parts:
             return []
-        results = await self._send(calls)
+        results, waits = await self._send(calls, parts)
         unknown = [i for i, res in enumerate(results) if isinstance(res, NoScriptError)]
         if unknown:
             # The server lost its script cache (restart, failover, SCRIPT FLUSH): load each
             # script once and send those calls again as one batch, rather than one at a time.
             for name in {calls[i].script for i in unknown}:
                 await self._client.script_load(source(name))
-            for i, res in zip(unknown, await self._send([calls[i] for i in unknown]), strict=True):
+            # and their wait again: they ran after the first one
+            again, waits = await self._send([calls[i] for i in unknown], parts)
+            for i, res in zip(unknown, again, strict=True):
                 results[i] = res
         first: Exception | None = None
+        late = False  # a call run on its own after the wait: the wait is sent again
         for i, res in enumerate(results):
             name, keys, args, decode = calls[i]
             if isinstance(res, NoScriptError):  # lost again meanwhile: redis-py's Script loads and runs it
@@ -150,6 +177,7 @@ class Scripts:
                     res = await self._scripts[name](keys=keys, args=args, client=self._client)
                 except ResponseError as e:
                     res = e
+                late = True
             if not isinstance(res, Exception):
                 try:
                     res = decode(res)
@@ -158,26 +186,51 @@ class Scripts:
             results[i] = res
             if first is None and isinstance(res, Exception):
                 first = res
+        if late and parts:
+            waits = (await self._send([], parts))[1]
+        for reply in waits:  # a wait not met outranks a call's own refusal
+            reason = self.durability.shortfall(reply)
+            if reason is not None:
+                raise DurabilityNotMet(reason)
         if raise_on_error and first is not None:
             raise first
         return results
 
-    async def _send(self, calls: Sequence[Call[Any]]) -> list[Any]:
-        """The raw replies of the calls, in order, errors in their places."""
+    async def _send(self, calls: Sequence[Call[Any]], parts: Sequence[Keys]) -> tuple[list[Any], list[Any]]:
+        """The raw replies of the calls, in order, errors in their places; and the wait's
+        replies when `parts` is not empty (one per server written, after the fence)."""
         if self._single:
-            return await self._one_server(calls)
+            # One server: one fence covers every partition, since one replication stream does.
+            extra = [fence(parts[0]), self.durability.command()] if parts else []
+            out = await self._one_server(calls, extra)
+            return out[: len(calls)], out[len(calls) + 1 :: 2]
         pipe = self._client.pipeline(transaction=False)
         for name, keys, args, _ in calls:
             pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
+        # A cluster pipeline sends each node's commands on one connection, in order: the fence
+        # of a partition (routed by its key) and the wait sent to the node that owns that key's
+        # slot follow the scripts written there.  One fence and one wait per master written.
+        cluster: Any = self._client
+        nodes: dict[str, tuple[Keys, Any]] = {}
+        for k in parts:
+            node = cluster.get_node_from_key(k.health())
+            nodes.setdefault(node.name, (k, node))
+        for k, node in nodes.values():
+            pipe.execute_command(*fence(k))
+            pipe.execute_command(*self.durability.command(), target_nodes=node)
+        out = list(await pipe.execute(raise_on_error=False))
+        return out[: len(calls)], out[len(calls) + 1 :: 2]
 
-    async def _one_server(self, calls: Sequence[Call[Any]]) -> list[Any]:
+    async def _one_server(self, calls: Sequence[Call[Any]], extra: Sequence[Sequence[Any]] = ()) -> list[Any]:
         """run_many on a single server: one pooled connection, our own RESP packing, and one
         timeout per REPLIES_PER_TIMEOUT replies rather than one per reply.  A read that is cut
         off (timeout, cancellation, lost connection) makes redis-py drop the connection, so a
-        connection with replies still unread never goes back into use."""
+        connection with replies still unread never goes back into use.  `extra`: commands sent
+        after the calls on the same connection (a durable call's fence and wait); their
+        replies follow the calls' in the list."""
         pool = self._client.connection_pool
         data = b"".join(pack_evalsha(self._scripts[n].sha, k, a) for n, k, a, _ in calls)
+        data += b"".join(pack_command(*cmd) for cmd in extra)
         conn = await pool.get_connection(*_CHECKOUT_ARGS)
         try:
             await conn.send_packed_command(data, check_health=False)
@@ -188,7 +241,7 @@ class Scripts:
             loop = asyncio.get_running_loop()
             try:
                 async with asyncio.timeout(period) as window:
-                    for i in range(len(calls)):
+                    for i in range(len(calls) + len(extra)):
                         if period and i and not i % REPLIES_PER_TIMEOUT:
                             window.reschedule(loop.time() + period)
                         try:  # math.inf: no timeout of its own, the window above bounds it
