@@ -39,6 +39,7 @@ from stagewise.keys import Keys
 from stagewise.policy import retry_delay
 from stagewise.storage import calls
 from stagewise.storage.calls import Code, Commit, Fail, R, results_of
+from stagewise.storage.limits import Drainer
 from stagewise.storage.runner import Scripts
 
 RUN_STOP_TIMEOUT = 1.0  # s give_up waits for cancelled runs to end before handing them back
@@ -47,12 +48,13 @@ RUN_STOP_TIMEOUT = 1.0  # s give_up waits for cancelled runs to end before handi
 class Run:
     """One claimed run of a task on this executor."""
 
-    __slots__ = ("task_id", "keys", "job_id", "lease", "h", "aio")
+    __slots__ = ("task_id", "keys", "job_id", "lease", "h", "aio", "limited")
 
-    def __init__(self, task_id: str, keys: Keys, h: dict[str, str], lease: str) -> None:
+    def __init__(self, task_id: str, keys: Keys, h: dict[str, str], lease: str, limited: bool = False) -> None:
         self.task_id, self.keys, self.h, self.lease = task_id, keys, h, lease
         self.job_id = h["job_id"]
         self.aio: asyncio.Task[None] | None = None
+        self.limited = limited  # claimed with permits of limit keys (flow control)
 
 
 class Runner:
@@ -72,17 +74,22 @@ class Runner:
         runs: dict[str, Run],
         slots: asyncio.Semaphore,
         log: Any,
+        drainer: Drainer | None = None,
     ) -> None:
         self.r, self.scripts, self.batcher = r, scripts, batcher
+        # flow control: a run of a limited task that ended left an outbox entry in its
+        # partition, drained at once so that its slots go to the tasks held back
+        self.drainer = drainer
         self.app, self.pool, self.executor_id = app, pool, executor_id
         self.runs, self.slots, self.log = runs, slots, log
         # Runs given up (give_up) whose hand-back has not landed yet: a stop hands them back.
         self.owed: set[Run] = set()
         self.warnings = Warnings(log, "write_failed")
 
-    def start(self, k: Keys, task_id: str, h: dict[str, str], lease: str) -> None:
-        """Starts the run of a task just claimed with `lease`; `h` is claim.lua's answer."""
-        run = Run(task_id, k, h, lease)
+    def start(self, k: Keys, task_id: str, h: dict[str, str], lease: str, limited: bool = False) -> None:
+        """Starts the run of a task just claimed with `lease`; `h` is claim.lua's answer;
+        `limited`: claimed with permits of limit keys."""
+        run = Run(task_id, k, h, lease, limited)
         self.runs[run.task_id] = run
         run.aio = asyncio.create_task(self.run(run))
 
@@ -104,6 +111,8 @@ class Runner:
         finally:
             if self.runs.get(run.task_id) is run:  # not a later run of the same task
                 del self.runs[run.task_id]
+            if run.limited and self.drainer is not None:
+                self.drainer.kick(run.keys)
             self.slots.release()
 
     async def _crashed(self, run: Run, e: Exception) -> None:

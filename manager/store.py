@@ -23,6 +23,7 @@ from stagewise.models import Task
 from stagewise.status import Status
 from stagewise.storage import calls
 from stagewise.storage.calls import results_of
+from stagewise.storage.limits import Limits
 from stagewise.storage.runner import Scripts
 
 CLEAN_BATCH = 10_000  # tasks a clean reads per status index and partition
@@ -49,6 +50,8 @@ class Store:
         self.settings = settings
         self.scripts = Scripts(client)
         self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
+        # flow control (SPEC §2a)
+        self.limits = Limits(self.scripts, client, settings.namespace, settings.partitions)
 
     async def server_time(self) -> float:
         """Redis's clock (TIME), the one the scripts stamp tasks and indexes with."""
@@ -65,6 +68,18 @@ class Store:
         """Stores a validated task; returns its hash (the existing one when on_conflict is
         "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION."""
         return await self.scripts.run(calls.create(self.keys(task.id), task, on_conflict, now))
+
+    # ------------------------------------------------------------------ flow control (SPEC §2a)
+    async def pause_app(self, app: str, until: float | None) -> dict[str, Any]:
+        """apps.pause (until; None: until apps.resume, kept as PAUSE_FOREVER) / apps.resume
+        (`resume`): written to every partition, since each claim reads its own partition."""
+        got = [await self.scripts.run(calls.app_pause(k, app, until)) for k in self.parts]
+        return {"app": app, "paused_until": got[0] if got else None}
+
+    async def paused_apps(self, now: float) -> dict[str, float]:
+        """app -> until when it is paused (partition 0 holds what every partition holds)."""
+        raw = await self.r.hgetall(self.parts[0].paused_apps())
+        return {a: float(u) for a, u in raw.items() if float(u) > now}
 
     async def check_writable(self) -> None:
         """Raises what Redis raised unless it takes a write in every partition: one tiny write
@@ -303,6 +318,9 @@ class Store:
         names = sorted(apps)
         rows: dict[str, dict[str, Any]] = {a: {"app": a, "queued": 0, "running": 0, "waiting": 0, "failed_last_hour": 0,
                     "paused_until": None, "executors": 0, "lag": None} for a in names}  # fmt: skip
+        for a, until in (await self.paused_apps(now)).items():
+            if a in rows:
+                rows[a]["paused_until"] = until
         oldest: dict[str, float] = {}
         live: dict[str, set[str]] = {a: set() for a in names}
         for k in self.parts:
@@ -384,9 +402,12 @@ def view(h: dict[str, str], include_results: bool = True) -> dict[str, Any]:
         cleaned=_b(h.get("cleaned")),
         locked=status == Status.RUNNING and bool(h.get("lease")),
     )
+    # flow control (SPEC §2a): the limit key holding a QUEUED task back
+    out["blocked_by"] = (h.get("blocked_by") or None) if status == Status.QUEUED else None
     for name in _TIMES:
         out[name] = _num(h.get(name))
     if include_results:
         # a cleaned task has no results left to show (SPEC §7): null, not a list of nulls
         out["results"] = None if out["cleaned"] else results_of(h)
     return out
+
