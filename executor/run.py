@@ -205,7 +205,13 @@ class Runner:
             except Failure as f:
                 spent = f.error["code"] == StageError.EXEC_TIMEOUT  # the run's time budget is gone
                 delay = retry_delay(retries, max_retries, backoff, spent)
-                failed = await self.fail(run, stage, f.error, delay, f.outcome, method=cmd["method"])
+                if f.later is not None:  # RetryLater: the handler's delay, not a retry
+                    delay = f.later.seconds
+                    if f.later.pause_key and self.drainer is not None:
+                        await self._pause_key(f.later.pause_key, f.later.seconds)
+                failed = await self.fail(
+                    run, stage, f.error, delay, f.outcome, method=cmd["method"], later=f.later is not None
+                )
                 if failed.code == "STALE":
                     await self.handback(run)  # ours at an earlier stage only if Redis lost a commit
                 log.info(
@@ -277,14 +283,25 @@ class Runner:
         *,
         method: str = "",
         batched: bool = True,
+        later: bool = False,
     ) -> Fail:
         """fail.lua: the attempt of `stage` failed with `error`; a retry is due after `delay` s,
         or the run fails (None).  `method` feeds the duration histogram.  The run loop's fails
         go through the batcher (`batched`), a crashed run's as a call of its own."""
-        c = calls.fail(run.keys, run.task_id, run.job_id, run.lease, stage, error, delay, outcome, method)
+        c = calls.fail(run.keys, run.task_id, run.job_id, run.lease, stage, error, delay, outcome, method, later)
         if batched:
             return await self.batcher.run(c)  # the Batcher waits Redis faults out itself
         return await self._persist(lambda: self.scripts.run(c))
+
+    async def _pause_key(self, key: str, seconds: float) -> None:
+        """RetryLater's pause_key: the key paused for `seconds` (Redis's clock); a failure is
+        logged, the retry itself still goes ahead."""
+        assert self.drainer is not None
+        limits = self.drainer.limits
+        try:
+            await self._persist(lambda: limits.pause(key, None, seconds))
+        except Exception as e:  # noqa: BLE001 - the retry is what matters
+            self.log.warning("pause_key_failed", key=key, error=str(e)[:300])
 
     async def handback(self, run: Run, until: float | None = None) -> Code:
         """handback.lua: gives the run back, QUEUED again at its current stage (STALE: it was no

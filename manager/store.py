@@ -27,6 +27,7 @@ from stagewise.storage.limits import Limits
 from stagewise.storage.runner import Scripts
 
 CLEAN_BATCH = 10_000  # tasks a clean reads per status index and partition
+BACKLOG_RETRY_AFTER = 1.0  # s a client refused by backpressure is told to wait
 HEALTH_TTL_MS = 10_000  # the health check's key (Keys.health) expires this long after its write
 
 _TIMES = ("created", "updated", "queued_at", "next_run", "wait_deadline", "exec_deadline")
@@ -66,10 +67,36 @@ class Store:
         self, task: Task, on_conflict: str = "error", now: float | None = None
     ) -> dict[str, str]:
         """Stores a validated task; returns its hash (the existing one when on_conflict is
-        "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION."""
+        "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION, LIMIT_EXCEEDED
+        (backpressure)."""
+        await self.check_backlog({task.doc.app})
         return await self.scripts.run(calls.create(self.keys(task.id), task, on_conflict, now))
 
     # ------------------------------------------------------------------ flow control (SPEC §2a)
+    async def check_backlog(self, apps: set[str]) -> None:
+        """Backpressure (STAGEWISE_MAX_BACKLOG): a create for an app that has that many QUEUED
+        tasks already (all partitions) is refused with LIMIT_EXCEEDED before anything is
+        written.  The count is read, not reserved: creates racing at the threshold may pass it
+        by as many as race."""
+        cap = self.settings.max_backlog
+        if cap <= 0:
+            return
+        names = sorted(apps)
+        pipe = self.r.pipeline(transaction=False)
+        for a in names:
+            for k in self.parts:
+                pipe.zcard(k.idx_app_status(a, Status.QUEUED))
+        counts = await pipe.execute()
+        n = len(self.parts)
+        for i, a in enumerate(names):
+            queued = sum(counts[i * n : (i + 1) * n])
+            if queued >= cap:
+                raise errors.RpcError(
+                    errors.LIMIT_EXCEEDED,
+                    f"app {a!r} has {queued} QUEUED tasks (STAGEWISE_MAX_BACKLOG={cap})",
+                    {"field": "app", "reason": f"backlog of {queued} >= {cap}", "retry_after": BACKLOG_RETRY_AFTER},
+                )
+
     async def pause_app(self, app: str, until: float | None) -> dict[str, Any]:
         """apps.pause (until; None: until apps.resume, kept as PAUSE_FOREVER) / apps.resume
         (`resume`): written to every partition, since each claim reads its own partition."""
@@ -224,6 +251,7 @@ class Store:
         slots) the ids are checked first for every partition; only a create of one of the
         ids racing in between that check and the writes can leave the other partitions'
         tasks stored, and is answered TASK_EXISTS.  One round trip for the whole batch."""
+        await self.check_backlog({t.doc.app for t in tasks})
         pipe = self.r.pipeline(transaction=False)
         for t in tasks:
             pipe.exists(self.keys(t.id).task(t.id))

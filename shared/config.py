@@ -51,6 +51,8 @@ class Settings:
     clean_after: float = 0.0  # s; the manager cleans terminal tasks older than this (0 = never)
     notify_retention: float = 7 * 86400.0  # s notifications are kept
     stats_every: float = 60.0  # s between the dashboard's samples of counters and queues (0 = off)
+    # SPEC §2a backpressure: creates for an app with this many QUEUED tasks are refused (0 = never)
+    max_backlog: int = 0
     _sources: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @property
@@ -69,7 +71,7 @@ class Settings:
 _NAMES = {f.name for f in fields(Settings) if not f.name.startswith("_")}
 
 
-_ZERO_OK = {"clean_after"}  # 0 switches it off
+_ZERO_OK = {"clean_after", "max_backlog"}  # 0 switches it off
 
 
 def _coerce(name: str, raw: Any) -> Any:

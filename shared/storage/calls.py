@@ -492,8 +492,10 @@ def fail(
     retry_delay: float | None,
     outcome: str = "error",
     method: str = "",
+    later: bool = False,
 ) -> Call[Fail]:
-    """A failed attempt: retried after `retry_delay` s, or the run fails (None)."""
+    """A failed attempt: retried after `retry_delay` s, or the run fails (None); `later`: the
+    handler asked for it (RetryLater), not counted as a retry."""
     return Call(
         "fail",
         [k.task(task_id), k.attempts(task_id), k.due()],
@@ -507,6 +509,7 @@ def fail(
             "" if retry_delay is None else retry_delay,
             outcome,
             method,
+            "1" if later else "",
         ],
         _fail,
     )
@@ -577,9 +580,11 @@ def _paused(res: Any) -> Paused:
     return Paused(float(res[0]) if res[0] else None, list(res[1:]))
 
 
-def limit_pause(kk: Keys, key: str, until: float | None) -> Call[Paused]:
-    """Pauses `key` until `until` (None: resumes it)."""
-    return Call("limit_pause", [kk.limit(key)], [kk.prefix, key, "" if until is None else repr(until)], _paused)
+def limit_pause(kk: Keys, key: str, until: float | None, after: float | None = None) -> Call[Paused]:
+    """Pauses `key` until `until`, or for `after` s from Redis's clock (RetryLater's
+    pause_key); neither: resumes it."""
+    args = [kk.prefix, key, "" if until is None else repr(until), "" if after is None else repr(after)]
+    return Call("limit_pause", [kk.limit(key)], args, _paused)
 
 
 def hold(k: Keys, stream: str, entry_id: str, task_id: str, job_id: str, key: str) -> Call[Code]:

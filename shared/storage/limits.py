@@ -252,9 +252,10 @@ class Limits:
             await self.wake({key: refs for key, refs in zip(keys, got, strict=True) if refs})
         return sum(len(v) for v in gone.values())
 
-    async def pause(self, key: str, until: float | None) -> float | None:
-        """limits.pause (until) / limits.resume (None): until when the key is paused now."""
-        res = await self.scripts.run(calls.limit_pause(self.of(key), key, until))
+    async def pause(self, key: str, until: float | None, after: float | None = None) -> float | None:
+        """limits.pause (until) / limits.resume (None) / RetryLater's pause_key (`after` s):
+        until when the key is paused now."""
+        res = await self.scripts.run(calls.limit_pause(self.of(key), key, until, after))
         if res.woken:
             await self.wake({key: res.woken})
         return res.paused_until
