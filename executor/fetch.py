@@ -321,11 +321,11 @@ class Fetcher:
                 ]
             )
             again: list[int] = []
-            for i, res in zip(todo, got, strict=True):
-                results[i] = res
-                if not isinstance(res, Exception) and res.code == "LIMITED" and round_ == 0:
+            for i, reply in zip(todo, got, strict=True):
+                results[i] = reply
+                if not isinstance(reply, Exception) and reply.code == "LIMITED" and round_ == 0:
                     k, stream, eid, f, prio = entries[i]
-                    entries[i] = (k, stream, eid, {**f, "l": res.fields["l"], "o": res.fields["o"]}, prio)
+                    entries[i] = (k, stream, eid, {**f, "l": reply.fields["l"], "o": reply.fields["o"]}, prio)
                     again.append(i)
             todo = again
             if not todo:
