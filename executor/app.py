@@ -42,6 +42,20 @@ class ParamsError(ValueError):
     pass
 
 
+class RetryLater(Exception):  # noqa: N818 - the name SPEC §2a gives it
+    """Raised by a handler: try this stage again after `seconds`, without counting it against
+    max_retries (the attempt's outcome is `retry_later`, the task SUSPENDED meanwhile).  With
+    `pause_key` (one of the task's limit keys), no task of that key is claimed until then: an
+    upstream's Retry-After."""
+
+    def __init__(self, seconds: float, pause_key: str | None = None) -> None:
+        if not seconds >= 0:
+            raise ValueError("RetryLater needs seconds >= 0")
+        super().__init__(f"retry after {seconds} s" + (f" (key {pause_key} paused)" if pause_key else ""))
+        self.seconds = float(min(seconds, 30 * 86400))
+        self.pause_key = pause_key
+
+
 class Method:
     def __init__(self, name: str, fn: Callable[..., Any]) -> None:
         self.name = name

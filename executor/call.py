@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from stagewise.errors import StageError, stage_error
-from stagewise.executor.app import App, Ctx, ParamsError
+from stagewise.executor.app import App, Ctx, ParamsError, RetryLater
 from stagewise.templates import TemplateError, check, fill
 from stagewise.tracing import TraceContext
 
@@ -39,9 +39,12 @@ def encode(value: Any) -> str:
 class Failure(Exception):
     """A stage attempt failed with a stored error."""
 
-    def __init__(self, error: dict[str, Any], outcome: str = "error") -> None:
+    def __init__(
+        self, error: dict[str, Any], outcome: str = "error", later: RetryLater | None = None
+    ) -> None:
         self.error = error
         self.outcome = outcome
+        self.later = later  # the handler raised RetryLater: outcome retry_later
 
 
 TRACEBACK_BYTES = 8192  # of a handler's traceback, kept with its STAGE_ERROR
@@ -148,6 +151,8 @@ async def call(
         ) from None
     except asyncio.CancelledError:
         raise
+    except RetryLater as e:  # flow control (SPEC §2a): not an error of the stage
+        raise Failure(stage_error(StageError.RETRY_LATER, str(e), stage), "retry_later", e) from None
     except Exception as e:  # the handler raised: that is the stage's error, not ours
         raise Failure(
             stage_error(

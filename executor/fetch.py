@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -52,6 +53,7 @@ from stagewise.faults import Backoff, Warnings, is_nogroup, transient
 from stagewise.keys import GROUP, Keys
 from stagewise.storage import calls
 from stagewise.storage.calls import Call, Claim
+from stagewise.storage.limits import Limits
 from stagewise.storage.runner import Scripts
 from stagewise.storage.streams import app_streams, give_back, redeliver_pending
 
@@ -82,6 +84,7 @@ class Fetcher:
         refused: Callable[[Keys], Awaitable[None]],
         rejoin: Callable[[], Awaitable[None]],
         log: Any,
+        limits: Limits,
         sweep_every: float = 30.0,
     ) -> None:
         self.r, self.scripts, self.app, self.executor_id = r, scripts, app, executor_id
@@ -109,6 +112,8 @@ class Fetcher:
         self._leases = itertools.count(1)
         self.lease_prefix = uuid.uuid4().hex[:12]
         self.settled = 0  # the highest lease counter whose claim reply was fully processed
+        self.limits = limits  # flow control (SPEC §2a)
+        self.paused = False  # apps.pause: a claim answered PAUSED, the next read waits a second
 
     def new_lease(self) -> str:
         """A token unique to one claim: this process's random prefix and a counter."""
@@ -120,6 +125,16 @@ class Fetcher:
         backoff = Backoff()
         while not self.quiet.is_set():
             raise_if_stop_requested()  # a cancel lost in a read's socket write (shared/aio.py)
+            if self.paused:
+                # our app is paused (apps.pause): a second without reading, then a read whose
+                # claims find out again (a resume is so seen within a second); the executor
+                # stays registered and connected
+                self.paused = False
+                try:
+                    await asyncio.wait_for(self.quiet.wait(), 1.0)
+                except TimeoutError:
+                    pass
+                continue
             await self.slots.acquire()
             if self.quiet.is_set():
                 self.slots.release()
@@ -278,26 +293,65 @@ class Fetcher:
     async def claim(self, entries: list[Entry]) -> None:
         """claim.lua for every entry read, in one round trip: each task claimed starts a run,
         each entry refused gives its slot back.  Entries refused because we are not registered
-        in their partition (DEAD), or whose claim failed for good, go back on their streams."""
+        in their partition (DEAD), or whose claim failed for good, go back on their streams.
+
+        Flow control (stagewise/storage/limits.py): an entry whose hint names limits asks its
+        keys for permits first; one held back is parked (hold.lua) and gives its slot back.
+        A claim answered LIMITED (a hint without the task's limits) goes through the same once
+        more; one answered PAUSED (apps.pause) or REVOKED goes back on its stream."""
         leases = [self.new_lease() for _ in entries]
         traced = tracing.current() is not None  # the claims then read the task's trace field
-        claims = [
-            calls.claim(k, stream, eid, f["t"], f["j"], self.executor_id, lease, traced)
-            for (k, stream, eid, f, _), lease in zip(entries, leases, strict=True)
-        ]
-        results = await self._claim_all(claims)
+        permits: set[int] = set()  # entries claimed with permits: given back if no run follows
+        todo = list(range(len(entries)))
+        results: list[Claim | Exception | None] = [None] * len(entries)  # None: not claimed
         dead: dict[int, list[Entry]] = {}
         back: list[Entry] = []
-        for entry, lease, res in zip(entries, leases, results, strict=True):
+        for round_ in range(2):
+            ask = [i for i in todo if entries[i][3].get("l")]
+            if ask:
+                ok, parked = await self._permits(entries, leases, ask)
+                permits.update(ok)
+                back += [entries[i] for i in ask if i not in ok and i not in parked]
+                for i in ask:
+                    results[i] = None
+                todo = [i for i in todo if i not in ask or i in ok]
+            got = await self._claim_all(
+                [
+                    calls.claim(
+                        k, stream, eid, f["t"], f["j"], self.executor_id, leases[i], i in permits, traced
+                    )
+                    for i in todo
+                    for k, stream, eid, f, _ in [entries[i]]
+                ]
+            )
+            again: list[int] = []
+            for i, reply in zip(todo, got, strict=True):
+                results[i] = reply
+                if not isinstance(reply, Exception) and reply.code == "LIMITED" and round_ == 0:
+                    k, stream, eid, f, prio = entries[i]
+                    entries[i] = (k, stream, eid, {**f, "l": reply.fields["l"], "o": reply.fields["o"]}, prio)
+                    again.append(i)
+            todo = again
+            if not todo:
+                break
+        for i, (entry, lease, res) in enumerate(zip(entries, leases, results, strict=True)):
             k, _, _, f, _ = entry
+            if res is None:  # held back (parked), or in `back` already
+                self.slots.release()
+                continue
             if isinstance(res, Exception):  # no passing fault: a bug; the entry is still work
                 self.log.error("claim_error", task_id=f["t"], error=str(res)[:500])
                 back.append(entry)
             elif res.code == "DEAD":
                 dead.setdefault(k.partition, []).append(entry)
             elif res.code == "OK":
-                self.runner.start(k, f["t"], res.fields, lease)
+                self.runner.start(k, f["t"], res.fields, lease, limited=i in permits)
                 continue
+            elif res.code in ("LIMITED", "PAUSED", "REVOKED"):
+                self.paused = self.paused or res.code == "PAUSED"
+                back.append(entry)
+            if i in permits:  # no run follows the permits: their slots go back at once
+                await self._give_permits_back(entry, lease)
             self.slots.release()
         # Every run of the batch has started (no await since the replies came): the heartbeat
         # may now report these leases as settled.
@@ -316,6 +370,43 @@ class Fetcher:
                 await self.refused(self.parts[p])
             except Exception as e:  # noqa: BLE001 - the heartbeat finds out again and finishes it
                 self._failed(e)
+
+    async def _permits(
+        self, entries: list[Entry], leases: list[str], ask: list[int]
+    ) -> tuple[set[int], set[int]]:
+        """Permits for the entries `ask` (limit_acquire.lua per key); the ones held back are
+        parked (hold.lua), then the tasks the keys woke go back on their streams.  Returns the
+        entries granted and the entries parked (their slots given back by the caller); any
+        other is given back on its stream by the caller.  A failure leaves permits that may
+        have been granted to the manager's check (LIMIT_PERMIT_CHECK)."""
+        try:
+            asks = []
+            for i in ask:
+                k, _, _, f, _ = entries[i]
+                asks.append((k, self.app, f["t"], f["j"], leases[i], json.loads(f["l"]), f.get("o") or "0"))
+            verdicts, woken = await self.limits.acquire(asks)
+            held = [(i, key) for i, key in zip(ask, verdicts, strict=True) if key is not None]
+            if held:
+                await self.scripts.run_many(
+                    [
+                        calls.hold(k, stream, eid, f["t"], f["j"], key)
+                        for i, key in held
+                        for k, stream, eid, f, _ in [entries[i]]
+                    ]
+                )
+            await self.limits.wake(woken)
+        except Exception as e:  # noqa: BLE001 - the entries are still pending on us: given back
+            self.claim_warnings.failed(e, entries=len(ask))
+            return set(), set()
+        return {i for i, key in zip(ask, verdicts, strict=True) if key is None}, {i for i, _ in held}
+
+    async def _give_permits_back(self, entry: Entry, lease: str) -> None:
+        k, _, _, f, _ = entry
+        keys = [lim[0] for lim in json.loads(f["l"])]
+        try:
+            await self.limits.give_back(k, self.app, f["t"], lease, keys)
+        except Exception as e:  # noqa: BLE001 - the manager's permit check gives them back
+            self.claim_warnings.failed(e, entries=1)
 
     async def _claim_all(self, claims: list[Call[Claim]]) -> list[Claim | Exception]:
         """The claims' answers, in order, each sent again (with its same lease: claim.lua

@@ -40,6 +40,7 @@ from stagewise.keys import Keys
 from stagewise.policy import retry_delay
 from stagewise.storage import calls
 from stagewise.storage.calls import Code, Commit, Fail, R, results_of
+from stagewise.storage.limits import Drainer
 from stagewise.storage.runner import Scripts
 
 RUN_STOP_TIMEOUT = 1.0  # s give_up waits for cancelled runs to end before handing them back
@@ -48,12 +49,15 @@ RUN_STOP_TIMEOUT = 1.0  # s give_up waits for cancelled runs to end before handi
 class Run:
     """One claimed run of a task on this executor."""
 
-    __slots__ = ("task_id", "keys", "job_id", "lease", "h", "aio")
+    __slots__ = ("task_id", "keys", "job_id", "lease", "h", "aio", "limited")
 
-    def __init__(self, task_id: str, keys: Keys, h: dict[str, str], lease: str) -> None:
+    def __init__(
+        self, task_id: str, keys: Keys, h: dict[str, str], lease: str, limited: bool = False
+    ) -> None:
         self.task_id, self.keys, self.h, self.lease = task_id, keys, h, lease
         self.job_id = h["job_id"]
         self.aio: asyncio.Task[None] | None = None
+        self.limited = limited  # claimed with permits of limit keys (flow control)
 
 
 class Runner:
@@ -73,17 +77,22 @@ class Runner:
         runs: dict[str, Run],
         slots: asyncio.Semaphore,
         log: Any,
+        drainer: Drainer | None = None,
     ) -> None:
         self.r, self.scripts, self.batcher = r, scripts, batcher
+        # flow control: a run of a limited task that ended left an outbox entry in its
+        # partition, drained at once so that its slots go to the tasks held back
+        self.drainer = drainer
         self.app, self.pool, self.executor_id = app, pool, executor_id
         self.runs, self.slots, self.log = runs, slots, log
         # Runs given up (give_up) whose hand-back has not landed yet: a stop hands them back.
         self.owed: set[Run] = set()
         self.warnings = Warnings(log, "write_failed")
 
-    def start(self, k: Keys, task_id: str, h: dict[str, str], lease: str) -> None:
-        """Starts the run of a task just claimed with `lease`; `h` is claim.lua's answer."""
-        run = Run(task_id, k, h, lease)
+    def start(self, k: Keys, task_id: str, h: dict[str, str], lease: str, limited: bool = False) -> None:
+        """Starts the run of a task just claimed with `lease`; `h` is claim.lua's answer;
+        `limited`: claimed with permits of limit keys."""
+        run = Run(task_id, k, h, lease, limited)
         self.runs[run.task_id] = run
         run.aio = asyncio.create_task(self.run(run))
 
@@ -105,6 +114,8 @@ class Runner:
         finally:
             if self.runs.get(run.task_id) is run:  # not a later run of the same task
                 del self.runs[run.task_id]
+            if run.limited and self.drainer is not None:
+                self.drainer.kick(run.keys)
             self.slots.release()
 
     async def _crashed(self, run: Run, e: Exception) -> None:
@@ -216,7 +227,13 @@ class Runner:
                 except Failure as f:
                     spent = f.error["code"] == StageError.EXEC_TIMEOUT  # the run's time budget is gone
                     delay = retry_delay(retries, max_retries, backoff, spent)
-                    failed = await self.fail(run, stage, f.error, delay, f.outcome, method=cmd["method"])
+                    if f.later is not None:  # RetryLater: the handler's delay, not a retry
+                        delay = f.later.seconds
+                        if f.later.pause_key and self.drainer is not None:
+                            await self._pause_key(f.later.pause_key, f.later.seconds)
+                    failed = await self.fail(
+                        run, stage, f.error, delay, f.outcome, method=cmd["method"], later=f.later is not None
+                    )
                     if span is not None:
                         span.end(f.outcome, failed.code, f.error)
                     if failed.code == "STALE":
@@ -298,14 +315,27 @@ class Runner:
         *,
         method: str = "",
         batched: bool = True,
+        later: bool = False,
     ) -> Fail:
         """fail.lua: the attempt of `stage` failed with `error`; a retry is due after `delay` s,
         or the run fails (None).  `method` feeds the duration histogram.  The run loop's fails
         go through the batcher (`batched`), a crashed run's as a call of its own."""
-        c = calls.fail(run.keys, run.task_id, run.job_id, run.lease, stage, error, delay, outcome, method)
+        c = calls.fail(
+            run.keys, run.task_id, run.job_id, run.lease, stage, error, delay, outcome, method, later
+        )
         if batched:
             return await self.batcher.run(c)  # the Batcher waits Redis faults out itself
         return await self._persist(lambda: self.scripts.run(c))
+
+    async def _pause_key(self, key: str, seconds: float) -> None:
+        """RetryLater's pause_key: the key paused for `seconds` (Redis's clock); a failure is
+        logged, the retry itself still goes ahead."""
+        assert self.drainer is not None
+        limits = self.drainer.limits
+        try:
+            await self._persist(lambda: limits.pause(key, None, seconds))
+        except Exception as e:  # noqa: BLE001 - the retry is what matters
+            self.log.warning("pause_key_failed", key=key, error=str(e)[:300])
 
     async def handback(self, run: Run, until: float | None = None) -> Code:
         """handback.lua: gives the run back, QUEUED again at its current stage (STALE: it was no

@@ -48,6 +48,7 @@ from stagewise.faults import BACKOFF_CAP, REDIS_FAULTS, Backoff, Warnings
 from stagewise.keys import GROUP, Keys, parse_stream_name
 from stagewise.storage import calls
 from stagewise.storage.connection import connect, is_cluster
+from stagewise.storage.limits import Drainer, Limits
 from stagewise.storage.runner import Scripts
 from stagewise.storage.streams import redeliver_pending
 
@@ -135,6 +136,7 @@ class Executor:
         self.split = self.cluster and len(self.parts) > 1
         self.scripts = Scripts(self.r)
         self.batcher = Batcher(self.scripts, self.log)
+        self.limits = Limits(self.scripts, self.r, self.settings.namespace, self.settings.partitions)
         self.runner = Runner(
             r=self.r,
             scripts=self.scripts,
@@ -145,6 +147,7 @@ class Executor:
             runs=self.runs,
             slots=self.slots,
             log=self.log,
+            drainer=Drainer(self.limits, self.log),
         )
         self.fetcher = Fetcher(
             r=self.r,
@@ -159,6 +162,7 @@ class Executor:
             refused=self.refused,
             rejoin=self.rejoin,
             log=self.log,
+            limits=self.limits,
             sweep_every=self.settings.dead_seconds,
         )
         for k in self.parts:  # every group first, then the registrations: once listed as an

@@ -43,6 +43,11 @@ RESULTS: dict[str, Any] = {
     "notifications.ack": T.AckResult,
     "system.info": T.SystemInfo,
     "apps.list": list[T.AppInfo],
+    "apps.pause": T.AppPause,
+    "apps.resume": T.AppPause,
+    "limits.get": T.LimitInfo,
+    "limits.pause": T.LimitPause,
+    "limits.resume": T.LimitPause,
     "stats.history": dict[str, Any],
     "rpc.discover": dict[str, Any],
 }
@@ -73,6 +78,11 @@ SUMMARIES: dict[str, str] = {
     "notifications.ack": "Acknowledge (remove) notifications.",
     "system.info": "Versions, namespace and partitions.",
     "apps.list": "Each app's queued, running and waiting tasks, failures in the last hour, live executors and lag.",
+    "apps.pause": "Stop claims of an app's tasks until apps.resume or `until` (UNIX s); executors stay connected.",
+    "apps.resume": "Claims of an app's tasks go on.",
+    "limits.get": "A limit key's RUNNING and held-back tasks and its pause.",
+    "limits.pause": "No task of a limit key is claimed until `until` (UNIX s) or limits.resume.",
+    "limits.resume": "Tasks of a limit key are claimed again.",
     "rpc.discover": "This document.",
     "stats.history": "The last hour, per minute: tasks created, finished and failed, queue depth and lag per app, "
     "stage duration p50 and p95 per method (beyond SPEC: the dashboard's home page).",

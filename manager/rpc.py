@@ -27,6 +27,8 @@ from stagewise.models import AppName, Tag, TaskId, convert, parse_task
 from stagewise.status import HTTP_CODE, Status
 
 MAX_BATCH = 100
+# apps.pause without `until`: paused until apps.resume, stored as this far time (and shown so)
+PAUSE_FOREVER = 253402300799.0  # 9999-12-31T23:59:59Z
 # Deeper JSON is refused as a parse error: the decoders recurse, and how deep they get depends on
 # the stack they start from, so a request just under msgspec's limit could fail later (storing the
 # task, encoding a reply) with an internal error instead.
@@ -125,6 +127,29 @@ class NoParams(Struct, forbid_unknown_fields=True):
     pass
 
 
+# flow control (SPEC §2a)
+Until = Annotated[float, Meta(ge=0, le=253402300799.0)]
+LimitKey = Annotated[str, Meta(pattern=r"^[^|\s\x00-\x1f]{1,200}$")]
+
+
+class AppPauseParams(Struct, forbid_unknown_fields=True):
+    app: AppName
+    until: Until | None = None
+
+
+class AppParams(Struct, forbid_unknown_fields=True):
+    app: AppName
+
+
+class LimitKeyParams(Struct, forbid_unknown_fields=True):
+    key: LimitKey
+
+
+class LimitPauseParams(Struct, forbid_unknown_fields=True):
+    key: LimitKey
+    until: Until
+
+
 MAX_SINCE = 253402300799.0  # 9999-12-31T23:59:59Z
 
 
@@ -182,6 +207,11 @@ class Api:
             "notifications.ack": (AckParams, self.ack),
             "system.info": (NoParams, self.info),
             "apps.list": (NoParams, self.apps),
+            "apps.pause": (AppPauseParams, self.pause_app),
+            "apps.resume": (AppParams, self.resume_app),
+            "limits.get": (LimitKeyParams, self.limit_get),
+            "limits.pause": (LimitPauseParams, self.limit_pause),
+            "limits.resume": (LimitKeyParams, self.limit_resume),
             "stats.history": (NoParams, self.stats),
             "rpc.discover": (NoParams, self.discover),
         }
@@ -281,6 +311,22 @@ class Api:
 
     async def apps(self, p: NoParams) -> Any:
         return await self.store.apps(await self.store.server_time())  # the indexes' clock
+
+    # flow control (SPEC §2a)
+    async def pause_app(self, p: AppPauseParams) -> Any:
+        return await self.store.pause_app(p.app, p.until if p.until is not None else PAUSE_FOREVER)
+
+    async def resume_app(self, p: AppParams) -> Any:
+        return await self.store.pause_app(p.app, None)
+
+    async def limit_get(self, p: LimitKeyParams) -> Any:
+        return await self.store.limits.get(p.key, await self.store.server_time())
+
+    async def limit_pause(self, p: LimitPauseParams) -> Any:
+        return {"key": p.key, "paused_until": await self.store.limits.pause(p.key, p.until)}
+
+    async def limit_resume(self, p: LimitKeyParams) -> Any:
+        return {"key": p.key, "paused_until": await self.store.limits.pause(p.key, None)}
 
     async def stats(self, p: NoParams) -> Any:
         from stagewise.manager.stats import history

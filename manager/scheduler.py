@@ -19,6 +19,10 @@ a clean of tens of thousands of tasks runs while due work keeps flowing every ti
                                               stuck: RUNNING tasks no live executor runs ->
                                               orphan.lua, QUEUED tasks whose stream entry is gone
                                               -> requeue_lost.lua; see Scheduler.reconcile
+  limits      tick                            flow control (stagewise/storage/limits.py): outbox
+                                              entries an executor left (permits of ended runs),
+                                              limit keys due (rate window, pause end, lapsed
+                                              reservation), permits due for a check against their run
   trim        TRIM_EVERY                      app streams lose the entries every consumer is done
                                               with, so Redis memory stays bounded under a steady load
   trim_notes  TRIM_EVERY                      notifications older than notify_retention
@@ -59,6 +63,9 @@ TRIM_EVERY = 2.0  # s
 CLEAN_EVERY = 60.0  # s
 RECONCILE_BATCH = 200  # QUEUED tasks whose hint the reconcile role looks at, per partition and pass
 RUNNING_PAGE = 1000  # RUNNING tasks the reconcile role reads per round trip
+# Outbox entries younger than this are left to the executor that wrote them (it drains at once);
+# the manager's own transitions (cancel, unlock, expire, reap) wait this long at most.
+OUTBOX_GRACE = 0.05  # s
 
 
 def _older(a: str, b: str) -> str:
@@ -141,6 +148,7 @@ class Scheduler:
             Role("ended", settings.tick, self._each(self.ended)),
             Role("reap", max(settings.ping_interval / 2, settings.tick), self._each(self.reap)),
             Role("reconcile", settings.ping_interval, self._each(self.reconcile)),
+            Role("limits", settings.tick, self._each(self.limits)),
             Role("trim", TRIM_EVERY, self._each(lambda k, _now: self.trim(k))),
             Role("trim_notes", TRIM_EVERY, self._each(self.trim_notes)),
         ]
@@ -236,7 +244,9 @@ class Scheduler:
         members = await self.r.zrangebyscore(k.deadlines(), "-inf", now, start=0, num=self.settings.batch)
         if not members:
             return 0
-        for m, res in zip(members, await self.scripts.run_many([calls.expire(k, m) for m in members]), strict=True):
+        for m, res in zip(
+            members, await self.scripts.run_many([calls.expire(k, m) for m in members]), strict=True
+        ):
             if res.code == "FAILED":
                 self._count("exec_timeouts")
                 self.log.info("exec_timeout", member=m)
@@ -406,6 +416,20 @@ class Scheduler:
             tid, score = page[-1]
             await self.r.hset(ck, mapping={"score": repr(score), "member": tid})
         return requeued
+
+    async def limits(self, k: Keys, now: float) -> None:
+        """Flow control's due work in partition `k`: outbox entries older than OUTBOX_GRACE
+        (the executor that wrote one drains it at once; older ones were left by a process that
+        died, or by the manager's own transitions: cancel, unlock, expire, reap, orphan), keys
+        due, permits due.  Each reads a sorted set up to now: nothing grows with the tasks
+        held or stored."""
+        lim = self.store.limits
+        if await lim.drain(k, OUTBOX_GRACE, now):
+            self._count("limit_outbox_drained")
+        await lim.pump_due(k, now)
+        if n := await lim.check_permits(k, now):
+            self._count("limit_permits_reclaimed", n)
+            self.log.info("limit_permits_reclaimed", partition=k.partition, permits=n)
 
     async def trim(self, k: Keys) -> int:
         """Drops stream entries below the oldest one still needed: the oldest pending entry

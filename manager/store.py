@@ -24,9 +24,11 @@ from stagewise.status import Status
 from stagewise.storage import calls
 from stagewise.storage.calls import results_of
 from stagewise.storage.durability import Durability
+from stagewise.storage.limits import Limits
 from stagewise.storage.runner import Scripts
 
 CLEAN_BATCH = 10_000  # tasks a clean reads per status index and partition
+BACKLOG_RETRY_AFTER = 1.0  # s a client refused by backpressure is told to wait
 
 _TIMES = ("created", "updated", "queued_at", "next_run", "wait_deadline", "exec_deadline")
 
@@ -51,6 +53,8 @@ class Store:
         # roles, which share these Scripts, do not (stagewise.storage.durability)
         self.scripts = Scripts(client, Durability.of(settings))
         self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
+        # flow control (SPEC §2a)
+        self.limits = Limits(self.scripts, client, settings.namespace, settings.partitions)
 
     async def server_time(self) -> float:
         """Redis's clock (TIME), the one the scripts stamp tasks and indexes with."""
@@ -65,10 +69,52 @@ class Store:
         self, task: Task, on_conflict: str = "error", now: float | None = None, trace: str | None = None
     ) -> dict[str, str]:
         """Stores a validated task; returns its hash (the existing one when on_conflict is
-        "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION.  `trace`: the
-        caller's trace context (stagewise.tracing.caller) the first run's spans join."""
+        "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION, LIMIT_EXCEEDED
+        (backpressure).  `trace`: the caller's trace context (stagewise.tracing.caller) the first
+        run's spans join."""
+        await self.check_backlog({task.doc.app})
         k = self.keys(task.id)
         return await self.scripts.run(calls.create(k, task, on_conflict, now, trace), durable=[k])
+
+    # ------------------------------------------------------------------ flow control (SPEC §2a)
+    async def check_backlog(self, apps: set[str]) -> None:
+        """Backpressure (STAGEWISE_MAX_BACKLOG): a create for an app that has that many QUEUED
+        tasks already (all partitions) is refused with LIMIT_EXCEEDED before anything is
+        written.  The count is read, not reserved: creates racing at the threshold may pass it
+        by as many as race."""
+        cap = self.settings.max_backlog
+        if cap <= 0:
+            return
+        names = sorted(apps)
+        pipe = self.r.pipeline(transaction=False)
+        for a in names:
+            for k in self.parts:
+                pipe.zcard(k.idx_app_status(a, Status.QUEUED))
+        counts = await pipe.execute()
+        n = len(self.parts)
+        for i, a in enumerate(names):
+            queued = sum(counts[i * n : (i + 1) * n])
+            if queued >= cap:
+                raise errors.RpcError(
+                    errors.LIMIT_EXCEEDED,
+                    f"app {a!r} has {queued} QUEUED tasks (STAGEWISE_MAX_BACKLOG={cap})",
+                    {
+                        "field": "app",
+                        "reason": f"backlog of {queued} >= {cap}",
+                        "retry_after": BACKLOG_RETRY_AFTER,
+                    },
+                )
+
+    async def pause_app(self, app: str, until: float | None) -> dict[str, Any]:
+        """apps.pause (until; None: until apps.resume, kept as PAUSE_FOREVER) / apps.resume
+        (`resume`): written to every partition, since each claim reads its own partition."""
+        got = [await self.scripts.run(calls.app_pause(k, app, until)) for k in self.parts]
+        return {"app": app, "paused_until": got[0] if got else None}
+
+    async def paused_apps(self, now: float) -> dict[str, float]:
+        """app -> until when it is paused (partition 0 holds what every partition holds)."""
+        raw = await self.r.hgetall(self.parts[0].paused_apps())
+        return {a: float(u) for a, u in raw.items() if float(u) > now}
 
     async def check_writable(self, durable: bool = False) -> None:
         """Raises what Redis raised unless it takes a write in every partition: one tiny write
@@ -224,6 +270,7 @@ class Store:
         slots) the ids are checked first for every partition; only a create of one of the
         ids racing in between that check and the writes can leave the other partitions'
         tasks stored, and is answered TASK_EXISTS.  One round trip for the whole batch."""
+        await self.check_backlog({t.doc.app for t in tasks})
         pipe = self.r.pipeline(transaction=False)
         for t in tasks:
             pipe.exists(self.keys(t.id).task(t.id))
@@ -324,6 +371,9 @@ class Store:
         names = sorted(apps)
         rows: dict[str, dict[str, Any]] = {a: {"app": a, "queued": 0, "running": 0, "waiting": 0, "failed_last_hour": 0,
                     "paused_until": None, "executors": 0, "lag": None} for a in names}  # fmt: skip
+        for a, until in (await self.paused_apps(now)).items():
+            if a in rows:
+                rows[a]["paused_until"] = until
         oldest: dict[str, float] = {}
         live: dict[str, set[str]] = {a: set() for a in names}
         for k in self.parts:
@@ -405,6 +455,8 @@ def view(h: dict[str, str], include_results: bool = True) -> dict[str, Any]:
         cleaned=_b(h.get("cleaned")),
         locked=status == Status.RUNNING and bool(h.get("lease")),
     )
+    # flow control (SPEC §2a): the limit key holding a QUEUED task back
+    out["blocked_by"] = (h.get("blocked_by") or None) if status == Status.QUEUED else None
     for name in _TIMES:
         out[name] = _num(h.get(name))
     if include_results:

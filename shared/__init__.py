@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stagewise.client import AsyncClient, Client, StagewiseError
-    from stagewise.executor.app import App, Ctx
+    from stagewise.executor.app import App, Ctx, RetryLater
 
     __version__: str
 
@@ -20,12 +20,20 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "App": "stagewise.executor.app",
     "Ctx": "stagewise.executor.app",
+    "RetryLater": "stagewise.executor.app",
     "AsyncClient": "stagewise.client",
     "Client": "stagewise.client",
     "StagewiseError": "stagewise.client",
 }
 
-__all__ = ["App", "AsyncClient", "Client", "Ctx", "StagewiseError"]  # = _EXPORTS, checked by a test
+__all__ = [
+    "App",
+    "AsyncClient",
+    "Client",
+    "Ctx",
+    "RetryLater",
+    "StagewiseError",
+]  # = _EXPORTS, checked by a test
 
 
 def _version() -> str:

@@ -59,6 +59,8 @@ class Settings:
     clean_after: float = 0.0  # s; the manager cleans terminal tasks older than this (0 = never)
     notify_retention: float = 7 * 86400.0  # s notifications are kept
     stats_every: float = 60.0  # s between the dashboard's samples of counters and queues (0 = off)
+    # SPEC §2a backpressure: creates for an app with this many QUEUED tasks are refused (0 = never)
+    max_backlog: int = 0
     _sources: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @property
@@ -77,8 +79,8 @@ class Settings:
 _NAMES = {f.name for f in fields(Settings) if not f.name.startswith("_")}
 
 
-# 0 switches clean_after off; min_replicas 0 is `fsync` on the local disk only
-_ZERO_OK = {"clean_after", "min_replicas"}
+# 0 switches clean_after and max_backlog off; min_replicas 0 is `fsync` on the local disk only
+_ZERO_OK = {"clean_after", "max_backlog", "min_replicas"}
 
 
 def _coerce(name: str, raw: Any) -> Any:

@@ -80,6 +80,9 @@ class StageError:
     MESSAGE_TIMEOUT = "MESSAGE_TIMEOUT"
     EXECUTOR_LOST = "EXECUTOR_LOST"
     CANCELED = "CANCELED"
+    # flow control: the handler raised RetryLater (an attempt's record, outcome retry_later;
+    # never a task's error)
+    RETRY_LATER = "RETRY_LATER"
 
 
 def stage_error(

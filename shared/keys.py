@@ -22,6 +22,15 @@ DURATION_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 )  # fmt: skip
 
+# Flow control (stagewise/storage/limits.py).  A held task woken for a free slot keeps the slot
+# reserved until its claim comes; after this long without it, it is asked again (the process
+# that woke it may have died before putting it back on its stream).
+LIMIT_WOKEN_GRACE = 5.0  # s
+# A permit is checked against its run this long after it was granted, and again as long as
+# the run goes on: a permit whose claim never came (its executor died in between), or whose
+# run is over without its outbox entry drained, gives its slot back.
+LIMIT_PERMIT_CHECK = 5.0  # s
+
 
 # The health key (Keys.health) expires this long after its write.
 HEALTH_TTL_MS = 10_000
@@ -32,6 +41,12 @@ def partition_of(task_id: str, partitions: int) -> int:
     if partitions <= 1:
         return 0
     return zlib.crc32(task_id.encode()) % partitions
+
+
+def limit_partition(key: str, partitions: int) -> int:
+    """The partition that keeps the state of a limit key (flow control, SPEC §2a): one for the
+    whole namespace, whichever partitions its tasks live in."""
+    return partition_of("limit:" + key, partitions)
 
 
 def member(app: str, task_id: str) -> str:
@@ -191,3 +206,54 @@ class Keys:
         """Short-lived lock so that one manager at a time runs a periodic job that is not
         itself idempotent (stream trimming)."""
         return f"{self.prefix}:lock:{name}"
+
+    # --- flow control (SPEC §2a).  A limit key's state lives in one partition, the key's
+    # own (limit_partition); its tasks live in theirs.  See stagewise/storage/limits.py.
+    def limit(self, key: str) -> str:
+        """Hash of a limit key: c (concurrency), r (rate), per (the numbers of the last task
+        that asked), paused (UNIX s until which nothing of the key is claimed, '' none)."""
+        return f"{self.prefix}:l:{key}"
+
+    def limit_permits(self, key: str) -> str:
+        """ZSET permit -> time granted: the runs that hold a slot of the key, one member
+        '<partition>|<app>/<task id>|<lease>' per run."""
+        return f"{self.prefix}:lp:{key}"
+
+    def limit_held(self, key: str) -> str:
+        """ZSET ref -> order: the tasks held back by the key, ref '<partition>|<app>/<task
+        id>|<job id>', order = priority then FIFO (lower first)."""
+        return f"{self.prefix}:lh:{key}"
+
+    def limit_woken(self, key: str) -> str:
+        """ZSET ref -> time woken: held tasks put back on their stream whose claim has not
+        come yet; each keeps a slot reserved until it comes (or the reservation lapses)."""
+        return f"{self.prefix}:lw:{key}"
+
+    def limit_rate(self, key: str) -> str:
+        """ZSET lease -> time: the claims of the key within its rate window."""
+        return f"{self.prefix}:lr:{key}"
+
+    def limit_due(self) -> str:
+        """ZSET key -> time: limit keys of this partition that the manager must look at then
+        (a rate window opens, a pause ends, a reservation lapses)."""
+        return f"{self.prefix}:ld"
+
+    def limit_grants(self) -> str:
+        """ZSET JSON {k, p} -> time: permits of this partition's keys, each due to be checked
+        against its run at that time (a run that never started or is over gives its slot back)."""
+        return f"{self.prefix}:lg"
+
+    def limit_outbox(self) -> str:
+        """ZSET JSON {m, l, k} -> time: runs of this partition's tasks that left RUNNING and
+        whose permits (in their keys' partitions) are still to be given back."""
+        return f"{self.prefix}:lo"
+
+    def revoked(self) -> str:
+        """ZSET lease -> time: leases whose permit the manager took back before their claim
+        came; claim.lua refuses them, so a late claim can never run beyond a limit."""
+        return f"{self.prefix}:rv"
+
+    def paused_apps(self) -> str:
+        """Hash app -> UNIX s until which its tasks are not claimed (apps.pause), kept in
+        every partition so that each claim reads it in its own slot."""
+        return f"{self.prefix}:pa"

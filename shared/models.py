@@ -42,6 +42,8 @@ MANAGED = frozenset(
         "cleaned",
         "locked",
         "lease",
+        # flow control (SPEC §2a)
+        "blocked_by",
     }
 )
 
@@ -69,6 +71,21 @@ class MessageCommand(Struct, frozen=True, forbid_unknown_fields=True):
 Command = CallCommand | TimerCommand | MessageCommand
 
 
+# --- flow control (SPEC §2a) ---------------------------------------------------------------
+MAX_LIMITS = 4
+# A limit key after its templates are filled: it becomes part of Redis key names and of the
+# members the limit scripts keep, so it must be printable and short; '|' separates the fields
+# of those members, and control characters would make logs and the CLI unreadable.
+LIMIT_KEY = re.compile(r"^[^|\s\x00-\x1f]{1,200}$")
+
+
+class Limit(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    key: Annotated[str, Meta(min_length=1, max_length=1000)]
+    concurrency: Annotated[int, Meta(ge=1, le=100000)] | None = None
+    rate: Annotated[int, Meta(ge=1, le=100000)] | None = None
+    per: Annotated[float, Meta(gt=0, le=86400)] = 1.0
+
+
 class TaskDoc(Struct, frozen=True, forbid_unknown_fields=True):
     app: AppName
     commands: Annotated[list[dict[str, Any]], Meta(min_length=1, max_length=100)]
@@ -90,6 +107,8 @@ class TaskDoc(Struct, frozen=True, forbid_unknown_fields=True):
     notify: bool = False
     system: bool = False
     enabled: bool = True
+    # flow control (SPEC §2a)
+    limits: Annotated[list[Limit], Meta(max_length=MAX_LIMITS)] = []
 
 
 T = TypeVar("T")
@@ -152,6 +171,8 @@ class Task(Struct, frozen=True):
     doc: TaskDoc
     id: str
     commands: list[Command]
+    # flow control: the limits with their keys filled ([key, concurrency or 0, rate or 0, per])
+    limits: list[list[Any]] = []
 
     def plan(self) -> list[Any]:
         out: list[Any] = []
@@ -185,5 +206,40 @@ def parse_task(obj: Any, where: str = "task") -> Task:
             next_cron(doc.cron, doc.tz, time.time())
         except Exception:  # noqa: BLE001 - croniter gives up on dates that never come
             raise invalid_params(f"{where}.cron", "the expression never fires") from None
-    return Task(doc=doc, id=doc.id or uuid.uuid4().hex, commands=commands)
+    task_id = doc.id or uuid.uuid4().hex
+    return Task(doc=doc, id=task_id, commands=commands, limits=fill_limits(doc, task_id, where))
 
+
+def _fill_key(key: str, doc: TaskDoc, task_id: str, where: str) -> str:
+    """A limit (or debounce) key with its templates filled from kws and task, once, at create."""
+    env = {
+        "kws": doc.kws,
+        "results": [],
+        "task": {"id": task_id, "job_id": None, "attempt": 0, "group": doc.group},
+    }
+    try:
+        templates.validate_template(key, where)
+        value = templates.fill(key, env)
+    except templates.InvalidTemplate as e:
+        raise invalid_params(e.where, e.reason) from None
+    except templates.TemplateError as e:
+        raise invalid_params(where, f"template: {e}") from None
+    text = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+    if not LIMIT_KEY.match(text):
+        raise invalid_params(where, "a key is 1..200 printable characters without '|' or spaces")
+    return text
+
+
+def fill_limits(doc: TaskDoc, task_id: str, where: str) -> list[list[Any]]:
+    out: list[list[Any]] = []
+    seen: set[str] = set()
+    for i, lim in enumerate(doc.limits):
+        at = f"{where}.limits[{i}]"
+        if lim.concurrency is None and lim.rate is None:
+            raise invalid_params(at, "a limit needs concurrency, rate or both")
+        key = _fill_key(lim.key, doc, task_id, f"{at}.key")
+        if key in seen:
+            raise invalid_params(f"{at}.key", f"key {key!r} is given twice")
+        seen.add(key)
+        out.append([key, lim.concurrency or 0, lim.rate or 0, lim.per])
+    return out

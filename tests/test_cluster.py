@@ -366,3 +366,43 @@ def _sample(body: str, name: str, **labels: str) -> float:
             if s.name == name and s.labels == labels:
                 return s.value
     return 0.0
+
+
+async def test_a_limit_holds_across_partitions_on_the_cluster(
+    stack: Stack, cluster: RedisClusterServers, namespace: str
+) -> None:
+    """Tasks of one limit key spread over every partition (hence every master), two executors:
+    the handlers never overlap beyond the key's concurrency, whose state lives in one slot."""
+    from tests.limits_app import max_key
+
+    m, d = stack.m, stack.d
+    env: dict[str, Any] = {"STAGEWISE_PARTITIONS": PARTITIONS, "STAGEWISE_GRACE": 1}
+    for _ in range(2):
+        await d.executor("tests.limits_app:app", concurrency=6, **env)
+    ids = [f"cl-lim-{i}" for i in range(36)]
+    assert len({partition_of(i, PARTITIONS) for i in ids}) == PARTITIONS
+    for tid in ids:
+        task = {
+            "id": tid,
+            "app": "lim",
+            "commands": [{"method": "lim.work", "params": {"key": "cl", "ms": 60}}],
+            "limits": [{"key": "cluster-key", "concurrency": 3}],
+        }
+        await m.rpc("tasks.create", {"task": task})
+    for tid in ids:
+        v = await task_until(m, tid, lambda v: v["status"] in TERMINAL, 60)
+        assert v["status"] == "FINISHED", v
+    c = redis.RedisCluster(host="127.0.0.1", port=cluster.ports[0], decode_responses=True)
+    try:
+        assert int(c.get(max_key(namespace, "cl"))) == 3
+    finally:
+        c.close()
+    info = await wait_for(
+        lambda: _limit_idle(m, "cluster-key"), timeout=10, what="the key's slots given back"
+    )
+    assert info["running"] == 0 and info["held"] == 0
+
+
+async def _limit_idle(m: Any, key: str) -> dict[str, Any] | None:
+    v = await m.rpc("limits.get", {"key": key})
+    return v if v["running"] == 0 and v["held"] == 0 else None

@@ -125,6 +125,16 @@ def _sample_calls() -> list[calls.Call[Any]]:
         calls.commit(k, "t", "j", "l", 0, "null", "ok", "m"),
         calls.fail(k, "t", "j", "l", 0, {"code": "X"}, None, "error", "m"),
         calls.handback(k, "t", "j", "l"),
+        # flow control
+        calls.limit_acquire(k, "key", "0|a/t|j", "0|a/t|l", ["key", 2, 0, 1.0], "1", 5.0),
+        calls.limit_release(k, "key", ["0|a/t|l"], ["0|a/t|j"]),
+        calls.limit_recheck(k, "key|0|a/t|l", 5.0),
+        calls.limit_pause(k, "key", 1.0),
+        calls.hold(k, k.stream("a"), "1-0", "t", "j", "key"),
+        calls.unblock(k, "t", "j"),
+        calls.permit_check(k, "t", "l"),
+        calls.outbox_done(k, "a/t|l|key"),
+        calls.app_pause(k, "a", None),
     ]
 
 

@@ -69,6 +69,9 @@ class TaskView(TypedDict, total=False):
     error: dict[str, Any] | None  # {code, message, stage, type?}
     cleaned: bool
     locked: bool
+    # flow control (SPEC §2a)
+    limits: list[dict[str, Any]]
+    blocked_by: str | None  # the limit key holding a QUEUED task back
 
 
 class TaskStatus(TypedDict):
@@ -154,6 +157,29 @@ class AppInfo(TypedDict):
     paused_until: float | None
     executors: int  # live: pinged within dead_after
     lag: float | None  # seconds since the oldest QUEUED task was queued
+
+
+class AppPause(TypedDict):
+    """apps.pause / apps.resume"""
+
+    app: str
+    paused_until: float | None
+
+
+class LimitInfo(TypedDict):
+    """limits.get: a limit key's tasks RUNNING under it and held back by it, and its pause."""
+
+    key: str
+    running: int
+    held: int
+    paused_until: float | None
+
+
+class LimitPause(TypedDict):
+    """limits.pause / limits.resume"""
+
+    key: str
+    paused_until: float | None
 
 
 class SystemInfo(TypedDict):

@@ -211,6 +211,11 @@ def _fields(task: Task, trace: str | None = None) -> list[str]:
         "entry": "",
         "wait_deadline": "",
         "exec_deadline": "",
+        # flow control (SPEC §2a): the limits with their keys filled, the key holding the task
+        # back, and whether a key woke it before it was parked (hold.lua, unblock.lua)
+        "limits": _J(task.limits) if task.limits else "",
+        "blocked_by": "",
+        "woke": "",
     }
     if trace:  # only when the caller sent one: without, the hash has no such field
         fields["trace"] = tracing.stored(job_id, trace)
@@ -494,13 +499,15 @@ def claim(
     job_id: str,
     executor_id: str,
     lease: str,
+    permits: bool = False,
     traced: bool = False,
 ) -> Call[Claim]:
-    """`traced`: the reply carries the task's `trace` field too (when it has one)."""
+    """`permits`: the executor holds a permit under `lease` for each of the task's limit keys.
+    `traced`: the reply carries the task's `trace` field too (when it has one)."""
     return Call(
         "claim",
         [k.task(task_id), stream, k.executors(), k.running(executor_id), k.deadlines()],
-        [k.prefix, task_id, entry_id, job_id, executor_id, lease, int(traced)],
+        [k.prefix, task_id, entry_id, job_id, executor_id, lease, "1" if permits else "", int(traced)],
         _claim,
     )
 
@@ -536,8 +543,10 @@ def fail(
     retry_delay: float | None,
     outcome: str = "error",
     method: str = "",
+    later: bool = False,
 ) -> Call[Fail]:
-    """A failed attempt: retried after `retry_delay` s, or the run fails (None)."""
+    """A failed attempt: retried after `retry_delay` s, or the run fails (None); `later`: the
+    handler asked for it (RetryLater), not counted as a retry."""
     return Call(
         "fail",
         [k.task(task_id), k.attempts(task_id), k.due()],
@@ -551,6 +560,7 @@ def fail(
             "" if retry_delay is None else retry_delay,
             outcome,
             method,
+            "1" if later else "",
         ],
         _fail,
     )
@@ -568,3 +578,91 @@ def results_of(h: dict[str, str]) -> list[Any]:
     """Results of the committed stages, in stage order (results[i] is stage i's)."""
     n = min(int(h.get("stage") or 0), int(h.get("stages") or 0))
     return [json.loads(h[f"r.{i}"]) if f"r.{i}" in h else None for i in range(n)]
+
+
+# --------------------------------------------------------------------------- flow control
+# (SPEC §2a; the design and the order of these calls: stagewise/storage/limits.py)
+
+
+class Acquired(NamedTuple):
+    """limit_acquire.lua: OK (permit granted) or HELD (the task joined the key's held set), and
+    the refs of held tasks the key woke, to put back on their streams (unblock.lua)."""
+
+    code: str
+    woken: list[str]
+
+
+def _acquired(res: Any) -> Acquired:
+    return Acquired(res[0], list(res[1:]))
+
+
+def limit_acquire(
+    kk: Keys, key: str, ref: str, permit: str, limit: Sequence[Any], order: str, check_after: float
+) -> Call[Acquired]:
+    """A permit of the limit `key` (`kk`: its partition) for the run `ref`, under `permit`;
+    `limit` is the task's [key, concurrency, rate, per]."""
+    _, conc, rate, per = limit
+    args = [kk.prefix, key, ref, permit, int(conc), int(rate), repr(float(per)), order, check_after]
+    return Call("limit_acquire", [kk.limit(key)], args, _acquired)
+
+
+def limit_release(
+    kk: Keys, key: str, permits: Sequence[str] = (), refs: Sequence[str] = ()
+) -> Call[list[str]]:
+    """Gives back `permits` and drops `refs` (woken tasks no longer held) of `key`, then pumps
+    it: the refs of the held tasks it woke."""
+    args = [kk.prefix, key, _J(list(permits)), _J(list(refs))]
+    return Call("limit_release", [kk.limit(key)], args, list)
+
+
+def limit_recheck(kk: Keys, grant: str, after: float) -> Call[Code]:
+    """A permit whose run is still RUNNING: looked at again `after` s later (OK, or GONE)."""
+    return Call("limit_recheck", [kk.limit_grants()], [kk.prefix, grant, after], _code)
+
+
+class Paused(NamedTuple):
+    """limit_pause.lua: until when the key is paused (None: not paused), and the woken refs."""
+
+    paused_until: float | None
+    woken: list[str]
+
+
+def _paused(res: Any) -> Paused:
+    return Paused(float(res[0]) if res[0] else None, list(res[1:]))
+
+
+def limit_pause(kk: Keys, key: str, until: float | None, after: float | None = None) -> Call[Paused]:
+    """Pauses `key` until `until`, or for `after` s from Redis's clock (RetryLater's
+    pause_key); neither: resumes it."""
+    args = [kk.prefix, key, "" if until is None else repr(until), "" if after is None else repr(after)]
+    return Call("limit_pause", [kk.limit(key)], args, _paused)
+
+
+def hold(k: Keys, stream: str, entry_id: str, task_id: str, job_id: str, key: str) -> Call[Code]:
+    """The task of an entry is held back by `key`: HELD, REQUEUED (woken meanwhile) or STALE."""
+    return Call("hold", [k.task(task_id), stream], [k.prefix, task_id, entry_id, job_id, key], _code)
+
+
+def unblock(k: Keys, task_id: str, job_id: str) -> Call[Code]:
+    """A held task woken by its key: REQUEUED (a fresh hint), WOKE (marked) or STALE."""
+    return Call("unblock", [k.task(task_id)], [k.prefix, task_id, job_id], _code)
+
+
+def permit_check(k: Keys, task_id: str, lease: str) -> Call[Code]:
+    """Is the run of a permit (`lease`) still RUNNING: LIVE, or GONE (and the lease revoked)."""
+    return Call("permit_check", [k.task(task_id), k.revoked()], [k.prefix, lease], _code)
+
+
+def outbox_done(k: Keys, entry: str) -> Call[Code]:
+    """The permits of an outbox entry were given back: OK, or GONE."""
+    return Call("outbox_done", [k.limit_outbox()], [k.prefix, entry], _code)
+
+
+def app_pause(k: Keys, app: str, until: float | None) -> Call[float | None]:
+    """apps.pause (until) / apps.resume (None) in partition `k`: until when the app is paused."""
+    return Call(
+        "app_pause",
+        [k.paused_apps()],
+        [k.prefix, app, "" if until is None else repr(until)],
+        lambda res: float(res[0]) if res[0] else None,
+    )

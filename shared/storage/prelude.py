@@ -10,6 +10,7 @@ themselves; they use what is defined here, which is made from the one definition
               raises (a typo is an error, not a nil that compares unequal to everything)
   TERMINAL    stagewise.status.TERMINAL as a set: TERMINAL[status] is true or nil
   BUCKETS     stagewise.keys.DURATION_BUCKETS, as the strings the metrics hash fields carry
+  LIMIT_WOKEN_GRACE  stagewise.keys.LIMIT_WOKEN_GRACE (flow control)
   k_<name>    one function per key of stagewise.keys.Keys, built by calling that method with
               placeholder arguments and turning the string it returns into a concatenation
               (so a changed key layout changes the scripts with it)
@@ -21,7 +22,7 @@ import re
 from collections.abc import Callable
 from functools import cache
 
-from stagewise.keys import DURATION_BUCKETS, GROUP, Keys
+from stagewise.keys import DURATION_BUCKETS, GROUP, LIMIT_WOKEN_GRACE, Keys
 from stagewise.status import TERMINAL, Status
 
 # Lua function name -> (Keys method, names of its Lua parameters)
@@ -47,6 +48,17 @@ KEY_FUNCTIONS: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "k_notes": (Keys.notes, ()),
     "k_task_notes": (Keys.task_notes, ("id",)),
     "k_metrics": (Keys.metrics, ("app",)),
+    # flow control (stagewise/storage/limits.py)
+    "k_limit": (Keys.limit, ("key",)),
+    "k_limit_permits": (Keys.limit_permits, ("key",)),
+    "k_limit_held": (Keys.limit_held, ("key",)),
+    "k_limit_woken": (Keys.limit_woken, ("key",)),
+    "k_limit_rate": (Keys.limit_rate, ("key",)),
+    "k_limit_due": (Keys.limit_due, ()),
+    "k_limit_grants": (Keys.limit_grants, ()),
+    "k_limit_outbox": (Keys.limit_outbox, ()),
+    "k_revoked": (Keys.revoked, ()),
+    "k_paused_apps": (Keys.paused_apps, ()),
 }
 
 _MARK = "\x00"
@@ -96,6 +108,7 @@ def prelude() -> str:
         "{__index = function(_, name) error('unknown status ' .. tostring(name)) end})",
         f"local TERMINAL = {{{terminal}}}",
         f"local BUCKETS = {{{buckets}}}",
+        f"local LIMIT_WOKEN_GRACE = {LIMIT_WOKEN_GRACE!r}",
         *(key_function(name, method, params) for name, (method, params) in KEY_FUNCTIONS.items()),
     ]
     return "\n".join(lines) + "\n"

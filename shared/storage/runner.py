@@ -65,6 +65,16 @@ NAMES = (
     "handback",
     "orphan",
     "requeue_lost",
+    # flow control (stagewise/storage/limits.py)
+    "limit_acquire",
+    "limit_release",
+    "limit_recheck",
+    "limit_pause",
+    "hold",
+    "unblock",
+    "permit_check",
+    "outbox_done",
+    "app_pause",
 )
 
 

@@ -115,6 +115,33 @@ local function set_status(tkey, id, app, old, new, ts, t)
   end
 end
 
+-- ===== flow control, task side (SPEC §2a; the design is in stagewise/storage/limits.py) =====
+-- A dispatch hint {t: task id, j: job id}; a task with limits adds l (its limits, JSON
+-- [[key, concurrency, rate, per], ...]) and o (its order among the tasks a key holds back:
+-- priority, then creation time), so the executor asks for permits without reading the task.
+local function xadd_hint(stream, tkey, id, job)
+  local h = redis.call('HMGET', tkey, 'limits', 'priority', 'created')
+  if h[1] and h[1] ~= '' then
+    local order = (9 - (tonumber(h[2]) or 0)) * 1e10 + (tonumber(h[3]) or 0)
+    return redis.call('XADD', stream, '*', 't', id, 'j', job, 'l', h[1], 'o', fmt(order))
+  end
+  return redis.call('XADD', stream, '*', 't', id, 'j', job)
+end
+
+-- A run of a task with limits left RUNNING (any path: commit to WAITING or FINISHED, fail,
+-- hand-back, unlock, cancel, expire, reap, orphan): its permits live in the keys' partitions,
+-- which this script may not touch, so the run is written to this partition's outbox, in the
+-- same step as the transition; whoever drains the outbox (the executor at once, the manager
+-- for what an executor left) gives the permits back, and only then removes the entry.
+-- Member: '<app>/<id>|<lease>|<key>|<key>...' (neither app, id, lease nor key holds a '|').
+local function limits_outbox(tkey, m, ts)
+  local h = redis.call('HMGET', tkey, 'limits', 'lease')
+  if not h[1] or h[1] == '' or not h[2] or h[2] == '' then return end
+  local parts = {m, h[2]}
+  for _, lim in ipairs(cjson.decode(h[1])) do parts[#parts + 1] = lim[1] end
+  redis.call('ZADD', k_limit_outbox(), ts, table.concat(parts, '|'))
+end
+
 -- Puts a dispatch hint on the app stream of the task's priority.  The task hash stays the
 -- source of truth: a hint whose task is no longer QUEUED with that job id is dropped by the
 -- claim.  The hint's id is kept in the task's `entry` field (redeliver.lua and requeue_lost.lua
@@ -122,7 +149,7 @@ end
 -- whose hint is gone (requeue_lost.lua).
 local function enqueue(tkey, id, app, old, ts)
   local h = redis.call('HMGET', tkey, 'job_id', 'priority')
-  local entry = redis.call('XADD', k_stream(app, h[2]), '*', 't', id, 'j', h[1])
+  local entry = xadd_hint(k_stream(app, h[2]), tkey, id, h[1])
   put('entry', entry, 'queued_at', fmt(ts), 'next_run', '', 'wait_deadline', '')
   set_status(tkey, id, app, old, S.QUEUED, ts)
 end
@@ -133,6 +160,7 @@ end
 local function release(tkey, id, app, ts, t)
   t = t or prefetch(tkey, {'executor_id', 'run_started', 'exec_used'})
   local m = member(app, id)
+  limits_outbox(tkey, m, ts)
   if t.executor_id and t.executor_id ~= '' then
     redis.call('SREM', k_running(t.executor_id), m)
   end
@@ -308,4 +336,71 @@ local function store_new(k, a, ts)
     settle(tkey, id, app, nil, verdict, ts)
   end
   return 'CREATED'
+end
+
+-- ===== flow control, key side (SPEC §2a; stagewise/storage/limits.py) =====
+-- The scripts of a limit key run in the key's own partition and touch only its keys there.
+-- A key's state: its permits (runs holding a slot), its held tasks (in order), its woken
+-- tasks (put back on their streams, each with a slot reserved until its claim comes), the
+-- claims within its rate window, its pause.  LIMIT_WOKEN_GRACE (prelude) bounds how long a
+-- reservation waits for its claim before its task is asked again.
+
+-- Wakes as many held tasks as the key has room for (slots and rate, reservations counted),
+-- in order; returns the refs to put back on their streams (unblock.lua) and the reservations
+-- that lapsed (asked again: unblock is idempotent).  Sets when the manager must look at the
+-- key again (limit_due): a rate window opening, a pause ending, a reservation lapsing; none
+-- when nothing waits.  Reads the whole state of the key each time, so a call more or less
+-- (two drainers of one run, the manager's pass) never wakes a task too many.
+local function limit_pump(key, ts)
+  local pk, hk, wk, rk = k_limit_permits(key), k_limit_held(key), k_limit_woken(key), k_limit_rate(key)
+  local cfg = redis.call('HMGET', k_limit(key), 'c', 'r', 'per', 'paused')
+  local woke = {}
+  for _, ref in ipairs(redis.call('ZRANGEBYSCORE', wk, '-inf', ts - LIMIT_WOKEN_GRACE)) do
+    redis.call('ZADD', wk, ts, ref)
+    woke[#woke + 1] = ref
+  end
+  local look
+  local function at(x) if not look or x < look then look = x end end
+  local nw = redis.call('ZCARD', wk)
+  if nw > 0 then at(tonumber(redis.call('ZRANGE', wk, 0, 0, 'WITHSCORES')[2]) + LIMIT_WOKEN_GRACE) end
+  local nh = redis.call('ZCARD', hk)
+  if nh > 0 then
+    local paused = tonumber(cfg[4] or '')
+    if paused and paused > ts then
+      at(paused)
+    else
+      local room = nh
+      local c, r = tonumber(cfg[1]) or 0, tonumber(cfg[2]) or 0
+      if c > 0 then room = math.min(room, c - redis.call('ZCARD', pk) - nw) end
+      if r > 0 then
+        local per = tonumber(cfg[3]) or 1
+        redis.call('ZREMRANGEBYSCORE', rk, '-inf', ts - per)
+        local used = redis.call('ZCARD', rk)
+        if r - used - nw < room then
+          room = r - used - nw
+          if used > 0 then at(tonumber(redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')[2]) + per) end
+        end
+      end
+      if room > 0 then
+        for _, ref in ipairs(redis.call('ZRANGE', hk, 0, room - 1)) do
+          redis.call('ZREM', hk, ref)
+          redis.call('ZADD', wk, ts, ref)
+          woke[#woke + 1] = ref
+        end
+        at(ts + LIMIT_WOKEN_GRACE)
+      end
+    end
+  end
+  if look then
+    redis.call('ZADD', k_limit_due(), look, key)
+  else
+    redis.call('ZREM', k_limit_due(), key)
+  end
+  return woke
+end
+
+-- Gives back the slot of a permit ('<partition>|<app>/<id>|<lease>'); true if it was held.
+local function limit_unpermit(key, permit)
+  redis.call('ZREM', k_limit_grants(), key .. '|' .. permit)
+  return redis.call('ZREM', k_limit_permits(key), permit) == 1
 end

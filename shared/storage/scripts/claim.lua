@@ -5,8 +5,11 @@
 -- KEYS[4] running set of this executor     KEYS[5] deadlines zset
 -- ARGV[1] prefix  ARGV[2] task id  ARGV[3] stream entry id  ARGV[4] job id of the entry
 -- ARGV[5] executor id  ARGV[6] lease token (fresh per claim; a replay with the same token
---   after a lost reply gets the same answer)  ARGV[7] '1': tracing is on: the reply has the
---   task's `trace` field too, when it has one (stagewise.tracing)
+--   after a lost reply gets the same answer)
+-- ARGV[7] '1' when the executor holds a permit under this lease for each of the task's limit
+--   keys (limit_acquire.lua), '' otherwise
+-- ARGV[8] '1': tracing is on: the reply has the task's `trace` field too, when it has one
+--   (stagewise.tracing)
 -- Returns {'OK', field, value, ...}   what the executor runs the task with: doc, kws, job_id,
 --            stage, stages, retries, attempt, exec_deadline and the results r.<i> of the
 --            stages before the current one (not the whole hash: a smaller reply to build and parse)
@@ -18,13 +21,19 @@
 --            executor gives it back (redeliver.lua), gives up its runs of this partition and
 --            registers again.  The check comes first, so no claim is ever recorded for an
 --            executor whose running set the manager has already swept
+--         flow control (SPEC §2a; nothing written, the entry stays pending on the executor):
+--         {'LIMITED', 'l', limits, 'o', order}  the task has limits and no permits were presented: the
+--            executor asks for them (the entry's hint may predate them) and claims again
+--         {'REVOKED'}  the manager took the permits of this lease back (their claim was late):
+--            the executor asks again under a fresh lease
+--         {'PAUSED', 'until', until}  the app is paused (apps.pause): the entry goes back on its stream
 local tkey, id = KEYS[1], ARGV[2]
 if not redis.call('ZSCORE', KEYS[3], ARGV[5]) then
   return {'DEAD'}
 end
 local t = prefetch(tkey, {'status', 'lease', 'job_id', 'app', 'max_exec', 'exec_used', 'attempt',
   'exec_deadline', 'stage', 'stages', 'retries', 'doc', 'kws', 'plan',
-  'tags', 'group', 'notify', 'error', 'cron', 'next_task'})
+  'tags', 'group', 'notify', 'error', 'cron', 'next_task', 'limits', 'priority', 'created'})
 
 local function reply()
   local out = {'OK', 'doc', t.doc, 'kws', t.kws or '', 'job_id', t.job_id, 'stage', t.stage,
@@ -33,7 +42,7 @@ local function reply()
   local s = tonumber(t.stage) or 0
   local names = {}
   for i = 0, s - 1 do names[#names + 1] = 'r.' .. i end
-  if ARGV[7] == '1' then names[#names + 1] = 'trace' end
+  if ARGV[8] == '1' then names[#names + 1] = 'trace' end
   if #names > 0 then append_fields(out, tkey, names) end
   return out
 end
@@ -41,11 +50,22 @@ end
 if t.status == S.RUNNING and t.lease == ARGV[6] then
   return reply()  -- a replay of a claim whose reply was lost: same answer, nothing written twice
 end
+-- flow control: checked before anything is written (the entry stays pending on us)
+local ts = now()
+if t.status == S.QUEUED and t.job_id == ARGV[4] then
+  local paused = tonumber(redis.call('HGET', k_paused_apps(), t.app) or '')
+  if paused and paused > ts then return {'PAUSED', 'until', fmt(paused)} end
+  if t.limits and t.limits ~= '' then
+    if ARGV[7] ~= '1' then
+      return {'LIMITED', 'l', t.limits, 'o', fmt((9 - (tonumber(t.priority) or 0)) * 1e10 + (tonumber(t.created) or 0))}
+    end
+    if redis.call('ZSCORE', k_revoked(), ARGV[6]) then return {'REVOKED'} end
+  end
+end
 redis.call('XACK', KEYS[2], GROUP, ARGV[3])
 if t.status ~= S.QUEUED or t.job_id ~= ARGV[4] then
   return {'STALE'}
 end
-local ts = now()
 local app = t.app
 local plan = cjson.decode(t.plan)
 local s = tonumber(t.stage) or 0
@@ -58,6 +78,7 @@ t.attempt = tostring((tonumber(t.attempt or '0') or 0) + 1)
 t.exec_deadline = fmt(deadline)
 put('executor_id', ARGV[5], 'lease', ARGV[6], 'run_started', fmt(ts), 'stage_started', fmt(ts),
   'exec_deadline', t.exec_deadline, 'attempt', t.attempt)
+if t.limits and t.limits ~= '' then put('blocked_by', '', 'woke', '') end
 redis.call('SADD', KEYS[4], member(app, id))
 redis.call('ZADD', KEYS[5], deadline, member(app, id))
 set_status(tkey, id, app, S.QUEUED, S.RUNNING, ts, t)

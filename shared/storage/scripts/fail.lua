@@ -9,6 +9,8 @@
 -- ARGV[7] retry delay (s), or '' for no retry: the run fails
 -- ARGV[8] outcome of the attempt ('error' | 'timeout')
 -- ARGV[9] the stage's method, for the duration histogram (optional)
+-- ARGV[10] '1': the handler raised RetryLater (SPEC §2a): re-queued at the same stage after the
+--   delay, whatever the restart policy, not counted as a retry, the task's error unchanged
 -- Returns {'RETRY', next_run} | {'FAILED'} | {'STALE'}
 local tkey, id = KEYS[1], ARGV[2]
 local h = redis.call('HMGET', tkey, 'status', 'job_id', 'lease', 'stage', 'app', 'retries',
@@ -25,6 +27,12 @@ release(tkey, id, app, ts)
 local delay = tonumber(ARGV[7])
 if delay then
   local at = ts + delay
+  if ARGV[10] == '1' then
+    redis.call('HSET', tkey, 'next_run', fmt(at))
+    redis.call('ZADD', KEYS[3], at, member(app, id))
+    set_status(tkey, id, app, S.RUNNING, S.SUSPENDED, ts)
+    return {'RETRY', fmt(at)}
+  end
   if h[7] == 'first' then
     -- "first" restarts the run from stage 0 with no results, so results[i] stays stage i's.
     for i = 0, tonumber(h[8]) - 1 do redis.call('HDEL', tkey, 'r.' .. i) end

@@ -8,7 +8,7 @@
 local h = redis.call('HMGET', KEYS[1], 'status', 'job_id')
 local out = 'DROPPED'
 if h[1] == S.QUEUED and h[2] == ARGV[4] then
-  local entry = redis.call('XADD', KEYS[2], '*', 't', ARGV[2], 'j', ARGV[4])
+  local entry = xadd_hint(KEYS[2], KEYS[1], ARGV[2], ARGV[4])
   redis.call('HSET', KEYS[1], 'entry', entry)
   out = 'REQUEUED'
 end

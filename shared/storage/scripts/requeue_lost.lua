@@ -26,11 +26,15 @@
 --         {'HINTED'}       no entry recorded (queued by an older version): a fresh hint, its id kept
 --         {'UNDELIVERED'}  the hint is on the stream, not yet delivered: nothing to do
 --         {'PENDING'}      delivered and pending on a consumer: nothing to do
---         {'SKIP'}         the task is no longer QUEUED with that job id and entry
+--         {'SKIP'}         the task is no longer QUEUED with that job id and entry, or a limit
+--                          key holds it back
 local tkey, id = KEYS[1], ARGV[2]
-local h = redis.call('HMGET', tkey, 'status', 'job_id', 'entry', 'app', 'priority')
+local h = redis.call('HMGET', tkey, 'status', 'job_id', 'entry', 'app', 'priority', 'blocked_by')
 local entry = h[3] or ''
 if h[1] ~= S.QUEUED or h[2] ~= ARGV[3] or entry ~= ARGV[4] then return {'SKIP'} end
+-- held back by a limit key (hold.lua): it has no hint on purpose, and the key's held set
+-- (or its woken set, whose reservations lapse and ask again) brings it back
+if h[6] and h[6] ~= '' then return {'SKIP'} end
 local app, prio = h[4], h[5]
 local stream = k_stream(app, prio)
 
@@ -56,7 +60,7 @@ end
 redis.pcall('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')  -- BUSYGROUP (it exists) is fine
 redis.call('SADD', k_apps(), stream_name(app, prio))
 if entry == '' then
-  redis.call('HSET', tkey, 'entry', redis.call('XADD', stream, '*', 't', id, 'j', h[2]))
+  redis.call('HSET', tkey, 'entry', xadd_hint(stream, tkey, id, h[2]))
   return {'HINTED'}
 end
 local ts = now()
