@@ -20,6 +20,7 @@ import uvloop
 from stagewise import log, tracing
 from stagewise.config import Settings, fail
 from stagewise.executor.app import App
+from stagewise.executor.prefork import supervise
 from stagewise.executor.worker import Executor
 from stagewise.storage.connection import connect_when_ready
 
@@ -53,9 +54,7 @@ def load_app(module_app: str) -> App:
         fail(f"stagewise: executor: {mod_name} has no attribute {name!r} (MODULE:APP names an App)")
     app = getattr(module, name)
     if not isinstance(app, App):
-        fail(
-            f"stagewise: executor: {mod_name}:{name} is a {type(app).__name__}, not a stagewise.App"
-        )
+        fail(f"stagewise: executor: {mod_name}:{name} is a {type(app).__name__}, not a stagewise.App")
     return app
 
 
@@ -68,10 +67,19 @@ def _where(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0] + place
 
 
-def run(module_app: str, concurrency: int, settings: Settings) -> None:
-    """Serve ``MODULE:APP`` with `concurrency` runs at a time until stopped."""
+def run(module_app: str, concurrency: int, settings: Settings, processes: int = 1) -> None:
+    """Serve ``MODULE:APP`` with `concurrency` runs at a time until stopped; with `processes` > 1,
+    that many executor processes, each with `concurrency` (stagewise.executor.prefork)."""
     app = load_app(module_app)
-    uvloop.run(_serve(app, concurrency, settings))
+    if processes == 1:
+        uvloop.run(_serve(app, concurrency, settings))
+        return
+
+    def child(index: int) -> int:
+        uvloop.run(_serve(app, concurrency, settings))
+        return 0
+
+    sys.exit(supervise(processes, child))
 
 
 async def _serve(app: App, concurrency: int, settings: Settings) -> None:

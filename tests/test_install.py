@@ -72,6 +72,7 @@ def test_install_stages_the_files_with_the_prefix(tmp_path: Path) -> None:
     assert manager["ExecStart"] == "/opt/sw-test/venv/bin/stagewise manager"
     assert executor["ExecStart"] == (
         "/opt/sw-test/venv/bin/stagewise executor ${STAGEWISE_APP} --concurrency ${STAGEWISE_CONCURRENCY}"
+        " --processes ${STAGEWISE_PROCESSES}"
     )
     assert manager["WorkingDirectory"] == executor["WorkingDirectory"] == "/opt/sw-test"
     tmpfiles = (stage / "usr/lib/tmpfiles.d/stagewise.conf").read_text()

@@ -48,6 +48,8 @@ def _daemon(args: argparse.Namespace) -> None:
     else:
         if args.concurrency < 1:
             config.fail("stagewise: --concurrency must be >= 1")
+        if args.processes < 1:
+            config.fail("stagewise: --processes must be >= 1")
         from stagewise.executor.main import run as run_executor
 
-        run_executor(args.app, args.concurrency, settings)
+        run_executor(args.app, args.concurrency, settings, args.processes)

@@ -83,7 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex = sub.add_parser("executor", help="run an executor daemon for one app")
     ex.add_argument("app", help="MODULE:APP, a stagewise.App instance")
-    ex.add_argument("--concurrency", type=int, default=8)
+    ex.add_argument("--concurrency", type=int, default=8, help="runs at a time per process (default 8)")
+    ex.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="executor processes, each with its own event loop and registration (default 1)",
+    )
 
     # Client options may also follow the command name: their sub-parser defaults are SUPPRESS, so a
     # value given before the command is not overwritten.
