@@ -20,6 +20,10 @@ def _ppid(pid: int) -> int | None:
         return None
 
 
+def _alive(pid: int | str) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
 async def _children(m: Any, supervisor: int, n: int) -> list[dict[str, Any]] | None:
     rows = [e for e in await m.rpc("executors.list") if _ppid(int(e["pid"])) == supervisor]
     return rows if len(rows) == n else None
@@ -52,7 +56,7 @@ async def test_processes_register_each_run_tasks_and_stop_together(daemons: Any)
 
     async def replaced() -> list[dict[str, Any]] | None:
         got = await _children(m, sup.pid, 3)
-        alive = [r for r in got or [] if Path(f"/proc/{r['pid']}").exists()]
+        alive = [r for r in got or [] if _alive(r["pid"])]
         return got if len(alive) == 3 and all(int(r["pid"]) != victim for r in alive) else None
 
     await wait_for(replaced, timeout=30, what="the killed process replaced")
@@ -62,9 +66,9 @@ async def test_processes_register_each_run_tasks_and_stop_together(daemons: Any)
     pids = [int(r["pid"]) for r in await _children(m, sup.pid, 3) or []]
     sup.terminate()
     assert await sup.wait_exit(timeout=30) == 0, sup.log_tail()
-    assert not any(Path(f"/proc/{p}").exists() and _ppid(p) == sup.pid for p in pids)
+    assert not any(_alive(p) and _ppid(p) == sup.pid for p in pids)
     log = sup.log_path.read_text()
-    assert log.count("\"executor_stopped\"") == 3, sup.log_tail()
+    assert log.count('"executor_stopped"') == 3, sup.log_tail()
 
 
 async def test_a_config_mistake_in_the_children_stops_the_group_with_78(
