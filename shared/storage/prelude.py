@@ -47,6 +47,12 @@ KEY_FUNCTIONS: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "k_notes": (Keys.notes, ()),
     "k_task_notes": (Keys.task_notes, ("id",)),
     "k_metrics": (Keys.metrics, ("app",)),
+    # fan-out
+    "k_spawns": (Keys.spawns, ()),
+    "k_join": (Keys.join, ("id",)),
+    "k_live_children": (Keys.live_children, ("id",)),
+    "k_cascades": (Keys.cascades, ()),
+    "k_idx_parent": (Keys.idx_parent, ("id",)),
 }
 
 _MARK = "\x00"

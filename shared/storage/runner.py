@@ -57,6 +57,8 @@ NAMES = (
     "handback",
     "orphan",
     "requeue_lost",
+    "spawn",
+    "cancel_children",
 )
 
 
