@@ -331,16 +331,26 @@ local function cancel_task(tkey, id, app, status, ts, message)
   set_status(tkey, id, app, status, S.CANCELED, ts)
 end
 
+-- The join is over (`closed`): later ends of its children are not counted, and the slots go
+-- (the stage result holds them), so a parent does not keep its children's results twice.
+local function close_join(jk, total, verdict)
+  local names = {}
+  for i = 0, total - 1 do names[#names + 1] = 'o.' .. i end
+  local slots = {}
+  if total > 0 then
+    slots = redis.call('HMGET', jk, unpack(names))
+    redis.call('HDEL', jk, unpack(names))
+  end
+  redis.call('HSET', jk, 'closed', verdict)
+  return slots
+end
+
 -- The join is complete: the stage's result is the list of the slots in child order, and the
 -- parent goes on at the next stage (WAITING -> QUEUED | WAITING | FINISHED).
 local function join(ptkey, pid, app, s, total, plan, ts)
   local list = {}
-  if total > 0 then
-    local names = {}
-    for i = 0, total - 1 do names[#names + 1] = 'o.' .. i end
-    local slots = redis.call('HMGET', k_join(pid), unpack(names))
-    for i = 1, total do list[i] = slots[i] or 'null' end
-  end
+  local slots = close_join(k_join(pid), total, 'joined')
+  for i = 1, total do list[i] = slots[i] or 'null' end
   put('r.' .. s, '[' .. table.concat(list, ',') .. ']')
   settle(ptkey, pid, app, S.WAITING, advance(ptkey, pid, app, s + 1, cjson.decode(plan), ts), ts)
 end
@@ -352,8 +362,8 @@ local function count_child(tkey, id, status, ts, pid)
   redis.call('SREM', k_live_children(pid), id)
   local c = redis.call('HMGET', tkey, 'parent_token', 'child_index', 'stages', 'error')
   local jk = k_join(pid)
-  local j = redis.call('HMGET', jk, 'token', 'total', 'on_failure', 'stage')
-  if not j[1] or j[1] ~= c[1] then return end
+  local j = redis.call('HMGET', jk, 'token', 'total', 'on_failure', 'stage', 'closed')
+  if not j[1] or j[1] ~= c[1] or j[5] then return end
   local result = 'null'
   if status == S.FINISHED then
     result = redis.call('HGET', tkey, 'r.' .. (tonumber(c[3]) - 1)) or 'null'
@@ -370,6 +380,7 @@ local function count_child(tkey, id, status, ts, pid)
   local s = tonumber(j[4])
   if status ~= S.FINISHED and j[3] == 'fail' then
     -- its remaining children are cancelled by the cascade (fanout_ended of the parent)
+    close_join(jk, tonumber(j[2]), 'failed')
     fail(ptkey, pid, p[2], S.WAITING, ts, cjson.encode({code = 'CHILD_FAILED', stage = s, child = id,
       message = 'child ' .. id .. ' ended ' .. status}))
     return
