@@ -319,3 +319,30 @@ async def test_children_command_is_validated(daemons: Any, command: dict[str, An
     with pytest.raises(RpcError) as e:
         await m.rpc("tasks.create", {"task": {"app": "demo", "commands": [command]}})
     assert e.value.code == -32602 and e.value.data["field"] == field, e.value.data
+
+
+async def test_a_retry_from_the_first_stage_starts_fresh_children(daemons: Any) -> None:
+    """A retry keeps the job id: the join's token (job id and count of starts) fences the
+    first pass's children out of the second, which replaces them."""
+    m = await daemons.manager()
+    await daemons.executor(APP, concurrency=8)
+    task = {
+        "id": "rf",
+        "app": "demo",
+        "max_retries": 1,
+        "retry_backoff": 0,
+        "restart_policy": "first",
+        "commands": [
+            {"children": {"tasks": [{"app": "demo", "commands": [add(1)]}]}},
+            {"method": "demo.fail", "params": {"message": "again"}},
+        ],
+    }
+    await m.rpc("tasks.create", {"task": task})
+    v = await done(m, "rf")
+    assert v["status"] == "FAILED" and v["error"]["code"] == "STAGE_ERROR" and v["retries"] == 1
+    fails = [a for a in await m.rpc("tasks.attempts", {"id": "rf"}) if a["stage"] == 1]
+    assert len(fails) == 2
+    child = await m.rpc("tasks.get", {"id": "rf.0.0"})
+    assert child["created"] > fails[0]["ended"]  # made again by the second pass
+    assert child["status"] == "FINISHED" and child["parent"]["job_id"] == v["job_id"]
+    assert v["children"]["total"] == 1 and v["children"]["ended"] == 1
