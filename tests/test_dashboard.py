@@ -230,3 +230,46 @@ async def test_dashboard_in_chromium(daemons: Any) -> None:
             assert errors == []
         finally:
             await browser.close()
+
+
+async def test_dashboard_shows_a_parents_children(daemons: Any) -> None:
+    """A parent at a children stage: its page counts its children by status, links each child
+    and the list filtered by parent; a child's page links its parent."""
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing (`make test` installs it with apt)", pytrace=False)
+    m = await daemons.manager()
+    await daemons.executor("examples.app:app", concurrency=4)
+    pid = uid("fan")
+    kids = [
+        {"app": "demo", "commands": [{"method": "demo.add", "params": {"a": 1, "b": 1}}]},
+        {"app": "demo", "commands": [{"message": {}}]},
+    ]
+    task = {"id": pid, "app": "demo", "commands": [{"children": {"tasks": kids}}]}
+    await m.rpc("tasks.create", {"task": task})
+    await task_until(m, f"{pid}.0.0", lambda v: v["status"] == "FINISHED", what="the first child")
+    await task_until(m, f"{pid}.0.1", lambda v: v["status"] == "WAITING", what="the second child")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(f"{m.url}/#/task/{pid}")
+            await expect(page.locator("#children")).to_contain_text("1 of 2 ended", timeout=WAIT)
+            await expect(page.locator("#children .child-count")).to_have_count(2)
+            await expect(page.locator("#wait-note")).to_contain_text("Waiting for its children: 1 of 2 ended")
+            await expect(page.locator("#stages .kind-children")).to_have_text("children")
+            await page.click("#children-links summary")
+            await expect(page.locator("#children a.child")).to_have_text([f"{pid}.0.0", f"{pid}.0.1"])
+            await m.rpc("tasks.send", {"id": f"{pid}.0.1", "data": "ok"})
+            await expect(page.locator("#children")).to_contain_text("2 of 2 ended", timeout=WAIT)
+            await expect(page.locator("#children-links")).to_have_attribute("open", "")  # kept open
+            await page.click("#children a.child >> nth=1")
+            await expect(page.locator("#parent-link")).to_have_text(f"{pid} (stage 0)", timeout=WAIT)
+            await page.click("#parent-link")
+            await page.click("#children-list")
+            await expect(page.locator("#tasks tbody tr")).to_have_count(2, timeout=WAIT)
+            assert await page.input_value("#filters input[name=parent]") == pid
+            assert errors == []
+        finally:
+            await browser.close()
