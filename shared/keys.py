@@ -25,15 +25,15 @@ DURATION_BUCKETS: tuple[float, ...] = (
 
 
 # A child's generated id is `<parent id>.<stage>.<index>` (SPEC §3a), nested children add more
-# pairs: the id without those trailing pairs is the family's root.
-_CHILD_SUFFIX = re.compile(r"(?:\.\d+\.\d+)+$")
+# pairs: the id without those trailing pairs is the family's root (never the empty string: the
+# pairs start after the first character, so ".1.2" is its own root and its children's).
+_CHILD_SUFFIX = re.compile(r"(?<=.)(?:\.\d+\.\d+)+$")
 
 
 def family_root(task_id: str) -> str:
     """The id a task's partition is computed from: the task's own id, or for an id ending in
-    `.<stage>.<index>` pairs, what is left without them (not empty)."""
-    root = _CHILD_SUFFIX.sub("", task_id)
-    return root or task_id
+    `.<stage>.<index>` pairs, what is left without them."""
+    return _CHILD_SUFFIX.sub("", task_id)
 
 
 def partition_of(task_id: str, partitions: int) -> int:
