@@ -65,6 +65,9 @@ CLEAN_EVERY = 60.0  # s
 RECONCILE_BATCH = 200  # QUEUED tasks whose hint the reconcile role looks at, per partition and pass
 RUNNING_PAGE = 1000  # RUNNING tasks the reconcile role reads per round trip
 SPAWN_BATCH = 50  # parents whose children the spawn role starts per partition and step
+# children built per partition and step, at most (the first parent's all, however many): filling and
+# checking a child's document is Python work in the manager's event loop, which serves the API too
+SPAWN_CHILDREN = 2000
 CASCADE_BATCH = 200  # children one cancel_children.lua cancels (a bounded script)
 
 
@@ -480,7 +483,11 @@ class Scheduler:
         for m, _ in entries:
             pipe.hgetall(k.task(split_member(m)[1]))
         batch: list[calls.Call[calls.Code]] = []
+        built = 0
         for (m, score), h in zip(entries, await pipe.execute(), strict=True):
+            if built >= SPAWN_CHILDREN:
+                break  # the others stay on the spawns zset for the next step
+            await asyncio.sleep(0)  # let the API in between two parents' documents
             pid = split_member(m)[1]
             if not h or h.get("status") != Status.WAITING:
                 # spawn.lua drops the entry (STALE) once it sees the parent no longer waits there
@@ -496,6 +503,7 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - a bug: logged; the entry stays, the other parents go on
                 self.log.exception("spawn_build_failed", member=m)
                 continue
+            built += len(children)
             batch.append(calls.spawn(k, m, job_id, stage, score, on_failure, children))
         for call, res in zip(batch, await self.scripts.run_many(batch, raise_on_error=False), strict=True):
             if isinstance(res, Exception):
@@ -505,7 +513,7 @@ class Scheduler:
             elif res.code != "STALE":
                 self._count("spawned")
                 self.log.debug("spawned", parent=call.args[1], result=res.code)
-        return len(entries)
+        return len(batch)
 
     async def cascade(self, k: Keys, now: float) -> int:
         """Parents that no longer wait for their live children (cancelled, failed, restarted):
