@@ -346,3 +346,46 @@ async def test_a_retry_from_the_first_stage_starts_fresh_children(daemons: Any) 
     assert child["created"] > fails[0]["ended"]  # made again by the second pass
     assert child["status"] == "FINISHED" and child["parent"]["job_id"] == v["job_id"]
     assert v["children"]["total"] == 1 and v["children"]["ended"] == 1
+
+
+async def test_every_way_a_child_ends_is_counted(daemons: Any) -> None:
+    """The join hook sits in set_status, which every terminal transition goes through: the
+    execution deadline (expire.lua), a failed attempt after its retry (fail.lua), a cancel, a
+    finish from a message (send.lua) all reach the parent."""
+    m = await daemons.manager()
+    await daemons.executor(APP, concurrency=8)
+    kids = [
+        {
+            "app": "demo",
+            "max_exec_timeout": 1,
+            "commands": [{"method": "demo.sleep", "params": {"seconds": 30}}],
+        },
+        {
+            "app": "demo",
+            "max_retries": 1,
+            "retry_backoff": 0,
+            "commands": [{"method": "demo.fail", "params": {"message": "twice"}}],
+        },
+        {"app": "demo", "commands": [{"message": {}}]},
+        {"app": "demo", "commands": [{"message": {}}]},
+    ]
+    task = {
+        "id": "ways",
+        "app": "demo",
+        "commands": [{"children": {"tasks": kids, "on_failure": "continue"}}],
+    }
+    await m.rpc("tasks.create", {"task": task})
+    await task_until(m, "ways.0.3", lambda v: v["status"] == "WAITING", 15, "ways.0.3 waiting")
+    await m.rpc("tasks.cancel", {"ids": ["ways.0.2"], "dry_run": False})
+    await m.rpc("tasks.send", {"id": "ways.0.3", "data": [1, "two"]})
+    v = await done(m, "ways")
+    assert v["status"] == "FINISHED"
+    out = v["results"][0]
+    assert [(c["status"], (c["error"] or {}).get("code")) for c in out] == [
+        ("FAILED", "EXEC_TIMEOUT"),
+        ("FAILED", "STAGE_ERROR"),
+        ("CANCELED", "CANCELED"),
+        ("FINISHED", None),
+    ]
+    assert out[3]["result"] == [1, "two"]
+    assert (await m.rpc("tasks.get", {"id": "ways.0.1"}))["retries"] == 1
