@@ -373,6 +373,9 @@ async def test_fan_out_stays_in_the_parents_partition(stack: Stack, cluster: Red
     shares its root's partition (stagewise.keys.partition_of), so every join is one script on
     the master of that partition, and tasks.list finds the children by parent."""
     m = stack.m
+    # an executor of its own: the module's may have been stopped by an earlier test
+    env: dict[str, Any] = {"STAGEWISE_PARTITIONS": PARTITIONS, "STAGEWISE_GRACE": 1}
+    ex = await stack.d.executor("examples.app:app", concurrency=16, **env)
     candidates = [f"fan-{i}" for i in range(PARTITIONS * 8)]
     parents = list({partition_of(i, PARTITIONS): i for i in candidates}.values())
     assert len(parents) == PARTITIONS
@@ -417,3 +420,5 @@ async def test_fan_out_stays_in_the_parents_partition(stack: Stack, cluster: Red
         assert sorted(c["id"] for c in page["items"]) == sorted(
             [f"{pid}.0.{i}" for i in range(6)] + [f"{pid}.1.0"]
         )
+    ex.terminate()
+    assert await ex.wait_exit(timeout=15) == 0
