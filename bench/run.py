@@ -46,6 +46,8 @@ RESULTS_JSONL = OUT / "results.jsonl"  # harness records, this run only (an olde
 MANAGER_JSONL = OUT / "manager.jsonl"  # manager CPU per stagewise run (written by peer_stagewise.teardown)
 EXTRAS_JSONL = OUT / "extras.jsonl"  # stagewise-only measurements
 HTTP_JSONL = OUT / "http.jsonl"  # harness runs of stagewise with tasks created over JSON-RPC/HTTP
+FANOUT_JSONL = OUT / "fanout.jsonl"  # bench/fanout.py: 100 parents x 10 children, stagewise and BullMQ flows
+FANOUT_TIMEOUT = 600
 META_JSON = OUT / "meta.json"
 LOGS = OUT / "logs"
 RESULTS_MD = BENCH / "RESULTS.md"
@@ -430,7 +432,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     started = dt.datetime.now(dt.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    for f in (RESULTS_JSONL, MANAGER_JSONL, EXTRAS_JSONL, HTTP_JSONL):  # keep older runs, out of the way
+    for f in (RESULTS_JSONL, MANAGER_JSONL, EXTRAS_JSONL, HTTP_JSONL, FANOUT_JSONL):  # keep older runs aside
         if f.exists():
             f.rename(f.with_name(f"{f.stem}-{stamp}-old.jsonl"))
     if LOGS.exists():
@@ -514,6 +516,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                         extra(redis, "monitor", cfg, inflight)
         if meta["skipped_budget"]:
             log(f"!! time budget reached: {len(meta['skipped_budget'])} runs skipped")
+        fanout(reps, meta)
     finally:
         redis.stop()
         pg.stop()
@@ -525,6 +528,19 @@ def orchestrate(args: argparse.Namespace) -> int:
         f"done in {meta['elapsed_s']:.0f} s (peer venv build {venv_s:.0f} s not included); wrote {RESULTS_MD}"
     )
     return 0
+
+
+def fanout(reps: int, meta: dict[str, Any]) -> None:
+    """bench/fanout.py (its own private redis-servers): stagewise's fan-out beside BullMQ's flows, when
+    the BullMQ venv is there (the harness's setup-venvs.sh builds it with the others)."""
+    t = time.monotonic()
+    argv = [str(SW_BIN / "python"), str(BENCH / "fanout.py"), "--reps", str(reps)]
+    argv += ["--json", str(FANOUT_JSONL)]
+    p = run_group(argv, dict(os.environ, PYTHONPATH=str(ROOT)), FANOUT_TIMEOUT)
+    (LOGS / "fanout.log").write_text(p.stdout + p.stderr)
+    if p.returncode != 0:
+        meta["fanout_error"] = (p.stderr or p.stdout)[-400:]
+    log(f"fan-out: {'ok' if p.returncode == 0 else 'FAILED'} ({time.monotonic() - t:.0f} s)")
 
 
 # ------------------------------------------------------------------------------------------------ extras
@@ -1159,6 +1175,41 @@ def render() -> None:
             "with no `SCRIPT EXISTS` before them."
         )
         w("")
+
+    # ---------------------------------------------------------------- fan-out
+    fan = jsonl(FANOUT_JSONL)
+    if fan or meta.get("fanout_error"):
+        w("## Fan-out: 100 parents x 10 noop children")
+        w("")
+        w(
+            "Measured by `bench/fanout.py` (`.venv/bin/python bench/fanout.py --reps N`), after the harness, "
+            "each system on a private redis-server of its own: every parent created in one bulk call, each "
+            "starts 10 noop children and goes on with their results once all ended. stagewise: the manager "
+            "and one executor (`--concurrency 64`), a `children` stage with a `map`, one `tasks.create_many`; "
+            "times are the parents' `created` and `updated` (Redis's clock). BullMQ (Python port): one "
+            "Worker (concurrency 100, uvloop), a flow per parent whose handler reads `getChildrenValues()`, "
+            "one `FlowProducer.addBulk()`; a parent's time is its handler's end against the addBulk call's "
+            "start. The harness has no fan-out workload, hence this separate script. Medians over reps."
+        )
+        w("")
+        if meta.get("fanout_error"):
+            w(f"The fan-out run failed: `{meta['fanout_error']}`")
+            w("")
+        systems = list(dict.fromkeys(r["system"] for r in fan))
+        if systems:
+            w("| system | reps | all parents done | children/s | parent create -> finished p50 | p95 | max |")
+            w("|---|---|---|---|---|---|---|")
+            for sysname in systems:
+                mine = [r for r in fan if r["system"] == sysname]
+
+                def m(key: str, mine: list[dict[str, Any]] = mine) -> float:
+                    return statistics.median(r[key] for r in mine)
+
+                w(
+                    f"| {sysname} | {len(mine)} | {m('total_s'):.2f} s | {m('children_per_s'):.0f} | "
+                    f"{m('parent_p50_s'):.2f} s | {m('parent_p95_s'):.2f} s | {m('parent_max_s'):.2f} s |"
+                )
+            w("")
 
     # ---------------------------------------------------------------- problems
     w("## Problems seen in stagewise")

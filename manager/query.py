@@ -33,6 +33,7 @@ class Filters:
     group: str | None = None
     since: float | None = None  # updated >= since
     cleaned: bool | None = None
+    parent: str | None = None  # fan-out (SPEC §3a): children of this task
 
     def options(self, k: Keys) -> list[tuple[list[str], bool]]:
         """The ways to serve this query from one partition's indexes: (index keys to merge,
@@ -40,18 +41,25 @@ class Filters:
         eight status indexes are merged: a task sits in exactly one of them, so no index has
         to be kept for "all tasks"."""
         out: list[tuple[list[str], bool]] = []
-        only_tags = not (self.status or self.app or self.group or self.cleaned is not None)
+        only_tags = not (self.status or self.app or self.group or self.parent or self.cleaned is not None)
         for tag in self.tags:
             out.append(([k.idx_tag(tag)], only_tags and len(self.tags) == 1))
         if self.group:
             out.append(
                 (
                     [k.idx_group(self.group)],
-                    not (self.tags or self.status or self.app or self.cleaned is not None),
+                    not (self.tags or self.status or self.app or self.parent or self.cleaned is not None),
+                )
+            )
+        if self.parent:
+            out.append(
+                (
+                    [k.idx_parent(self.parent)],
+                    not (self.tags or self.group or self.status or self.app or self.cleaned is not None),
                 )
             )
         statuses = [self.status] if self.status else list(Status)
-        exact = not (self.tags or self.group) and self.cleaned is None
+        exact = not (self.tags or self.group or self.parent) and self.cleaned is None
         if self.app:
             out.append(([k.idx_app_status(self.app, s) for s in statuses], exact))
         else:
@@ -69,6 +77,8 @@ class Filters:
             return False
         if self.cleaned is not None and (h["cleaned"] == "1") != self.cleaned:
             return False
+        if self.parent and h["parent"] != self.parent:
+            return False
         if self.tags:
             have = set(json.loads(h["tags"])) if h.get("tags") else set()
             if not set(self.tags) <= have:
@@ -76,7 +86,7 @@ class Filters:
         return True
 
 
-FIELDS = ("status", "app", "group", "cleaned", "tags")
+FIELDS = ("status", "app", "group", "cleaned", "tags", "parent")
 
 
 @dataclass

@@ -69,6 +69,8 @@ class FilterParams(Struct, forbid_unknown_fields=True):
     group: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
     since: float | str | None = None
     cleaned: bool | None = None
+    # fan-out (SPEC §3a)
+    parent: TaskId | None = None
 
     def filters(self) -> Filters:
         return Filters(
@@ -78,6 +80,7 @@ class FilterParams(Struct, forbid_unknown_fields=True):
             group=self.group,
             since=parse_since(self.since),
             cleaned=self.cleaned,
+            parent=self.parent,
         )
 
 

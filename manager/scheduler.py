@@ -23,6 +23,11 @@ a clean of tens of thousands of tasks runs while due work keeps flowing every ti
                                               entries an executor left (permits of ended runs),
                                               limit keys due (rate window, pause end, lapsed
                                               reservation), permits due for a check against their run
+  spawn       tick                            runs that reached a children stage: their children's
+                                              documents filled (stagewise.fanout) and started with
+                                              the parent's join -> spawn.lua (SPEC §3a)
+  cascade     tick                            live children of parents that no longer wait for
+                                              them -> cancel_children.lua, CASCADE_BATCH a call
   trim        TRIM_EVERY                      app streams lose the entries every consumer is done
                                               with, so Redis memory stays bounded under a steady load
   trim_notes  TRIM_EVERY                      notifications older than notify_retention
@@ -47,8 +52,8 @@ from typing import Any
 
 import redis.asyncio as aredis
 
+from stagewise import fanout, tracing
 from stagewise import log as slog
-from stagewise import tracing
 from stagewise.faults import REDIS_FAULTS, Warnings
 from stagewise.keys import GROUP, Keys, split_member
 from stagewise.manager import stats
@@ -66,6 +71,11 @@ RUNNING_PAGE = 1000  # RUNNING tasks the reconcile role reads per round trip
 # Outbox entries younger than this are left to the executor that wrote them (it drains at once);
 # the manager's own transitions (cancel, unlock, expire, reap) wait this long at most.
 OUTBOX_GRACE = 0.05  # s
+SPAWN_BATCH = 50  # parents whose children the spawn role starts per partition and step
+# children built per partition and step, at most (the first parent's all, however many): filling and
+# checking a child's document is Python work in the manager's event loop, which serves the API too
+SPAWN_CHILDREN = 2000
+CASCADE_BATCH = 200  # children one cancel_children.lua cancels (a bounded script)
 
 
 def _older(a: str, b: str) -> str:
@@ -146,6 +156,9 @@ class Scheduler:
             Role("due", settings.tick, self._each(self.due)),
             Role("deadlines", settings.tick, self._each(self.deadlines)),
             Role("ended", settings.tick, self._each(self.ended)),
+            # fan-out (SPEC §3a)
+            Role("spawn", settings.tick, self._each(self.spawn)),
+            Role("cascade", settings.tick, self._each(self.cascade)),
             Role("reap", max(settings.ping_interval / 2, settings.tick), self._each(self.reap)),
             Role("reconcile", settings.ping_interval, self._each(self.reconcile)),
             Role("limits", settings.tick, self._each(self.limits)),
@@ -481,6 +494,63 @@ class Scheduler:
             due_at = catch_up_cron(h["cron"], h.get("tz") or "UTC", queued, now)
             res = await self.scripts.run(calls.restart(k, tid, due_at=due_at, mode="cron"))
             self.log.info("cron_rescheduled", task_id=tid, next_run=due_at, result=res["status"])
+
+    # ------------------------------------------------------------------ fan-out (SPEC §3a)
+    async def spawn(self, k: Keys, now: float) -> int:
+        """Parents whose run reached a children stage: their children's documents are filled
+        here (templates are Python) and spawn.lua starts them with the parent's join, one
+        script per parent (up to 1,000 children in one round trip).  The entry stays until
+        spawn.lua removes it, so a manager that dies midway leaves it to the next step."""
+        entries = await self.r.zrangebyscore(
+            k.spawns(), "-inf", "+inf", start=0, num=SPAWN_BATCH, withscores=True
+        )
+        if not entries:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for m, _ in entries:
+            pipe.hgetall(k.task(split_member(m)[1]))
+        batch: list[calls.Call[calls.Code]] = []
+        built = 0
+        for (m, score), h in zip(entries, await pipe.execute(), strict=True):
+            if built >= SPAWN_CHILDREN:
+                break  # the others stay on the spawns zset for the next step
+            await asyncio.sleep(0)  # let the API in between two parents' documents
+            pid = split_member(m)[1]
+            if not h or h.get("status") != Status.WAITING:
+                # spawn.lua drops the entry (STALE) once it sees the parent no longer waits there
+                batch.append(calls.spawn(k, m, h.get("job_id", "") if h else "", -1, score, "fail", []))
+                continue
+            stage, job_id = int(h["stage"]), h["job_id"]
+            try:
+                children, on_failure = fanout.build(h, pid, stage, self.settings.partitions)
+            except fanout.SpawnError as e:
+                err = {"code": e.code, "message": e.message}
+                batch.append(calls.spawn(k, m, job_id, stage, score, "fail", [], err))
+                continue
+            except Exception:  # noqa: BLE001 - a bug: logged; the entry stays, the other parents go on
+                self.log.exception("spawn_build_failed", member=m)
+                continue
+            built += len(children)
+            batch.append(calls.spawn(k, m, job_id, stage, score, on_failure, children))
+        for call, res in zip(batch, await self.scripts.run_many(batch, raise_on_error=False), strict=True):
+            if isinstance(res, Exception):
+                if isinstance(res, REDIS_ERRORS):
+                    raise res
+                self.log.error("spawn_failed", parent=call.args[1], error=str(res))
+            elif res.code != "STALE":
+                self._count("spawned")
+                self.log.debug("spawned", parent=call.args[1], result=res.code)
+        return len(batch)
+
+    async def cascade(self, k: Keys, now: float) -> int:
+        """Parents that no longer wait for their live children (cancelled, failed, restarted):
+        CASCADE_BATCH of those children cancelled per script, until none is left."""
+        parents = await self.r.zrangebyscore(k.cascades(), "-inf", "+inf", start=0, num=self.settings.batch)
+        if not parents:
+            return 0
+        results = await self.scripts.run_many([calls.cancel_children(k, p, CASCADE_BATCH) for p in parents])
+        self._count("cascaded", len(results))
+        return len(parents)
 
     async def trim_notes(self, k: Keys, now: float) -> None:
         """Notifications older than the retention go (their count is bounded at XADD too)."""

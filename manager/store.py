@@ -139,7 +139,35 @@ class Store:
         h = await self.raw(task_id)
         if h is None:
             raise errors.not_found(task_id)
-        return view(h, include_results)
+        out = view(h, include_results)
+        if h.get("spawn_token"):
+            out["children"] = await self.children(task_id, h["spawn_token"])
+        return out
+
+    async def children(self, task_id: str, token: str) -> dict[str, Any] | None:
+        """A parent's latest children stage (SPEC §3a): {stage, total, ended, on_failure,
+        by_status, ids}; None when that join is gone.  Read for tasks.get only: one pipelined
+        status read per child (at most 1,000)."""
+        k = self.keys(task_id)
+        j = await self.r.hgetall(k.join(task_id))
+        if not j or j.get("token") != token:
+            return None
+        ids: list[str] = json.loads(j.get("ids") or "[]")
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hget(k.task(i), "status")
+        by_status: dict[str, int] = {}
+        for st in await pipe.execute() if ids else []:
+            name = st or "DELETED"
+            by_status[name] = by_status.get(name, 0) + 1
+        return {
+            "stage": int(j["stage"]),
+            "total": int(j["total"]),
+            "ended": int(j.get("ended") or 0),
+            "on_failure": j.get("on_failure"),
+            "by_status": by_status,
+            "ids": ids,
+        }
 
     async def views(self, ids: list[str], include_results: bool) -> list[dict[str, Any]]:
         pipe = self.r.pipeline(transaction=False)
@@ -459,6 +487,12 @@ def view(h: dict[str, str], include_results: bool = True) -> dict[str, Any]:
     out["blocked_by"] = (h.get("blocked_by") or None) if status == Status.QUEUED else None
     for name in _TIMES:
         out[name] = _num(h.get(name))
+    # fan-out (SPEC §3a): a child's parent run
+    out["parent"] = (
+        {"id": h["parent"], "stage": int(h.get("parent_stage") or 0), "job_id": h.get("parent_job") or None}
+        if h.get("parent")
+        else None
+    )
     if include_results:
         # a cleaned task has no results left to show (SPEC §7): null, not a list of nulls
         out["results"] = None if out["cleaned"] else results_of(h)

@@ -12,6 +12,7 @@ group name and the duration buckets of the metrics hash.
 
 from __future__ import annotations
 
+import re
 import zlib
 
 GROUP = "executors"  # the one consumer group on every app stream
@@ -36,11 +37,25 @@ LIMIT_PERMIT_CHECK = 5.0  # s
 HEALTH_TTL_MS = 10_000
 
 
+# A child's generated id is `<parent id>.<stage>.<index>` (SPEC §3a), nested children add more
+# pairs: the id without those trailing pairs is the family's root (never the empty string: the
+# pairs start after the first character, so ".1.2" is its own root and its children's).
+_CHILD_SUFFIX = re.compile(r"(?<=.)(?:\.\d+\.\d+)+$")
+
+
+def family_root(task_id: str) -> str:
+    """The id a task's partition is computed from: the task's own id, or for an id ending in
+    `.<stage>.<index>` pairs, what is left without them."""
+    return _CHILD_SUFFIX.sub("", task_id)
+
+
 def partition_of(task_id: str, partitions: int) -> int:
-    """The partition a task lives in: stable across processes and restarts."""
+    """The partition a task lives in: stable across processes and restarts.  A fan-out family
+    (a parent and its generated child ids, nested too) shares its root's partition, so one
+    script can end a child and count it in its parent's join (SPEC §3a)."""
     if partitions <= 1:
         return 0
-    return zlib.crc32(task_id.encode()) % partitions
+    return zlib.crc32(family_root(task_id).encode()) % partitions
 
 
 def limit_partition(key: str, partitions: int) -> int:
@@ -158,6 +173,31 @@ class Keys:
 
     def idx_group(self, group: str) -> str:
         return f"{self.prefix}:i:g:{group}"
+
+    # --- fan-out (SPEC §3a): children stages and their join
+    def spawns(self) -> str:
+        """ZSET member -> time its run reached a children stage: parents whose children the
+        manager's spawn role has to start (spawn.lua removes the entry once they are)."""
+        return f"{self.prefix}:sp"
+
+    def join(self, task_id: str) -> str:
+        """Hash: the join of a parent's latest children stage: token (fences the children of
+        that start), stage, total, ended, on_failure, ids (JSON list), and one slot o.<index>
+        per child that ended, holding its entry of the stage result."""
+        return f"{self.prefix}:j:{task_id}"
+
+    def live_children(self, task_id: str) -> str:
+        """Set of a parent's children that have not ended yet (all of one start)."""
+        return f"{self.prefix}:lc:{task_id}"
+
+    def cascades(self) -> str:
+        """ZSET parent id -> time: parents that ended (or were restarted) with children still
+        live, whose children the manager's cascade role cancels in bounded batches."""
+        return f"{self.prefix}:cas"
+
+    def idx_parent(self, parent_id: str) -> str:
+        """Index (like the others, scored by updated) of a parent's children: tasks.list parent."""
+        return f"{self.prefix}:i:p:{parent_id}"
 
     # --- what the manager does after a task ended, and notifications
     def ended(self) -> str:

@@ -44,6 +44,9 @@ MANAGED = frozenset(
         "lease",
         # flow control (SPEC §2a)
         "blocked_by",
+        # fan-out (SPEC §3a): a child's link to its parent, a parent's children progress
+        "parent",
+        "children",
     }
 )
 
@@ -68,7 +71,66 @@ class MessageCommand(Struct, frozen=True, forbid_unknown_fields=True):
     message: MessageSpec
 
 
-Command = CallCommand | TimerCommand | MessageCommand
+# --- fan-out (SPEC §3a) ------------------------------------------------------------------------
+
+MAX_CHILDREN = 1000  # children one stage may start; more fails the stage with LIMIT_EXCEEDED
+
+
+class ChildrenSpec(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """`tasks`: the children's documents; or `map` (a template naming a list) and `task`, the
+    document started once per item.  Every field of a child document but `commands` is a
+    template over the parent's kws, results and task, filled when the stage starts; the
+    commands are the child's own, filled by the child's runs (so `{{ kws.item }}` in them
+    reads the child's kws)."""
+
+    tasks: Annotated[list[dict[str, Any]], Meta(min_length=1, max_length=MAX_CHILDREN)] | None = None
+    map: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
+    task: dict[str, Any] | None = None
+    on_failure: Literal["fail", "continue"] = "fail"
+
+
+class ChildrenCommand(Struct, frozen=True, forbid_unknown_fields=True):
+    children: ChildrenSpec
+
+
+def _parse_children(obj: dict[str, Any], where: str) -> ChildrenCommand:
+    cmd = convert(obj, ChildrenCommand, where)
+    spec, at = cmd.children, f"{where}.children"
+    if (spec.tasks is None) == (spec.map is None):
+        raise invalid_params(at, "needs exactly one of 'tasks' or 'map' (with 'task')")
+    if spec.map is not None and spec.task is None:
+        raise invalid_params(f"{at}.task", "required field is missing")
+    if spec.tasks is not None and spec.task is not None:
+        raise invalid_params(f"{at}.task", "goes with 'map', not with 'tasks'")
+    docs: list[dict[str, Any]] = spec.tasks if spec.tasks is not None else [spec.task or {}]
+    try:
+        if spec.map is not None:
+            templates.validate_template(spec.map, f"{at}.map")
+            if not templates.template_paths(spec.map):
+                raise templates.InvalidTemplate(
+                    f"{at}.map", "must be a template such as '{{ results.0.files }}'"
+                )
+        for n, doc in enumerate(docs):
+            d_at = f"{at}.tasks[{n}]" if spec.tasks is not None else f"{at}.task"
+            templates.validate_template({k: v for k, v in doc.items() if k != "commands"}, d_at)
+    except templates.InvalidTemplate as e:
+        raise invalid_params(e.where, e.reason) from None
+    for n, doc in enumerate(docs):
+        d_at = f"{at}.tasks[{n}]" if spec.tasks is not None else f"{at}.task"
+        if not templates.template_paths({k: v for k, v in doc.items() if k != "commands"}):
+            # nothing to fill: the document is checked whole now rather than when it starts
+            parse_task(
+                {**doc, "kws": {**doc.get("kws", {}), "item": None, "index": 0}} if spec.map else doc, d_at
+            )
+        elif "commands" in doc:
+            if not isinstance(doc["commands"], list):
+                raise invalid_params(f"{d_at}.commands", "must be a list")
+            for i, c in enumerate(doc["commands"]):
+                parse_command(c, f"{d_at}.commands[{i}]")
+    return cmd
+
+
+Command = CallCommand | TimerCommand | MessageCommand | ChildrenCommand
 
 
 # --- flow control (SPEC §2a) ---------------------------------------------------------------
@@ -146,9 +208,11 @@ def _join(base: str, name: str) -> str:
 def parse_command(obj: Any, where: str) -> Command:
     if not isinstance(obj, dict):
         raise invalid_params(where, "a command must be an object")
-    kinds = [k for k in ("method", "timer", "message") if k in obj]
+    kinds = [k for k in ("method", "timer", "message", "children") if k in obj]
     if len(kinds) != 1:
-        raise invalid_params(where, "a command needs exactly one of 'method', 'timer', 'message'")
+        raise invalid_params(where, "a command needs exactly one of 'method', 'timer', 'message', 'children'")
+    if kinds[0] == "children":
+        return _parse_children(obj, where)
     if kinds[0] == "timer":
         return convert(obj, TimerCommand, where)
     if kinds[0] == "message":
@@ -166,7 +230,8 @@ def parse_command(obj: Any, where: str) -> Command:
 
 class Task(Struct, frozen=True):
     """A validated task: the document, its commands parsed, and the per-stage plan that the
-    Lua scripts read ("c" call, ["t", s] timer, ["m", timeout or -1, on_timeout])."""
+    Lua scripts read ("c" call, ["t", s] timer, ["m", timeout or -1, on_timeout],
+    ["f", on_failure] children)."""
 
     doc: TaskDoc
     id: str
@@ -182,6 +247,8 @@ class Task(Struct, frozen=True):
             elif isinstance(c, MessageCommand):
                 t = c.message.timeout
                 out.append(["m", t if t is not None else -1, c.message.on_timeout])
+            elif isinstance(c, ChildrenCommand):
+                out.append(["f", c.children.on_failure])
             else:
                 out.append("c")
         return out

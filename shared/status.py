@@ -13,7 +13,7 @@ class Status(StrEnum):
     IDLE = "IDLE"  # not yet queued for this run
     QUEUED = "QUEUED"  # an entry for it is on the app stream
     RUNNING = "RUNNING"  # leased by an executor
-    WAITING = "WAITING"  # timer or message stage
+    WAITING = "WAITING"  # timer, message or children stage
     SUSPENDED = "SUSPENDED"  # interrupted, will be re-queued
     FINISHED = "FINISHED"
     FAILED = "FAILED"
@@ -28,13 +28,19 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
     (Status.IDLE, Status.QUEUED): "due (now >= run_at / next cron fire)",
     (Status.QUEUED, Status.RUNNING): "an executor claims it",
     (Status.RUNNING, Status.RUNNING): "stage committed, next stage starts",
-    (Status.RUNNING, Status.WAITING): "timer or message stage reached",
+    (Status.RUNNING, Status.WAITING): "timer, message or children stage reached",
     (Status.RUNNING, Status.FINISHED): "last stage committed",
     (Status.RUNNING, Status.SUSPENDED): "executor dead or stopping, unlock, retry pending",
     (Status.RUNNING, Status.FAILED): "failed attempt without retries left, execution deadline",
-    (Status.WAITING, Status.QUEUED): "timer due, message received, message timeout (continue)",
-    (Status.WAITING, Status.FAILED): "message timeout (fail)",
-    (Status.WAITING, Status.FINISHED): "the timer or message of the last stage resolved",
+    (
+        Status.WAITING,
+        Status.QUEUED,
+    ): "timer due, message received, message timeout (continue), children joined",
+    (
+        Status.WAITING,
+        Status.FAILED,
+    ): "message timeout (fail), a child failed (CHILD_FAILED), children not startable",
+    (Status.WAITING, Status.FINISHED): "the timer, message or children of the last stage resolved",
     (Status.SUSPENDED, Status.QUEUED): "due",
     # a run due at a timer or message stage waits (or passes messages already sent) at once,
     # where an executor would only have handed it on (wake.lua, restart.lua)

@@ -4,6 +4,12 @@ expected results, and no stage committed twice.
 
     python -m tests.chaos --tasks 2000 --duration 300      (make chaos CHAOS_ARGS="...")
 
+The fan-out workload (--workload fanout) creates parents instead, each with a children stage
+(a map over --children items) then a stage that reads the join's result: every parent must be
+FINISHED with exactly the expected result list, joined once (SPEC §3a).
+
+    python -m tests.chaos --workload fanout --tasks 200 --children 10 --duration 120
+
 The pytest test (tests/test_chaos.py) runs a bounded version of the same function.
 """
 
@@ -45,6 +51,11 @@ class Summary:
     recovery_s: list[float] = field(default_factory=list)  # executor SIGKILL -> its runs re-queued
     chaos_s: float = 0.0
     drain_s: float = 0.0
+    # fan-out workload: `tasks` are the parents
+    workload: str = "stages"
+    children: int = 0  # per parent
+    children_finished: int = 0
+    double_counted_joins: int = 0  # a join whose count is not its number of children
 
     def ok(self) -> bool:
         return (
@@ -53,6 +64,8 @@ class Summary:
             and not self.lost
             and not self.wrong_results
             and not self.double_committed
+            and not self.double_counted_joins
+            and self.children_finished == self.tasks * self.children
         )
 
     def lines(self) -> str:
@@ -62,14 +75,28 @@ class Summary:
             if rec
             else "no runs were in flight at the kills"
         )
+        shape = (
+            f"{self.tasks} parents x {self.children} children"
+            if self.workload == "fanout"
+            else f"{self.tasks} tasks x 3 stages"
+        )
+        fanout = (
+            [
+                f"  children finished {self.children_finished} of {self.tasks * self.children}, "
+                f"double-counted joins {self.double_counted_joins}"
+            ]
+            if self.workload == "fanout"
+            else []
+        )
         return "\n".join(
             [
-                f"chaos: {self.tasks} tasks x 3 stages, {self.chaos_s:.0f} s of kills, drained in {self.drain_s:.1f} s",
+                f"chaos: {shape}, {self.chaos_s:.0f} s of kills, drained in {self.drain_s:.1f} s",
                 f"  executor SIGKILLs {self.executor_kills}, manager SIGKILLs {self.manager_kills}",
                 f"  finished {self.finished}, failed {self.failed}, lost {self.lost}, wrong results {self.wrong_results}",
                 f"  double-committed stages {self.double_committed}",
                 f"  stage executions started {self.stage_executions} (repeated {self.repeated_executions})",
                 f"  recovery from an executor SIGKILL (kill -> its runs re-queued): {rec_txt}",
+                *fanout,
             ]
         )
 
@@ -88,11 +115,15 @@ async def run_chaos(
     drain_timeout: float = 120.0,
     seed: int | None = None,
     echo: bool = False,
+    workload: str = "stages",
+    children: int = 10,
 ) -> Summary:
     rnd = random.Random(seed)
     d = Daemons(redis_url, namespace, log_dir)
     r = aredis.Redis.from_url(redis_url, decode_responses=True)
-    summary = Summary(tasks=tasks)
+    fan = workload == "fanout"
+    summary = Summary(tasks=tasks, workload=workload, children=children if fan else 0)
+    total = tasks * (1 + summary.children)  # every task that must end: parents and children
     http = f"127.0.0.1:{free_port()}"
     # A stage killed many times in a row is what chaos is made of here, not a poison task.
     menv = {"STAGEWISE_HTTP": http, "STAGEWISE_MAX_INTERRUPTIONS": 1000, "STAGEWISE_LOG_LEVEL": "warning"}
@@ -101,7 +132,7 @@ async def run_chaos(
     try:
         m = await d.manager(**menv)
         live: list[Proc] = [await d.executor(APP, concurrency, **eenv) for _ in range(executors)]
-        ids = [f"c{i}" for i in range(tasks)]
+        ids = [f"{'f' if fan else 'c'}{i}" for i in range(tasks)]
         batches = [ids[i : i + 25] for i in range(0, tasks, 25)]
         # Work arrives through the first 70 % of the run, so kills keep landing on live work.
         feed_at = [duration * 0.7 * n / len(batches) for n in range(len(batches))]
@@ -114,7 +145,7 @@ async def run_chaos(
             now = time.monotonic()
             while feed_at and now - t0 >= feed_at[0]:
                 feed_at.pop(0)
-                await _create(m, batches.pop(0), ids)
+                await _create(m, batches.pop(0), ids, summary.children)
             if manager_at and now - t0 >= manager_at[0]:
                 manager_at.pop(0)
                 m.kill()
@@ -131,13 +162,13 @@ async def run_chaos(
                 live.append(await d.executor(APP, concurrency, **eenv))
                 next_kill = now + rnd.uniform(kill_min, kill_max)
             await asyncio.sleep(0.05)  # pacing of the kill schedule, not synchronisation
-            if not batches and not manager_at and await _all_terminal(r, namespace, tasks):
+            if not batches and not manager_at and await _all_terminal(r, namespace, total):
                 break
         summary.chaos_s = time.monotonic() - t0
         t1 = time.monotonic()
         try:
             await wait_for(
-                lambda: _all_terminal(r, namespace, tasks),
+                lambda: _all_terminal(r, namespace, total),
                 timeout=drain_timeout,
                 interval=0.2,
                 what="every task to end",
@@ -154,11 +185,44 @@ async def run_chaos(
         await r.aclose()
 
 
-async def _create(m: Any, batch: list[str], ids: list[str]) -> None:
+def _fanout_task(tid: str, n: int, children: int) -> dict[str, Any]:
+    """A parent: its children add 1 to their item, then a stage adds 1 to the last child's."""
+    step = {"method": "chaos.step", "params": {"value": "{{ kws.item }}", "min_ms": 50, "max_ms": 300}}
+    last = {"method": "chaos.step", "params": {"value": f"{{{{ results.0.{children - 1}.result }}}}"}}
+    return {
+        "id": tid,
+        "app": "chaos",
+        "kws": {"xs": [n * 1000 + i for i in range(children)]},
+        "commands": [
+            {"children": {"map": "{{ kws.xs }}", "task": {"app": "chaos", "commands": [step]}}},
+            last,
+        ],
+    }
+
+
+def _fanout_expected(tid: str, n: int, children: int) -> list[Any]:
+    joined = [
+        {"id": f"{tid}.0.{i}", "status": "FINISHED", "result": n * 1000 + i + 1, "error": None}
+        for i in range(children)
+    ]
+    return [joined, n * 1000 + children + 1]
+
+
+async def _create(m: Any, batch: list[str], ids: list[str], children: int = 0) -> None:
     reqs = []
     for tid in batch:
         n = ids.index(tid)
         step = {"method": "chaos.step", "params": {"value": "", "min_ms": 100, "max_ms": 500}}
+        if children:
+            reqs.append(
+                {
+                    "jsonrpc": "2.0",
+                    "id": n,
+                    "method": "tasks.create",
+                    "params": {"task": _fanout_task(tid, n, children)},
+                }
+            )
+            continue
         reqs.append(
             {
                 "jsonrpc": "2.0",
@@ -209,7 +273,11 @@ async def _check(
             s.failed += 1
         else:
             s.lost += 1
-        if v["status"] == "FINISHED" and v["results"] != [n * 10 + 1, n * 10 + 2, n * 10 + 3]:
+        if s.children:
+            if v["status"] == "FINISHED" and v["results"] != _fanout_expected(tid, n, s.children):
+                s.wrong_results += 1
+            lost_marks += await _check_family(r, m, namespace, tid, s)
+        elif v["status"] == "FINISHED" and v["results"] != [n * 10 + 1, n * 10 + 2, n * 10 + 3]:
             s.wrong_results += 1
         attempts = await m.rpc("tasks.attempts", {"id": tid})
         ok: dict[tuple[str, int], int] = {}
@@ -226,6 +294,35 @@ async def _check(
             s.recovery_s.append(min(ends) - t_kill)
 
 
+async def _check_family(
+    r: aredis.Redis, m: Any, namespace: str, tid: str, s: Summary
+) -> list[tuple[str, float]]:
+    """A parent's children: each FINISHED with one committed attempt per stage; the join
+    counted each exactly once (its `ended` is its number of children).  Returns the children's
+    lost-run marks (executor id, time), for the recovery figures."""
+    lost_marks: list[tuple[str, float]] = []
+    join = await r.hgetall("{" + namespace + ":0}:j:" + tid)
+    if join.get("ended") != str(s.children) or join.get("closed") != "joined":
+        s.double_counted_joins += 1
+    for i in range(s.children):
+        cid = f"{tid}.0.{i}"
+        try:
+            v = await m.rpc("tasks.get", {"id": cid})
+        except Exception:  # noqa: BLE001 - a missing child is lost
+            s.lost += 1
+            continue
+        if v["status"] == "FINISHED":
+            s.children_finished += 1
+        ok: dict[tuple[str, int], int] = {}
+        for a in await m.rpc("tasks.attempts", {"id": cid}):
+            if a["outcome"] == "ok":
+                ok[(a["job_id"], a["stage"])] = ok.get((a["job_id"], a["stage"]), 0) + 1
+            elif a["outcome"] == "lost":
+                lost_marks.append((a["executor_id"], a["ended"]))
+        s.double_committed += sum(1 for c in ok.values() if c > 1)
+    return lost_marks
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", type=int, default=2000)
@@ -236,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--manager-kills", type=int, default=2)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--workload", choices=("stages", "fanout"), default="stages")
+    p.add_argument("--children", type=int, default=10, help="children per parent (fanout)")
     a = p.parse_args(argv)
     server = RedisServer.start()
     try:
@@ -252,9 +351,11 @@ def main(argv: list[str] | None = None) -> int:
                     a.executors,
                     a.concurrency,
                     a.manager_kills,
-                    drain_timeout=max(120.0, a.tasks / 10),
+                    drain_timeout=max(120.0, a.tasks * (1 + a.children) / 10),
                     seed=a.seed,
                     echo=True,
+                    workload=a.workload,
+                    children=a.children,
                 )
             )
             print(json.dumps(asdict(s)), flush=True)

@@ -28,3 +28,28 @@ async def test_chaos(redis_url: str, namespace: str, tmp_path: Path) -> None:
     assert s.finished == 300 and s.wrong_results == 0, s.lines()
     assert s.double_committed == 0, s.lines()
     assert s.stage_executions >= 900
+
+
+async def test_chaos_fan_out(redis_url: str, namespace: str, tmp_path: Path) -> None:
+    """SPEC §3a under fire: 40 parents x 10 children while executors and the manager are
+    SIGKILLed; every parent joined exactly once with the exact result list."""
+    s = await run_chaos(
+        redis_url,
+        namespace,
+        tmp_path,
+        tasks=40,
+        duration=20.0,
+        kill_min=1.0,
+        kill_max=3.0,
+        executors=2,
+        concurrency=8,
+        manager_kills=2,
+        drain_timeout=90.0,
+        workload="fanout",
+        children=10,
+    )
+    print("\n" + s.lines())
+    assert s.executor_kills >= 3 and s.manager_kills == 2  # the chaos really happened
+    assert s.lost == 0 and s.failed == 0, s.lines()
+    assert s.finished == 40 and s.children_finished == 400, s.lines()
+    assert s.wrong_results == 0 and s.double_counted_joins == 0 and s.double_committed == 0, s.lines()

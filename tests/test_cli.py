@@ -290,7 +290,9 @@ async def test_apps_overview(m: ManagerProc) -> None:
     waiting = uid("wa")
     await m.rpc("tasks.create", {"task": {"id": waiting, "app": "demo", "commands": [{"message": {}}]}})
     failing = uid("fa")
-    await m.rpc("tasks.create", {"task": {"id": failing, "app": "demo", "commands": [{"method": "demo.fail"}]}})
+    await m.rpc(
+        "tasks.create", {"task": {"id": failing, "app": "demo", "commands": [{"method": "demo.fail"}]}}
+    )
     await until(m, failing, {"FAILED"})
     rows = {r["app"]: r for r in ok(await sw(m, "apps", "--json")).json()}
     assert rows[lonely]["queued"] == 1 and rows[lonely]["executors"] == 0
@@ -465,7 +467,10 @@ async def test_daemon_subcommands_kept() -> None:
     r = await sw(None, "--config", "/nonexistent.toml", "manager")
     assert r.rc == 78 and r.err.startswith("stagewise: configuration error") and len(r.err.splitlines()) == 1
     r = await sw(None, "executor", "tests.helpers:uid")
-    assert r.rc == 78 and r.err.strip() == "stagewise: executor: tests.helpers:uid is a function, not a stagewise.App"
+    assert (
+        r.rc == 78
+        and r.err.strip() == "stagewise: executor: tests.helpers:uid is a function, not a stagewise.App"
+    )
 
 
 async def test_version() -> None:
@@ -493,3 +498,37 @@ async def test_token(daemons: Any) -> None:
     )
     assert with_token.rc == 0 and with_token.json()["namespace"] == daemons.namespace
     one_error_line(anonymous, "error 401 UNAUTHORIZED: ")
+
+
+async def test_fan_out_parent_and_children(m: ManagerProc) -> None:
+    """A parent at a children stage: `task watch` says what it waits for, `task get` shows
+    the children's progress, `task list --parent` lists them; a child shows its parent."""
+    pid = uid("fan")
+    kids = [
+        {"app": "demo", "commands": [{"message": {}}]},
+        {"app": "demo", "commands": [{"method": "demo.add", "params": {"a": 1, "b": 2}}]},
+    ]
+    await m.rpc(
+        "tasks.create", {"task": {"id": pid, "app": "demo", "commands": [{"children": {"tasks": kids}}]}}
+    )
+    await until(m, f"{pid}.0.1", {"FINISHED"})
+    await until(m, f"{pid}.0.0", {"WAITING"})
+    watch = asyncio.create_task(sw(m, "task", "watch", pid, "--interval", "0.05"))
+    got, listed, child = await asyncio.gather(
+        sw(m, "task", "get", pid),
+        sw(m, "task", "list", "--parent", pid, "--json"),
+        sw(m, "task", "get", f"{pid}.0.0"),
+    )
+    assert (
+        "children: 2 tasks" in ok(got).out
+        and "1/2 ended (stage 0)" in got.out
+        and "1 FINISHED, 1 WAITING" in got.out
+    )
+    assert sorted(t["id"] for t in ok(listed).json()["items"]) == [f"{pid}.0.0", f"{pid}.0.1"]
+    assert "parent" in ok(child).out and pid in child.out
+    await m.rpc("tasks.send", {"id": f"{pid}.0.0", "data": "x"})
+    watched = ok(await watch)
+    assert (
+        "waiting for its children" in watched.out
+        and watched.out.splitlines()[-1].strip() == f"{pid} FINISHED"
+    )

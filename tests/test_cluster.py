@@ -406,3 +406,59 @@ async def test_a_limit_holds_across_partitions_on_the_cluster(
 async def _limit_idle(m: Any, key: str) -> dict[str, Any] | None:
     v = await m.rpc("limits.get", {"key": key})
     return v if v["running"] == 0 and v["held"] == 0 else None
+
+
+async def test_fan_out_stays_in_the_parents_partition(stack: Stack, cluster: RedisClusterServers) -> None:
+    """A parent in every partition, each with a map of 6 children and a nested child: a family
+    shares its root's partition (stagewise.keys.partition_of), so every join is one script on
+    the master of that partition, and tasks.list finds the children by parent."""
+    m = stack.m
+    # an executor of its own: the module's may have been stopped by an earlier test
+    env: dict[str, Any] = {"STAGEWISE_PARTITIONS": PARTITIONS, "STAGEWISE_GRACE": 1}
+    ex = await stack.d.executor("examples.app:app", concurrency=16, **env)
+    candidates = [f"fan-{i}" for i in range(PARTITIONS * 8)]
+    parents = list({partition_of(i, PARTITIONS): i for i in candidates}.values())
+    assert len(parents) == PARTITIONS
+    nested = {
+        "app": "demo",
+        "commands": [
+            {
+                "children": {
+                    "tasks": [
+                        {"app": "demo", "commands": [{"method": "demo.add", "params": {"a": 1, "b": 1}}]}
+                    ]
+                }
+            }
+        ],
+    }
+    for pid in parents:
+        task = {
+            "id": pid,
+            "app": "demo",
+            "kws": {"xs": [1, 2, 3, 4, 5, 6]},
+            "commands": [
+                {
+                    "children": {
+                        "map": "{{ kws.xs }}",
+                        "task": {
+                            "app": "demo",
+                            "commands": [{"method": "demo.add", "params": {"a": "{{ kws.item }}", "b": 10}}],
+                        },
+                    }
+                },
+                {"children": {"tasks": [nested]}},
+            ],
+        }
+        await m.rpc("tasks.create", {"task": task})
+    for pid in parents:
+        v = await task_until(m, pid, lambda v: v["status"] in TERMINAL, 30)
+        assert v["status"] == "FINISHED", v
+        assert [c["result"] for c in v["results"][0]] == [11, 12, 13, 14, 15, 16]
+        assert v["results"][1][0]["result"][0]["result"] == 2  # the grandchild's, through its parent
+        assert {partition_of(f"{pid}.0.{i}", PARTITIONS) for i in range(6)} == {partition_of(pid, PARTITIONS)}
+        page = await m.rpc("tasks.list", {"parent": pid, "max_results": 100})
+        assert sorted(c["id"] for c in page["items"]) == sorted(
+            [f"{pid}.0.{i}" for i in range(6)] + [f"{pid}.1.0"]
+        )
+    ex.terminate()
+    assert await ex.wait_exit(timeout=15) == 0

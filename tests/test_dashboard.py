@@ -122,9 +122,9 @@ async def test_dashboard_in_chromium(daemons: Any) -> None:
             # here: the page's own refresh brings the lines in)
             await expect(page.locator('#apps tr[data-app="demo"]')).to_be_visible(timeout=WAIT)
             await expect(page.locator('#apps tr[data-app="demo"] td').nth(6)).to_have_text("1")
-            await expect(page.locator("#chart-finished polyline, #chart-finished circle").first).to_be_attached(
-                timeout=WAIT + 12_000
-            )
+            await expect(
+                page.locator("#chart-finished polyline, #chart-finished circle").first
+            ).to_be_attached(timeout=WAIT + 12_000)
             await expect(page.locator("#chart-p50 figcaption")).to_have_text("Stage duration p50, per method")
             await _shot(page, "dashboard-home.png")
             await page.click("nav a[data-nav=tasks]")
@@ -217,7 +217,9 @@ async def test_dashboard_in_chromium(daemons: Any) -> None:
             await page.click("nav a[data-nav=tasks]")
             await expect(rows).to_have_count(6, timeout=WAIT)
             stranded = uid("nobody")
-            await m.rpc("tasks.create", {"task": {"id": stranded, "app": "nobody", "commands": [{"method": "x.y"}]}})
+            await m.rpc(
+                "tasks.create", {"task": {"id": stranded, "app": "nobody", "commands": [{"method": "x.y"}]}}
+            )
             await expect(rows).to_have_count(7, timeout=WAIT)
             await page.fill("#goto-id", stranded)
             await page.click("#goto button[type=submit]")
@@ -227,6 +229,49 @@ async def test_dashboard_in_chromium(daemons: Any) -> None:
             await expect(page.locator("#no-executor")).to_contain_text("No live executor serves app nobody")
 
             assert await page.evaluate("window.__xss") is None
+            assert errors == []
+        finally:
+            await browser.close()
+
+
+async def test_dashboard_shows_a_parents_children(daemons: Any) -> None:
+    """A parent at a children stage: its page counts its children by status, links each child
+    and the list filtered by parent; a child's page links its parent."""
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing (`make test` installs it with apt)", pytrace=False)
+    m = await daemons.manager()
+    await daemons.executor("examples.app:app", concurrency=4)
+    pid = uid("fan")
+    kids = [
+        {"app": "demo", "commands": [{"method": "demo.add", "params": {"a": 1, "b": 1}}]},
+        {"app": "demo", "commands": [{"message": {}}]},
+    ]
+    task = {"id": pid, "app": "demo", "commands": [{"children": {"tasks": kids}}]}
+    await m.rpc("tasks.create", {"task": task})
+    await task_until(m, f"{pid}.0.0", lambda v: v["status"] == "FINISHED", what="the first child")
+    await task_until(m, f"{pid}.0.1", lambda v: v["status"] == "WAITING", what="the second child")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(f"{m.url}/#/task/{pid}")
+            await expect(page.locator("#children")).to_contain_text("1 of 2 ended", timeout=WAIT)
+            await expect(page.locator("#children .child-count")).to_have_count(2)
+            await expect(page.locator("#wait-note")).to_contain_text("Waiting for its children: 1 of 2 ended")
+            await expect(page.locator("#stages .kind-children")).to_have_text("children")
+            await page.click("#children-links summary")
+            await expect(page.locator("#children a.child")).to_have_text([f"{pid}.0.0", f"{pid}.0.1"])
+            await m.rpc("tasks.send", {"id": f"{pid}.0.1", "data": "ok"})
+            await expect(page.locator("#children")).to_contain_text("2 of 2 ended", timeout=WAIT)
+            await expect(page.locator("#children-links")).to_have_attribute("open", "")  # kept open
+            await page.click("#children a.child >> nth=1")
+            await expect(page.locator("#parent-link")).to_have_text(f"{pid} (stage 0)", timeout=WAIT)
+            await page.click("#parent-link")
+            await page.click("#children-list")
+            await expect(page.locator("#tasks tbody tr")).to_have_count(2, timeout=WAIT)
+            assert await page.input_value("#filters input[name=parent]") == pid
             assert errors == []
         finally:
             await browser.close()

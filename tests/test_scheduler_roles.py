@@ -129,14 +129,14 @@ class CleanWatch:
             finally:
                 self.returned += 1
 
-        async def run_many(calls: Sequence[Any], raise_on_error: bool = True) -> list[Any]:
+        async def run_many(calls: Sequence[Any], raise_on_error: bool = True, **kw: Any) -> list[Any]:
             if len(calls) < 2 or any(c.script != "clean" for c in calls):
-                return await real_run_many(calls, raise_on_error)
+                return await real_run_many(calls, raise_on_error, **kw)
             half = len(calls) // 2
-            first = await real_run_many(calls[:half], raise_on_error)
+            first = await real_run_many(calls[:half], raise_on_error, **kw)
             self.halfway.set()
             await self.release.wait()
-            return first + await real_run_many(calls[half:], raise_on_error)
+            return first + await real_run_many(calls[half:], raise_on_error, **kw)
 
         monkeypatch.setattr(store, "clean", clean)
         monkeypatch.setattr(store.scripts, "run_many", run_many)

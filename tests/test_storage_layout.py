@@ -135,6 +135,7 @@ def _sample_calls() -> list[calls.Call[Any]]:
         calls.permit_check(k, "t", "l"),
         calls.outbox_done(k, "a/t|l|key"),
         calls.app_pause(k, "a", None),
+        calls.cancel_children(k, "t", 10),
     ]
 
 
@@ -146,5 +147,16 @@ def test_each_call_matches_its_scripts_header(call: calls.Call[Any]) -> None:
 
 
 def test_every_script_has_a_call() -> None:
-    built = {c.script for c in _sample_calls()} | {"create_many"}  # create_many: 6 KEYS per task
+    # create_many: 6 KEYS per task; spawn: 4, then 6 per child
+    built = {c.script for c in _sample_calls()} | {"create_many", "spawn"}
     assert built == set(NAMES)
+
+
+def test_spawn_call_matches_its_scripts_header() -> None:
+    """spawn.lua: KEYS 4 + 6 per child, ARGV 8 + 6 per child."""
+    k = Keys("ns", 0)
+    child = parse_task({"app": "a", "commands": [{"method": "m"}]})
+    call = calls.spawn(k, "a/p", "j", 1, 1.5, "fail", [child, child])
+    n_keys, n_argv = _header("spawn")
+    assert "KEYS[5..] 6 per child" in script_text("spawn") and "ARGV[9..] 6 per child" in script_text("spawn")
+    assert len(call.keys) == n_keys + 6 * 2 and len(call.args) == n_argv + 6 * 2

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from stagewise import config, faults
 from stagewise.executor.app import App, ParamsError
-from stagewise.keys import Keys, member, partition_of, split_member
+from stagewise.keys import Keys, family_root, member, partition_of, split_member
 from stagewise.policy import next_cron, next_retry_delay, retry_delay
 from stagewise.status import ACTIVE, HTTP_CODE, TERMINAL, Status, allowed
 
@@ -88,6 +88,19 @@ def test_keys_share_one_hash_tag() -> None:
     assert partition_of("abc", 1) == 0
     assert {partition_of(f"t{i}", 4) for i in range(100)} == {0, 1, 2, 3}
     assert partition_of("same", 8) == partition_of("same", 8)
+
+
+@pytest.mark.parametrize("root", ["p", "report.2024", "1.2", ".1.2", "a.b.7", "x:9", "12", "a..3.4x"])
+def test_a_fan_out_family_shares_its_roots_partition(root: str) -> None:
+    """Children (`<parent>.<stage>.<index>`), nested to any depth, land with their root."""
+    assert family_root(root) == root
+    ids = [root]
+    for depth in range(4):
+        ids.append(f"{ids[-1]}.{depth}.{depth * 7 + 3}")
+    for tid in ids:
+        assert family_root(tid) == family_root(root), tid
+        assert {partition_of(tid, n) for n in (2, 6, 16)} == {partition_of(root, n) for n in (2, 6, 16)}
+    assert family_root("report.2024.11") == "report"  # why ids ending in pairs moved (CHANGELOG)
 
 
 def test_config_env_and_toml(tmp_path: Any) -> None:

@@ -173,11 +173,11 @@ function afterAuth() {
 
 // ------------------------------------------------------------------------------------------ tasks list
 
-const FILTERS = ["status", "app", "tags", "group", "since", "sort", "max_results"];
+const FILTERS = ["status", "app", "tags", "group", "parent", "since", "sort", "max_results"];
 
 function listParams(q) {
   const p = {};
-  for (const key of ["status", "app", "group", "since", "sort", "cursor"]) {
+  for (const key of ["status", "app", "group", "parent", "since", "sort", "cursor"]) {
     const v = (q.get(key) || "").trim();
     if (v) p[key] = v;
   }
@@ -202,6 +202,7 @@ function filterForm(q) {
     field("App", text("app", "any")),
     field("Tags", text("tags", "a, b (all)")),
     field("Group", text("group", "any")),
+    field("Parent", text("parent", "children of (id)")),
     field("Updated since", text("since", "ISO 8601 or UNIX s")),
     field("Sort", select("sort", [["desc", "newest first"], ["asc", "oldest first"]])),
     field("Per page", el("input", {
@@ -307,6 +308,12 @@ function stageRows(task) {
     } else if ("timer" in cmd) {
       kind = "timer";
       what = cmd.timer + " s";
+    } else if ("children" in cmd) {
+      kind = "children";
+      const c = cmd.children || {};
+      what = [c.map !== undefined ? el("span", {}, "map ", el("code", {}, c.map)) : (c.tasks || []).length + " tasks",
+        el("span", { class: "muted" }, " on failure " + (c.on_failure || "fail"))];
+      params = c.map !== undefined ? c.task : c.tasks;
     } else {
       kind = "message";
       const m = cmd.message || {};
@@ -342,6 +349,10 @@ function summary(task) {
     ["Priority", String(task.priority)],
     ["Locked", task.locked ? "yes" : "no"],
   ];
+  if (task.parent) {
+    items.push(["Parent", el("a", { href: "#/task/" + encodeURIComponent(task.parent.id), id: "parent-link" },
+      task.parent.id + " (stage " + task.parent.stage + ")")]);
+  }
   if (task.cron) items.push(["Cron", task.cron + " (" + task.tz + ")"]);
   if (task.cleaned) items.push(["Cleaned", "yes"]);
   return el("dl", { class: "summary" }, items.map(([k, v]) => el("div", {}, el("dt", {}, k), el("dd", {}, v))));
@@ -369,6 +380,10 @@ function waitText(task) {
   const cmd = (task.commands || [])[task.stage] || {};
   const left = task.wait_deadline ? Math.max(0, task.wait_deadline - Date.now() / 1000) : null;
   if ("timer" in cmd) return "Timer: resumes in " + fmtDur(left) + ".";
+  if ("children" in cmd) {
+    const c = task.children;
+    return c ? "Waiting for its children: " + c.ended + " of " + c.total + " ended." : "Starting its children.";
+  }
   const m = cmd.message || {};
   let text = "Waiting for a message: send it with  stagewise task send " + task.id + " '<JSON>'  (or tasks.send).";
   if (left !== null) text += " Times out in " + fmtDur(left) + ", then " + (m.on_timeout === "fail" ? "fails." : "goes on.");
@@ -400,6 +415,19 @@ function timeline(task, attempts) {
     el("p", { id: "wait-note", class: "wait-note", hidden: task.status !== "WAITING" }, waitText(task)));
 }
 
+// A parent's latest children stage (fan-out): counts by status, and a link to each child.
+function childrenSection(task) {
+  const c = task.children;
+  const counts = Object.entries(c.by_status || {}).sort()
+    .map(([st, n]) => el("span", { class: "child-count" }, badge(st), " " + n));
+  const links = (c.ids || []).map((id) => el("a", { href: "#/task/" + encodeURIComponent(id), class: "child" }, id));
+  return el("section", { id: "children" },
+    el("h3", {}, "Children of stage " + c.stage),
+    el("p", {}, c.ended + " of " + c.total + " ended (on failure: " + c.on_failure + ") ", ...counts, " ",
+      el("a", { href: "#/tasks?parent=" + encodeURIComponent(task.id), id: "children-list" }, "list them")),
+    el("details", { id: "children-links" }, el("summary", {}, c.total + " children"), el("div", { class: "children" }, links)));
+}
+
 function taskBody(task, attempts) {
   const live = !TERMINAL.has(task.status);
   const parts = [
@@ -420,6 +448,7 @@ function taskBody(task, attempts) {
     summary(task),
     el("h3", {}, "Timeline"),
     timeline(task, attempts),
+    task.children ? childrenSection(task) : null,
     el("h3", {}, "Stages"),
     el("table", { id: "stages" },
       el("thead", {}, el("tr", {}, ["#", "Kind", "What", "Params", "Result"].map((h) => el("th", {}, h)))),
@@ -500,8 +529,10 @@ function taskView(gen, id) {
     if (key !== last) {
       last = key;
       const open = !!$("#kws") && $("#kws").open;
+      const kidsOpen = !!$("#children-links") && $("#children-links").open;
       body.replaceChildren(...taskBody(task, attempts));
       if (open) $("#kws").open = true;
+      if (kidsOpen && $("#children-links")) $("#children-links").open = true;
       bar.update(task);
     }
     const note = $("#wait-note");

@@ -117,7 +117,7 @@ async def task_status(c: Any, a: argparse.Namespace, out: Out) -> int:
 
 
 def _filter_kwargs(a: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(a, k) for k in ("status", "app", "tags", "group", "since", "cleaned")}
+    return {k: getattr(a, k) for k in ("status", "app", "tags", "group", "since", "cleaned", "parent")}
 
 
 async def task_list(c: Any, a: argparse.Namespace, out: Out) -> int:
@@ -281,6 +281,8 @@ async def follow(c: Any, task_id: str, interval: float, out: Out) -> int:
                 if (st["status"], st["stage"]) != seen:
                     break
                 if live is not None:
+                    if view.get("children") and st["status"] == Status.WAITING:
+                        view = await c.get(task_id)  # its children's progress moves on
                     live.update(watch_panel(view))  # the countdown moves on
             view = await c.get(task_id)
     if live is None:

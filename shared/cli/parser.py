@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tag", dest="tags", action="append", metavar="TAG", help="a tag (repeat: all must match)"
     )
     g.add_argument("--group", help="a group name")
+    g.add_argument("--parent", help="children of this task (fan-out)")
     g.add_argument(
         "--since", type=since, help="updated since: UNIX seconds, an ISO 8601 time or an age (15m, 2h, 7d)"
     )

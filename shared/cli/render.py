@@ -102,7 +102,20 @@ def command_summary(cmd: Any) -> str:
     if "message" in cmd:
         t = (cmd.get("message") or {}).get("timeout")
         return "message" + (f" (timeout {t}s)" if t else "")
+    if "children" in cmd:
+        spec = cmd.get("children") or {}
+        what = f"map {spec['map']}" if "map" in spec else f"{len(spec.get('tasks') or [])} tasks"
+        return f"children: {what}"
     return "?"
+
+
+def children_text(v: dict[str, Any]) -> str:
+    """A parent's children progress (tasks.get's `children`): '3/10 ended: 3 FINISHED, 7 RUNNING'."""
+    ch = v.get("children")
+    if not isinstance(ch, dict):
+        return ""
+    counts = ", ".join(f"{n} {st}" for st, n in sorted((ch.get("by_status") or {}).items()))
+    return f"{ch.get('ended')}/{ch.get('total')} ended (stage {ch.get('stage')}): {counts or 'none yet'}"
 
 
 def table(*columns: str, ids: Sequence[str] = ()) -> Any:
@@ -174,6 +187,11 @@ def task_details(v: dict[str, Any]) -> Any:
     for key in ("group", "description", "cron", "next_task", "executor_id"):
         if v.get(key):
             rows.append((key, v[key]))
+    if v.get("parent"):  # fan-out: a child's parent run
+        p = v["parent"]
+        rows.append(("parent", f"{p.get('id')} (stage {p.get('stage')}, job {p.get('job_id')})"))
+    if v.get("children"):
+        rows.append(("children", f"{children_text(v)}  (stagewise task list --parent {v.get('id')})"))
     if v.get("tags"):
         rows.append(("tags", ", ".join(map(str, v["tags"]))))
     rows += [
@@ -208,7 +226,11 @@ def task_details(v: dict[str, Any]) -> Any:
         parts.append(t)
     tb = (v.get("error") or {}).get("traceback") if isinstance(v.get("error"), dict) else None
     if tb:
-        parts += [text(""), text("traceback of the failed stage's handler:", "bold"), text(tb.rstrip(), "red")]
+        parts += [
+            text(""),
+            text("traceback of the failed stage's handler:", "bold"),
+            text(tb.rstrip(), "red"),
+        ]
     return Group(*parts)
 
 
@@ -239,6 +261,9 @@ def waiting_for(v: dict[str, Any], now: float | None = None) -> str:
     )
     if isinstance(cmd, dict) and "timer" in cmd:
         return f"timer: resumes in {seconds(left)}" if left is not None else "timer"
+    if isinstance(cmd, dict) and "children" in cmd:
+        progress = children_text(v) or "starting"
+        return f"waiting for its children: {progress} (stagewise task list --parent {v.get('id')})"
     hint = f"waiting for a message: stagewise task send {v.get('id')} '<JSON>'"
     if left is not None:
         on_timeout = (cmd.get("message") or {}).get("on_timeout", "continue") if isinstance(cmd, dict) else ""

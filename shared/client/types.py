@@ -26,6 +26,7 @@ class Filters(TypedDict, total=False):
     group: str | None
     since: Since | None  # updated since: UNIX seconds, a datetime or an ISO 8601 string
     cleaned: bool | None
+    parent: str | None  # children of this task (fan-out)
 
 
 class TaskView(TypedDict, total=False):
@@ -72,6 +73,28 @@ class TaskView(TypedDict, total=False):
     # flow control (SPEC §2a)
     limits: list[dict[str, Any]]
     blocked_by: str | None  # the limit key holding a QUEUED task back
+    # fan-out (SPEC §3a)
+    parent: ParentRef | None  # a child's parent run
+    children: ChildrenProgress | None  # tasks.get of a parent: its latest children stage
+
+
+class ParentRef(TypedDict):
+    """TaskView.parent: the parent run that started a child."""
+
+    id: str
+    stage: int
+    job_id: str | None
+
+
+class ChildrenProgress(TypedDict):
+    """TaskView.children (tasks.get): a parent's latest children stage."""
+
+    stage: int
+    total: int
+    ended: int  # counted in the join
+    on_failure: str
+    by_status: dict[str, int]
+    ids: list[str]
 
 
 class TaskStatus(TypedDict):

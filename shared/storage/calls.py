@@ -472,6 +472,41 @@ def drop_consumer(k: Keys, stream: str, consumer: str) -> Call[Code]:
     return Call("drop_consumer", [stream], [k.prefix, consumer], _code)
 
 
+# --------------------------------------------------------------------------- fan-out (SPEC §3a)
+
+
+def spawn(
+    k: Keys,
+    parent_member: str,
+    job_id: str,
+    stage: int,
+    score: float,
+    on_failure: str,
+    children: Sequence[Task],
+    error: dict[str, Any] | None = None,
+) -> Call[Code]:
+    """The children of a parent's children stage, started in one step with the parent's join
+    (`parent_member`: app/id; `score`: of its spawns entry, as read), or the parent's run failed
+    with `error` ({code, message}): SPAWNED, FAILED or STALE; see spawn.lua."""
+    _, _, pid = parent_member.partition("/")
+    keys = [k.task(pid), k.spawns(), k.join(pid), k.live_children(pid)]
+    err = _J(error) if error else ""
+    args: list[Any] = [k.prefix, pid, parent_member, job_id, stage, score, on_failure, err]
+    for t in children:
+        t_keys, t_args, _ = _new_task(k, t, None)
+        keys += t_keys
+        args += t_args
+    return Call("spawn", keys, args, _code)
+
+
+def cancel_children(k: Keys, parent_id: str, batch: int) -> Call[Code]:
+    """Up to `batch` live children of a parent that no longer waits for them cancelled: DONE
+    (the cascade of this parent is over) or MORE; see cancel_children.lua."""
+    return Call(
+        "cancel_children", [k.cascades(), k.live_children(parent_id)], [k.prefix, parent_id, batch], _code
+    )
+
+
 # --------------------------------------------------------------------------- the executor
 
 

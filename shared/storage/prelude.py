@@ -59,6 +59,12 @@ KEY_FUNCTIONS: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "k_limit_outbox": (Keys.limit_outbox, ()),
     "k_revoked": (Keys.revoked, ()),
     "k_paused_apps": (Keys.paused_apps, ()),
+    # fan-out
+    "k_spawns": (Keys.spawns, ()),
+    "k_join": (Keys.join, ("id",)),
+    "k_live_children": (Keys.live_children, ("id",)),
+    "k_cascades": (Keys.cascades, ()),
+    "k_idx_parent": (Keys.idx_parent, ("id",)),
 }
 
 _MARK = "\x00"

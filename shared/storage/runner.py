@@ -75,6 +75,8 @@ NAMES = (
     "permit_check",
     "outbox_done",
     "app_pause",
+    "spawn",
+    "cancel_children",
 )
 
 

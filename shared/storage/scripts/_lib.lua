@@ -31,33 +31,34 @@ local function k_stream(app, prio) return k_stream_of(stream_name(app, prio)) en
 local function member(app, id) return app .. '/' .. id end
 
 -- Index maintenance: every task is in i:s:<status>, i:as:<app>:<status>, i:t:<tag> for each
--- tag and i:g:<group>, each scored by `updated`, so every filter of tasks.list starts from a
--- range read (lists without a status filter merge the status indexes).
-local function extra_indexes(tags, group)
+-- tag, i:g:<group> and (a child) i:p:<parent>, each scored by `updated`, so every filter of
+-- tasks.list starts from a range read (lists without a status filter merge the status indexes).
+local function extra_indexes(tags, group, parent)
   local keys = {}
   if tags and tags ~= '' and tags ~= '[]' then
     for _, tag in ipairs(cjson.decode(tags)) do keys[#keys + 1] = k_idx_tag(tag) end
   end
   if group and group ~= '' then keys[#keys + 1] = k_idx_group(group) end
+  if parent and parent ~= '' then keys[#keys + 1] = k_idx_parent(parent) end
   return keys
 end
 
--- h: the task's tags, group (HMGET) as read by the caller
-local function reindex(id, app, old, new, ts, tags, group)
+-- h: the task's tags, group, parent (HMGET) as read by the caller
+local function reindex(id, app, old, new, ts, tags, group, parent)
   if old and old ~= '' and old ~= new then
     redis.call('ZREM', k_idx_status(old), id)
     redis.call('ZREM', k_idx_app_status(app, old), id)
   end
   redis.call('ZADD', k_idx_status(new), ts, id)
   redis.call('ZADD', k_idx_app_status(app, new), ts, id)
-  for _, k in ipairs(extra_indexes(tags, group)) do redis.call('ZADD', k, ts, id) end
+  for _, k in ipairs(extra_indexes(tags, group, parent)) do redis.call('ZADD', k, ts, id) end
 end
 
 local function unindex(tkey, id, app, status)
   redis.call('ZREM', k_idx_status(status), id)
   redis.call('ZREM', k_idx_app_status(app, status), id)
-  local h = redis.call('HMGET', tkey, 'tags', 'group')
-  for _, k in ipairs(extra_indexes(h[1], h[2])) do redis.call('ZREM', k, id) end
+  local h = redis.call('HMGET', tkey, 'tags', 'group', 'parent')
+  for _, k in ipairs(extra_indexes(h[1], h[2], h[3])) do redis.call('ZREM', k, id) end
 end
 
 -- Writes to the script's task hash are gathered in W and sent as one HSET by set_status,
@@ -69,7 +70,7 @@ local function put(...)
 end
 
 -- The fields set_status needs, for scripts that have not read them already.
-local STATUS_FIELDS = {'tags', 'group', 'notify', 'job_id', 'error', 'cron', 'next_task'}
+local STATUS_FIELDS = {'tags', 'group', 'notify', 'job_id', 'error', 'cron', 'next_task', 'parent'}
 local function prefetch(tkey, names)
   local vals = redis.call('HMGET', tkey, unpack(names))
   local t = {}
@@ -89,6 +90,10 @@ local function append_fields(out, key, names)
   return out
 end
 
+-- What every task end means for fan-out (the fan-out section at the end defines it): a child's
+-- end is counted in its parent's join, a parent's live children are handed to the cascade.
+local fanout_ended
+
 -- Every status change goes through here: the pending writes and status, indexes,
 -- notifications (tasks with notify), and the `ended` zset through which the manager
 -- reschedules cron tasks and starts next_task.  `t` holds STATUS_FIELDS when the caller
@@ -98,7 +103,9 @@ local function set_status(tkey, id, app, old, new, ts, t)
   redis.call('HSET', tkey, unpack(W))
   W = {}
   t = t or prefetch(tkey, STATUS_FIELDS)
-  reindex(id, app, old, new, ts, t.tags, t.group)
+  -- nil: a caller's own prefetch without it (false: read, and the task has no parent)
+  if t.parent == nil then t.parent = redis.call('HGET', tkey, 'parent') end
+  reindex(id, app, old, new, ts, t.tags, t.group, t.parent)
   if old == new then return end
   if TERMINAL[new] then
     redis.call('HINCRBY', k_metrics(app), 'e|' .. new, 1)  -- stagewise_tasks_ended_total
@@ -113,6 +120,7 @@ local function set_status(tkey, id, app, old, new, ts, t)
   if (new == S.FINISHED or new == S.FAILED) and ((t.cron and t.cron ~= '') or (t.next_task and t.next_task ~= '')) then
     redis.call('ZADD', k_ended(), ts, member(app, id))
   end
+  if TERMINAL[new] then fanout_ended(tkey, id, new, ts, t.parent) end
 end
 
 -- ===== flow control, task side (SPEC §2a; the design is in stagewise/storage/limits.py) =====
@@ -220,6 +228,13 @@ local function advance(tkey, id, app, s, plan, ts)
       return 'RUN', s, taken
     end
     local m = member(app, id)
+    if p[1] == 'f' then
+      -- a children stage: the manager's spawn role fills the children's documents (templates
+      -- are Python) and starts them with spawn.lua, which removes this entry
+      put('stage', s, 'wait_deadline', '')
+      redis.call('ZADD', k_spawns(), ts, m)
+      return S.WAITING, s, taken
+    end
     if p[1] == 't' then
       local at = ts + p[2]
       put('stage', s, 'wait_deadline', fmt(at))
@@ -319,6 +334,7 @@ local function store_new(k, a, ts)
 
   local fields = cjson.decode(a.fields)
   for _, v in ipairs({'id', id, 'app', app, 'created', fmt(ts), 'stage', '0'}) do fields[#fields + 1] = v end
+  for _, v in ipairs(a.extra or {}) do fields[#fields + 1] = v end  -- a child's link to its parent
   redis.call('HSET', tkey, unpack(fields))
 
   redis.call('HINCRBY', k_metrics(app), 'created', 1)  -- stagewise_tasks_created_total
@@ -403,4 +419,95 @@ end
 local function limit_unpermit(key, permit)
   redis.call('ZREM', k_limit_grants(), key .. '|' .. permit)
   return redis.call('ZREM', k_limit_permits(key), permit) == 1
+end
+
+-- ============================================================================ fan-out (SPEC §3a)
+-- A child lives in its parent's partition (stagewise.keys.partition_of), so the script that
+-- ends a child (whichever: commit, fail, cancel, expire, reap, wake, ...; they all end it
+-- through set_status) also counts it in its parent's join, in the same atomic step: a crash can
+-- neither lose a count nor double it.  The join (k_join) is fenced by a token fresh per start
+-- of a children stage (the parent's job id and its count of starts, also on each child as
+-- parent_token): a late end of a child of an earlier start, or of an earlier run, counts nowhere.
+-- Each child's slot o.<index> is written once (HSETNX), so a child restarted by hand and ended
+-- again is not counted twice.  O(1) per child end; the result list is put together once, by
+-- the end that completes the join.
+
+-- any non-terminal -> CANCELED: tasks.cancel (cancel.lua), and children whose parent no
+-- longer waits for them (cancel_children.lua, spawn.lua).
+local function cancel_task(tkey, id, app, status, ts, message)
+  local h = redis.call('HMGET', tkey, 'stage', 'executor_id', 'job_id')
+  if status == S.RUNNING then
+    tell_cancel(h[2], id, h[3])
+    release(tkey, id, app, ts)
+  end
+  redis.call('ZREM', k_due(), member(app, id))
+  redis.call('HSET', tkey, 'exit_code', 130, 'next_run', '', 'wait_deadline', '', 'error',
+    cjson.encode({code = 'CANCELED', stage = tonumber(h[1]), message = message}))
+  set_status(tkey, id, app, status, S.CANCELED, ts)
+end
+
+-- The join is over (`closed`): later ends of its children are not counted, and the slots go
+-- (the stage result holds them), so a parent does not keep its children's results twice.
+local function close_join(jk, total, verdict)
+  local names = {}
+  for i = 0, total - 1 do names[#names + 1] = 'o.' .. i end
+  local slots = {}
+  if total > 0 then
+    slots = redis.call('HMGET', jk, unpack(names))
+    redis.call('HDEL', jk, unpack(names))
+  end
+  redis.call('HSET', jk, 'closed', verdict)
+  return slots
+end
+
+-- The join is complete: the stage's result is the list of the slots in child order, and the
+-- parent goes on at the next stage (WAITING -> QUEUED | WAITING | FINISHED).
+local function join(ptkey, pid, app, s, total, plan, ts)
+  local list = {}
+  local slots = close_join(k_join(pid), total, 'joined')
+  for i = 1, total do list[i] = slots[i] or 'null' end
+  put('r.' .. s, '[' .. table.concat(list, ',') .. ']')
+  settle(ptkey, pid, app, S.WAITING, advance(ptkey, pid, app, s + 1, cjson.decode(plan), ts), ts)
+end
+
+-- A child ended with `status`: its slot in its parent's join, and the join's verdict.  The
+-- slot is built as text from the stored JSON (the child's result and error), never decoded
+-- and encoded again, so the values reach the parent unchanged.
+local function count_child(tkey, id, status, ts, pid)
+  redis.call('SREM', k_live_children(pid), id)
+  local c = redis.call('HMGET', tkey, 'parent_token', 'child_index', 'stages', 'error')
+  local jk = k_join(pid)
+  local j = redis.call('HMGET', jk, 'token', 'total', 'on_failure', 'stage', 'closed')
+  if not j[1] or j[1] ~= c[1] or j[5] then return end
+  local result = 'null'
+  if status == S.FINISHED then
+    result = redis.call('HGET', tkey, 'r.' .. (tonumber(c[3]) - 1)) or 'null'
+  end
+  local err = c[4]
+  if not err or err == '' then err = 'null' end
+  local slot = '{"id":' .. cjson.encode(id) .. ',"status":"' .. status .. '","result":' .. result ..
+    ',"error":' .. err .. '}'
+  if redis.call('HSETNX', jk, 'o.' .. c[2], slot) == 0 then return end  -- counted before
+  local ended = redis.call('HINCRBY', jk, 'ended', 1)
+  local ptkey = k_task(pid)
+  local p = redis.call('HMGET', ptkey, 'status', 'app', 'spawn_token', 'plan')
+  if p[1] ~= S.WAITING or p[3] ~= j[1] then return end  -- the parent no longer waits (canceled)
+  local s = tonumber(j[4])
+  if status ~= S.FINISHED and j[3] == 'fail' then
+    -- its remaining children are cancelled by the cascade (fanout_ended of the parent)
+    close_join(jk, tonumber(j[2]), 'failed')
+    fail(ptkey, pid, p[2], S.WAITING, ts, cjson.encode({code = 'CHILD_FAILED', stage = s, child = id,
+      message = 'child ' .. id .. ' ended ' .. status}))
+    return
+  end
+  if ended >= tonumber(j[2]) then join(ptkey, pid, p[2], s, tonumber(j[2]), p[4], ts) end
+end
+
+fanout_ended = function(tkey, id, status, ts, parent)
+  if parent and parent ~= '' then count_child(tkey, id, status, ts, parent) end
+  -- children still live when their parent ends: the manager's cascade role cancels them, a
+  -- bounded batch per script (cancel_children.lua), however many and however nested
+  if redis.call('SCARD', k_live_children(id)) > 0 then
+    redis.call('ZADD', k_cascades(), ts, id)
+  end
 end

@@ -14,7 +14,8 @@
 --            still holds the task at `stage`; the executor hands it back (handback.lua)
 local tkey, id = KEYS[1], ARGV[2]
 local t = prefetch(tkey, {'status', 'job_id', 'lease', 'stage', 'app', 'plan', 'executor_id',
-  'stage_started', 'run_started', 'exec_used', 'tags', 'group', 'notify', 'error', 'cron', 'next_task'})
+  'stage_started', 'run_started', 'exec_used', 'tags', 'group', 'notify', 'error', 'cron', 'next_task',
+  'parent'})
 if t.status ~= S.RUNNING or t.job_id ~= ARGV[3] or t.lease ~= ARGV[4] then
   return {'STALE'}
 end

@@ -27,6 +27,9 @@ if status == S.IDLE or status == S.SUSPENDED then
 elseif status == S.WAITING then
   local plan = cjson.decode(h[5])
   local p = plan[s + 1]
+  if p[1] == 'f' then
+    return {'SKIP', status}  -- a children stage ends by its join (_lib.lua, fan-out), never by time
+  end
   local w = ARGV[4] == '1' and wait_facts(tkey, s, p)
   if p[1] == 'm' and p[3] == 'fail' then
     fail(tkey, id, app, status, ts, cjson.encode({code = 'MESSAGE_TIMEOUT', stage = s,
