@@ -235,7 +235,14 @@ class Api:
                 if raw.get("group") not in (None, group):
                     raise errors.invalid_params(f"tasks[{n}].group", "differs from the batch's group")
                 raw = {**raw, "group": group}
-            tasks.append(parse_task(raw, f"tasks[{n}]"))
+            task = parse_task(raw, f"tasks[{n}]")
+            if task.debounce is not None:
+                # a debounced create may answer with another task (SPEC §2a), which a batch
+                # stored whole or not at all has no way to say
+                raise errors.invalid_params(
+                    f"tasks[{n}].debounce", "not taken by tasks.create_many: use tasks.create"
+                )
+            tasks.append(task)
         ids = [t.id for t in tasks]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)

@@ -19,7 +19,7 @@ from stagewise.config import Settings
 from stagewise.faults import unavailable_reason
 from stagewise.keys import HEALTH_TTL_MS, Keys, parse_stream_name, partition_of
 from stagewise.manager.query import Filters, scan
-from stagewise.models import Task
+from stagewise.models import Task, place
 from stagewise.status import Status
 from stagewise.storage import calls
 from stagewise.storage.calls import results_of
@@ -71,8 +71,10 @@ class Store:
         """Stores a validated task; returns its hash (the existing one when on_conflict is
         "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION, LIMIT_EXCEEDED
         (backpressure).  `trace`: the caller's trace context (stagewise.tracing.caller) the first
-        run's spans join."""
+        run's spans join.  A debounced task whose key holds an IDLE task replaces that one
+        (SPEC §2a): the hash returned is then that task's."""
         await self.check_backlog({task.doc.app})
+        task = place(task, len(self.parts))  # a debounced task lives in its key's partition
         k = self.keys(task.id)
         return await self.scripts.run(calls.create(k, task, on_conflict, now, trace), durable=[k])
 
@@ -440,6 +442,9 @@ class Store:
 def view(h: dict[str, str], include_results: bool = True) -> dict[str, Any]:
     """TaskView (SPEC §7) of a task hash."""
     out: dict[str, Any] = json.loads(h["doc"])
+    # the hash's own id: a debounced create that replaced this task's document brought the
+    # document of the create, whose id was another (SPEC §2a: the id stays)
+    out["id"] = h["id"]
     out["kws"] = json.loads(h["kws"]) if h.get("kws") else {}
     status = h["status"]
     out.update(

@@ -49,6 +49,13 @@ def limit_partition(key: str, partitions: int) -> int:
     return partition_of("limit:" + key, partitions)
 
 
+def debounce_partition(key: str, partitions: int) -> int:
+    """The partition of a debounce key (SPEC §2a): it keeps the key's mapping to its IDLE task,
+    and every task debounced by the key lives there too (Store.create places it), so that one
+    create script finds and replaces that task in its own slot."""
+    return partition_of("debounce:" + key, partitions)
+
+
 def member(app: str, task_id: str) -> str:
     """Member of the scheduling sorted sets: the app rides along so that the manager can name
     the app stream in KEYS without reading the task first ('/' is in neither alphabet)."""
@@ -252,6 +259,12 @@ class Keys:
         """ZSET lease -> time: leases whose permit the manager took back before their claim
         came; claim.lua refuses them, so a late claim can never run beyond a limit."""
         return f"{self.prefix}:rv"
+
+    def debounce(self) -> str:
+        """Hash debounce key -> id of the IDLE task it holds (SPEC §2a): written by create.lua,
+        dropped when that task leaves IDLE (set_status); this partition is the key's own
+        (debounce_partition), and so is the task's."""
+        return f"{self.prefix}:db"
 
     def paused_apps(self) -> str:
         """Hash app -> UNIX s until which its tasks are not claimed (apps.pause), kept in

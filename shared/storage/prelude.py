@@ -59,6 +59,7 @@ KEY_FUNCTIONS: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "k_limit_outbox": (Keys.limit_outbox, ()),
     "k_revoked": (Keys.revoked, ()),
     "k_paused_apps": (Keys.paused_apps, ()),
+    "k_debounce": (Keys.debounce, ()),
 }
 
 _MARK = "\x00"
