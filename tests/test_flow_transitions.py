@@ -9,6 +9,7 @@ hold, unblock, limit_release, permit_check, limit_recheck, outbox_done, limit_pa
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -169,3 +170,161 @@ def test_debounce_is_checked_at_parse() -> None:
         with pytest.raises(RpcError) as e:
             parse_task({"app": APP, "commands": [call()], **doc})
         assert e.value.data["field"] == field, (doc, e.value.data)
+
+
+# =========================================================================== limits
+# The test plays the executor's two steps (stagewise/storage/limits.py): limit_acquire.lua in
+# the key's partition, then claim.lua with the permit; a task held back is parked (hold.lua).
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> Any:
+    import redis.asyncio as aredis
+
+    c = aredis.Redis.from_url(redis_url)
+    yield c
+    await c.aclose()
+
+
+async def everything(raw: Any, namespace: str) -> dict[bytes, bytes]:
+    """Every key of the namespace, dumped: a step that writes nothing leaves this as it was."""
+    out = {}
+    async for key in raw.scan_iter(match=f"{{{namespace}:*"):
+        out[key] = await raw.dump(key)
+    return out
+
+
+def lim_doc(tid: str, conc: int = 1) -> dict[str, Any]:
+    return {"id": tid, "app": APP, "commands": [call()], "limits": [{"key": "L", "concurrency": conc}]}
+
+
+async def read_hint(r: Any, k: Keys, consumer: str = "ex1") -> tuple[str, dict[str, str]]:
+    got = await r.xreadgroup("executors", consumer, {k.stream(APP): ">"}, count=1)
+    [(_, [(entry_id, fields)])] = got
+    return entry_id, fields
+
+
+async def acquire(store: Store, k: Keys, hint: dict[str, str], lease: str) -> str | None:
+    """limit_acquire.lua for each key of the hint: None (granted) or the key holding it back;
+    what it woke is put back as the executor would."""
+    verdicts, woken = await store.limits.acquire(
+        [(k, APP, hint["t"], hint["j"], lease, json.loads(hint["l"]), hint["o"])]
+    )
+    await store.limits.wake(woken)
+    return verdicts[0]
+
+
+async def limited_claim(store: Store, r: Any, k: Keys, tid: str, lease: str) -> calls.Claim:
+    await store.scripts.run(calls.ping(k, "ex1", ["app", APP, "host", "t", "pid", 1]))
+    entry_id, hint = await read_hint(r, k)
+    assert hint["t"] == tid
+    assert await acquire(store, k, hint, lease) is None
+    return await store.scripts.run(
+        calls.claim(k, k.stream(APP), entry_id, tid, hint["j"], "ex1", lease, permits=True)
+    )
+
+
+async def held(store: Store, r: Any, k: Keys, tid: str, lease: str) -> None:
+    entry_id, hint = await read_hint(r, k)
+    assert hint["t"] == tid
+    assert await acquire(store, k, hint, lease) == "L"
+    res = await store.scripts.run(calls.hold(k, k.stream(APP), entry_id, tid, hint["j"], "L"))
+    assert res.code == "HELD"
+
+
+@pytest.mark.parametrize("op", ["cancel", "unlock"])
+async def test_a_slot_freed_by_the_api_goes_to_the_held_task_at_once(
+    store: Store, r: Any, k: Keys, op: str
+) -> None:
+    """cancel / unlock of a run that holds a slot: when the call returns, its permit is given
+    back, the outbox is empty and the task held by the key is back on its stream (no wait for
+    the manager's limits role, which is not running here)."""
+    await store.create(parse_task(lim_doc("a")))
+    await store.create(parse_task(lim_doc("b")))
+    assert (await limited_claim(store, r, k, "a", "lease-a")).code == "OK"
+    await held(store, r, k, "b", "lease-b")
+    assert (await store.get("b"))["blocked_by"] == "L"
+    assert (await store.limits.get("L", 0))["running"] == 1
+    [res] = await store.batch(op, ["a"], dry_run=False)
+    assert res["changed"]
+    assert await r.zcard(k.limit_outbox()) == 0
+    assert await store.limits.get("L", 0) == {"key": "L", "running": 0, "held": 1, "paused_until": None}
+    v = await store.get("b")
+    assert v["status"] == "QUEUED" and v["blocked_by"] is None  # back on its stream
+    got = await r.xreadgroup("executors", "ex1", {k.stream(APP): ">"}, count=10)
+    assert "b" in [f["t"] for _, f in got[0][1]]  # (unlock put `a` back on its stream too)
+
+
+async def test_refused_limit_steps_write_nothing(
+    store: Store, r: Any, k: Keys, raw: Any, namespace: str
+) -> None:
+    """Each refusal of the flow-control scripts, one after the other, leaves every key of the
+    namespace as it was."""
+    await store.create(parse_task(lim_doc("a")))
+    await store.create(parse_task(lim_doc("b")))
+    assert (await limited_claim(store, r, k, "a", "lease-a")).code == "OK"
+    await held(store, r, k, "b", "lease-b")
+    await store.scripts.run(calls.ping(k, "ex1", ["app", APP, "host", "t", "pid", 1]))
+    jb = (await store.raw("b") or {})["job_id"]
+    before = await everything(raw, namespace)
+    s = store.scripts
+    refusals: list[tuple[calls.Call[Any], Any]] = [
+        # a replay of a granted permit: granted, nothing written twice
+        (
+            calls.limit_acquire(k, "L", f"0|{APP}/a|x", f"0|{APP}/a|lease-a", ["L", 1, 0, 1.0], "1", 5),
+            calls.Acquired("OK", []),
+        ),
+        # a claim without permits of a task with limits: LIMITED (the executor asks first)
+        (calls.claim(k, k.stream(APP), "0-1", "b", jb, "ex1", "lease-c"), "LIMITED"),
+        # a claim of a stale run (another job id)
+        (calls.claim(k, k.stream(APP), "0-1", "b", "nope", "ex1", "lease-c", permits=True), "STALE"),
+        # a key woke a task that is no longer held for that run
+        (calls.unblock(k, "a", "other-job"), calls.Code("STALE")),
+        # the run of a permit still holds the task: LIVE, nothing revoked
+        (calls.permit_check(k, "a", "lease-a"), calls.Code("LIVE")),
+        # a recheck of a permit already given back
+        (calls.limit_recheck(k, "L|0|demo/zz|gone", 5), calls.Code("GONE")),
+        # an outbox entry another drainer removed
+        (calls.outbox_done(k, "demo/zz|gone|L"), calls.Code("GONE")),
+        # a release of what the key no longer holds: nothing to give back, nothing to wake
+        (calls.limit_release(k, "L", [f"0|{APP}/zz|gone"], [f"0|{APP}/zz|gone"]), []),
+    ]
+    for c, expected in refusals:
+        got = await s.run(c)
+        assert (got.code if isinstance(expected, str) else got) == expected, (c.script, got)
+        assert await everything(raw, namespace) == before, c.script
+
+
+async def test_claims_of_a_paused_app_and_a_revoked_lease_write_nothing(
+    store: Store, r: Any, k: Keys, raw: Any, namespace: str
+) -> None:
+    await store.create(parse_task(lim_doc("a")))
+    await store.scripts.run(calls.ping(k, "ex1", ["app", APP, "host", "t", "pid", 1]))
+    entry_id, hint = await read_hint(r, k)
+    assert await acquire(store, k, hint, "lease-a") is None
+    # the manager found the permit's claim late: permit_check revokes the lease
+    assert (await store.scripts.run(calls.permit_check(k, "a", "lease-a"))).code == "GONE"
+    before = await everything(raw, namespace)
+    c = calls.claim(k, k.stream(APP), entry_id, "a", hint["j"], "ex1", "lease-a", permits=True)
+    assert (await store.scripts.run(c)).code == "REVOKED"
+    assert await everything(raw, namespace) == before
+    await store.pause_app(APP, 4e9)
+    before = await everything(raw, namespace)
+    c = calls.claim(k, k.stream(APP), entry_id, "a", hint["j"], "ex1", "lease-b", permits=True)
+    assert (await store.scripts.run(c)).code == "PAUSED"
+    assert await everything(raw, namespace) == before
+
+
+async def test_a_permit_whose_claim_never_came_is_given_back(store: Store, r: Any, k: Keys) -> None:
+    """The executor died between limit_acquire and claim: the manager's check revokes the
+    lease and gives the slot to the held task."""
+    await store.create(parse_task(lim_doc("a")))
+    await store.create(parse_task(lim_doc("b")))
+    _, hint = await read_hint(r, k)
+    assert await acquire(store, k, hint, "lease-a") is None  # ... and the executor dies
+    await held(store, r, k, "b", "lease-b")
+    n = await store.limits.check_permits(k, float("inf"))
+    assert n == 1
+    assert await r.zscore(k.revoked(), "lease-a") is not None
+    v = await store.get("b")
+    assert v["status"] == "QUEUED" and v["blocked_by"] is None

@@ -305,3 +305,19 @@ async def test_debounce_max_wait_bounds_the_delay(daemons: Any, r: Any) -> None:
     assert 1.9 < started - t0 < 3.0, started - t0  # max_wait (2 s) and the manager's tick
     assert await r.lrange(runs_key(ns), 0, -1) == [first["id"]]
     assert n >= 9 and len(ids) <= 2  # a create that came after the start made a new task
+
+
+async def test_retry_later_with_a_foreign_pause_key_fails_the_attempt(daemons: Any) -> None:
+    """A pause_key that is not one of the task's limit keys is a mistake of the handler: the
+    attempt fails with a STAGE_ERROR saying so (no retry left: the run fails), nothing is paused."""
+    m = await daemons.manager()
+    await daemons.executor(APP, concurrency=2)
+    t = lim_task("foreign-1", "fk", ms=5, concurrency=5)
+    t["commands"][0]["params"].update(later=30, pause="c:someone-else")
+    await m.rpc("tasks.create", {"task": t})
+    v = await task_until(m, "foreign-1", lambda v: v["status"] in TERMINAL, within=15)
+    assert v["status"] == "FAILED" and v["error"]["code"] == "STAGE_ERROR", v
+    assert v["error"]["type"] == "RetryLater" and "c:someone-else" in v["error"]["message"]
+    assert (await m.rpc("limits.get", {"key": "c:someone-else"}))["paused_until"] is None
+    [a] = await m.rpc("tasks.attempts", {"id": "foreign-1"})
+    assert a["outcome"] == "error"
