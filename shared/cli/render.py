@@ -208,7 +208,11 @@ def task_details(v: dict[str, Any]) -> Any:
         parts.append(t)
     tb = (v.get("error") or {}).get("traceback") if isinstance(v.get("error"), dict) else None
     if tb:
-        parts += [text(""), text("traceback of the failed stage's handler:", "bold"), text(tb.rstrip(), "red")]
+        parts += [
+            text(""),
+            text("traceback of the failed stage's handler:", "bold"),
+            text(tb.rstrip(), "red"),
+        ]
     return Group(*parts)
 
 

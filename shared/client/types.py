@@ -71,6 +71,7 @@ class TaskView(TypedDict, total=False):
     locked: bool
     # flow control (SPEC §2a)
     limits: list[dict[str, Any]]
+    debounce: dict[str, Any] | None  # {key, period, max_wait?}
     blocked_by: str | None  # the limit key holding a QUEUED task back
 
 
