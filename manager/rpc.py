@@ -145,6 +145,10 @@ class LimitKeyParams(Struct, forbid_unknown_fields=True):
     key: LimitKey
 
 
+class LimitListParams(Struct, forbid_unknown_fields=True):
+    max_results: Annotated[int, Meta(ge=1, le=1000)] = 100
+
+
 class LimitPauseParams(Struct, forbid_unknown_fields=True):
     key: LimitKey
     until: Until
@@ -210,6 +214,7 @@ class Api:
             "apps.pause": (AppPauseParams, self.pause_app),
             "apps.resume": (AppParams, self.resume_app),
             "limits.get": (LimitKeyParams, self.limit_get),
+            "limits.list": (LimitListParams, self.limit_list),
             "limits.pause": (LimitPauseParams, self.limit_pause),
             "limits.resume": (LimitKeyParams, self.limit_resume),
             "stats.history": (NoParams, self.stats),
@@ -328,6 +333,9 @@ class Api:
 
     async def limit_get(self, p: LimitKeyParams) -> Any:
         return await self.store.limits.get(p.key, await self.store.server_time())
+
+    async def limit_list(self, p: LimitListParams) -> Any:
+        return await self.store.limits.seen(await self.store.server_time(), p.max_results)
 
     async def limit_pause(self, p: LimitPauseParams) -> Any:
         return {"key": p.key, "paused_until": await self.store.limits.pause(p.key, p.until)}

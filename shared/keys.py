@@ -30,6 +30,9 @@ LIMIT_WOKEN_GRACE = 5.0  # s
 # the run goes on: a permit whose claim never came (its executor died in between), or whose
 # run is over without its outbox entry drained, gives its slot back.
 LIMIT_PERMIT_CHECK = 5.0  # s
+# The dashboard's list of limit keys (Keys.limit_keys, limits.list) keeps the keys asked for most
+# recently, this many per partition: a key per customer must not grow it without bound.
+LIMIT_KEYS_KEPT = 1000
 
 
 # The health key (Keys.health) expires this long after its write.
@@ -239,6 +242,11 @@ class Keys:
     def limit_rate(self, key: str) -> str:
         """ZSET lease -> time: the claims of the key within its rate window."""
         return f"{self.prefix}:lr:{key}"
+
+    def limit_keys(self) -> str:
+        """ZSET key -> last time a task asked it for a slot (limit_acquire.lua): the limit keys
+        of this partition seen lately, the LIMIT_KEYS_KEPT most recent (limits.list)."""
+        return f"{self.prefix}:lk"
 
     def limit_due(self) -> str:
         """ZSET key -> time: limit keys of this partition that the manager must look at then

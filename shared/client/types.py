@@ -176,6 +176,12 @@ class LimitInfo(TypedDict):
     paused_until: float | None
 
 
+class LimitSeen(LimitInfo):
+    """limits.list: a limit key as limits.get has it, and when a task last asked it for a slot."""
+
+    seen: float
+
+
 class LimitPause(TypedDict):
     """limits.pause / limits.resume"""
 
