@@ -80,6 +80,19 @@ async def step(i: int, last: bool = False) -> int:
     return i + 1
 
 
+@app.method("bench.mark")
+async def mark(ms: float = 5.0) -> None:
+    """Flow control's release latency (bench/run.py, extra limits): the handler's own start and
+    end times (end written before it returns, so before its slot can be freed)."""
+    await rds().rpush(MARKS, f"s {time.time()!r}")
+    await asyncio.sleep(ms / 1000)
+    await rds().rpush(MARKS, f"e {time.time()!r}")
+    await rds().rpush(DONE, 1)
+
+
+MARKS = "bench:marks"
+
+
 # ---------------------------------------------------------------------------------------- harness API
 ASYNC = True
 DIST = "stagewise"

@@ -514,6 +514,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                         log(f"  extra http {w_http}: {describe(rec)}")
                     for cfg in configs["stagewise"]:
                         extra(redis, "monitor", cfg, inflight)
+                    extra(redis, "limits", "tuned", inflight)
         if meta["skipped_budget"]:
             log(f"!! time budget reached: {len(meta['skipped_budget'])} runs skipped")
         fanout(reps, meta)
@@ -552,7 +553,74 @@ def extra_main(kind: str) -> None:
     import uvloop
 
     runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)  # as the harness runs an async peer
-    (_extra_batch if kind == "batch" else _extra_monitor)(runner.run)
+    {"batch": _extra_batch, "monitor": _extra_monitor, "limits": _extra_limits}[kind](runner.run)
+
+
+EXTRA_N_LIMITS, EXTRA_N_HANDOFF = 3000, 300  # noop tasks per throughput run; tasks in the handoff run
+
+
+def _extra_limits(call: Any) -> None:
+    """Flow control's cost (SPEC §2a): noop throughput with every task under one limit key of high
+    concurrency (10000: never reached, so only the cost of asking shows) against the same tasks
+    without limits; then release latency: EXTRA_N_HANDOFF tasks of 5 ms under a key of
+    concurrency 1, the time from one handler's end (written before it returns) to the next
+    handler's start, p50 / p99.  Tasks are queued first, then the executor is started and
+    timed until the last handler ran (the tuned configuration)."""
+    import peer_stagewise as sw
+    import redis
+
+    r = redis.Redis.from_url(sw.REDIS_URL)
+    argv, _desc = sw.CONFIGS["tuned"]
+
+    def drain(tasks: Any, n: int, name: str) -> float:
+        r.flushall()
+        call(sw.setup())
+        try:
+            call(tasks)
+            elog = open(LOGS / f"limits-executor-{name}.log", "wb")  # noqa: SIM115
+            t = time.perf_counter()
+            ex = subprocess.Popen(
+                [str(SW_BIN / argv[0]), *argv[1:]], cwd=HARNESS, stdout=elog, stderr=subprocess.STDOUT
+            )
+            deadline = time.monotonic() + 240
+            while r.llen("bench:done") < n:
+                if time.monotonic() > deadline or ex.poll() is not None:
+                    raise RuntimeError(f"limits run {name}: {r.llen('bench:done')}/{n} done, rc={ex.poll()}")
+                time.sleep(0.005)
+            wall = time.perf_counter() - t
+            ex.send_signal(signal.SIGTERM)
+            ex.wait(30)
+            elog.close()
+        finally:
+            call(sw.teardown())
+        return wall
+
+    def many(task: dict[str, Any], n: int) -> Any:
+        return sw.bounded_gather((sw._create(task) for _ in range(n)), limit=sw.INFLIGHT)
+
+    limit = [{"key": "bench", "concurrency": 10000}]
+    for name, task in (("none", sw.NOOP_TASK), ("one key", {**sw.NOOP_TASK, "limits": limit})):
+        drain(many(task, 300), 300, name + " warm-up")
+        wall = drain(many(task, EXTRA_N_LIMITS), EXTRA_N_LIMITS, name)
+        rec = dict(kind="limits", config="tuned", ok=True, value=EXTRA_N_LIMITS / wall, unit="jobs/s",
+                   wall_s=wall, limits=name, how=f"{EXTRA_N_LIMITS} noop tasks queued, then drained; limits: {name}")  # fmt: skip
+        append(EXTRAS_JSONL, rec)
+        print(f"noop throughput, limits {name}: {rec['value']:,.0f} jobs/s")
+
+    task = {"app": "bench", "commands": [{"method": "bench.mark", "params": {"ms": 5}}],
+            "limits": [{"key": "one", "concurrency": 1}]}  # fmt: skip
+    drain(many(task, EXTRA_N_HANDOFF), EXTRA_N_HANDOFF, "handoff")
+    marks = [m.decode().split() for m in r.lrange(sw.MARKS, 0, -1)]
+    gaps = []
+    for (k1, t1), (k2, t2) in zip(marks, marks[1:], strict=False):
+        if k1 == "e" and k2 == "s":  # one handler's end, the next one's start
+            gaps.append((float(t2) - float(t1)) * 1000)
+    gaps.sort()
+    p50, p99 = gaps[len(gaps) // 2], gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))]
+    rec = dict(kind="limits", config="tuned", ok=True, value=p50, unit="ms p50", p99_ms=p99, n=len(gaps),
+               how="concurrency 1: a handler's end to the next held task's handler start")  # fmt: skip
+    append(EXTRAS_JSONL, rec)
+    print(f"release latency (handler end -> next held handler start): p50 {p50:.2f} ms, p99 {p99:.2f} ms")
 
 
 def _extra_batch(call: Any) -> None:
@@ -1043,6 +1111,18 @@ def render() -> None:
             f"{ratio(e['value'] / p.value if p else None)} | {f2(e.get('redis_cmds'))} | {e.get('how')} |"
         )
     w("")
+    lims = [e for e in extras if e.get("kind") == "limits" and e.get("ok")]
+    if lims:  # stagewise-only: what a limit key costs (flow control, SPEC §2a)
+        w("### flow control (stagewise only: the cost of a limit key)")
+        w("")
+        w("| measurement | value | how |")
+        w("|---|---:|---|")
+        for e in lims:
+            if e["unit"] == "jobs/s":
+                w(f"| noop throughput, limits: {e['limits']} | {f0(e['value'])} jobs/s | {e['how']} |")
+            else:
+                w(f"| release latency | p50 {f2(e['value'])} ms, p99 {f2(e['p99_ms'])} ms | {e['how']} |")
+        w("")
     # noop
     rows, p = tables["noop"], best(peers_of["noop"], False)
     w("### noop (5,000 pre-enqueued jobs, one worker command, timed from its spawn)")
@@ -1266,10 +1346,23 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=0, help="repetitions (default 1)")
     ap.add_argument("--budget", type=float, default=0, help="seconds after which no new run starts")
     ap.add_argument("--render", action="store_true", help="only rewrite RESULTS.md from bench/out")
-    ap.add_argument("--extra", choices=["batch", "monitor"], help=argparse.SUPPRESS)
+    ap.add_argument("--extra", choices=["batch", "monitor", "limits"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--only-extra", choices=["limits"], help="run just this stagewise-only measurement (its own Redis)"
+    )
     args = ap.parse_args()
     if args.extra:
         extra_main(args.extra)
+        return 0
+    if args.only_extra:
+        OUT.mkdir(exist_ok=True)
+        LOGS.mkdir(exist_ok=True)
+        redis = Redis()
+        try:
+            redis.start()
+            extra(redis, args.only_extra, "tuned", INFLIGHT)
+        finally:
+            redis.stop()
         return 0
     if args.render:
         render()

@@ -227,6 +227,8 @@ class Runner:
                 except Failure as f:
                     spent = f.error["code"] == StageError.EXEC_TIMEOUT  # the run's time budget is gone
                     delay = retry_delay(retries, max_retries, backoff, spent)
+                    if f.later is not None and f.later.pause_key:
+                        f = self._check_pause_key(run, f, stage)
                     if f.later is not None:  # RetryLater: the handler's delay, not a retry
                         delay = f.later.seconds
                         if f.later.pause_key and self.drainer is not None:
@@ -326,6 +328,19 @@ class Runner:
         if batched:
             return await self.batcher.run(c)  # the Batcher waits Redis faults out itself
         return await self._persist(lambda: self.scripts.run(c))
+
+    @staticmethod
+    def _check_pause_key(run: Run, f: Failure, stage: int) -> Failure:
+        """A RetryLater whose pause_key is not one of the task's limit keys (as filled at
+        create) is a mistake in the handler: the attempt fails with a STAGE_ERROR that says
+        so (retried as any failed attempt), and no key is paused.  Pausing it anyway would let
+        a handler stop another tenant's key; ignoring it would hide the mistake in a log."""
+        assert f.later is not None
+        keys = [lim[0] for lim in decode(run.h["limits"])] if run.h.get("limits") else []
+        if f.later.pause_key in keys:
+            return f
+        msg = f"RetryLater pause_key {f.later.pause_key!r} is not one of the task's limit keys {keys!r}"
+        return Failure(stage_error(StageError.STAGE_ERROR, msg, stage, "RetryLater"))
 
     async def _pause_key(self, key: str, seconds: float) -> None:
         """RetryLater's pause_key: the key paused for `seconds` (Redis's clock); a failure is

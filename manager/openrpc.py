@@ -46,6 +46,7 @@ RESULTS: dict[str, Any] = {
     "apps.pause": T.AppPause,
     "apps.resume": T.AppPause,
     "limits.get": T.LimitInfo,
+    "limits.list": list[T.LimitSeen],
     "limits.pause": T.LimitPause,
     "limits.resume": T.LimitPause,
     "stats.history": dict[str, Any],
@@ -81,6 +82,8 @@ SUMMARIES: dict[str, str] = {
     "apps.pause": "Stop claims of an app's tasks until apps.resume or `until` (UNIX s); executors stay connected.",
     "apps.resume": "Claims of an app's tasks go on.",
     "limits.get": "A limit key's RUNNING and held-back tasks and its pause.",
+    "limits.list": "The limit keys asked for most recently, each with its RUNNING and held-back tasks, its pause "
+    "and when a task last asked it (beyond SPEC: the dashboard's Limits view).",
     "limits.pause": "No task of a limit key is claimed until `until` (UNIX s) or limits.resume.",
     "limits.resume": "Tasks of a limit key are claimed again.",
     "rpc.discover": "This document.",

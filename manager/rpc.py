@@ -148,6 +148,10 @@ class LimitKeyParams(Struct, forbid_unknown_fields=True):
     key: LimitKey
 
 
+class LimitListParams(Struct, forbid_unknown_fields=True):
+    max_results: Annotated[int, Meta(ge=1, le=1000)] = 100
+
+
 class LimitPauseParams(Struct, forbid_unknown_fields=True):
     key: LimitKey
     until: Until
@@ -213,6 +217,7 @@ class Api:
             "apps.pause": (AppPauseParams, self.pause_app),
             "apps.resume": (AppParams, self.resume_app),
             "limits.get": (LimitKeyParams, self.limit_get),
+            "limits.list": (LimitListParams, self.limit_list),
             "limits.pause": (LimitPauseParams, self.limit_pause),
             "limits.resume": (LimitKeyParams, self.limit_resume),
             "stats.history": (NoParams, self.stats),
@@ -238,7 +243,14 @@ class Api:
                 if raw.get("group") not in (None, group):
                     raise errors.invalid_params(f"tasks[{n}].group", "differs from the batch's group")
                 raw = {**raw, "group": group}
-            tasks.append(parse_task(raw, f"tasks[{n}]"))
+            task = parse_task(raw, f"tasks[{n}]")
+            if task.debounce is not None:
+                # a debounced create may answer with another task (SPEC §2a), which a batch
+                # stored whole or not at all has no way to say
+                raise errors.invalid_params(
+                    f"tasks[{n}].debounce", "not taken by tasks.create_many: use tasks.create"
+                )
+            tasks.append(task)
         ids = [t.id for t in tasks]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
@@ -324,6 +336,9 @@ class Api:
 
     async def limit_get(self, p: LimitKeyParams) -> Any:
         return await self.store.limits.get(p.key, await self.store.server_time())
+
+    async def limit_list(self, p: LimitListParams) -> Any:
+        return await self.store.limits.seen(await self.store.server_time(), p.max_results)
 
     async def limit_pause(self, p: LimitPauseParams) -> Any:
         return {"key": p.key, "paused_until": await self.store.limits.pause(p.key, p.until)}

@@ -68,8 +68,9 @@ TRIM_EVERY = 2.0  # s
 CLEAN_EVERY = 60.0  # s
 RECONCILE_BATCH = 200  # QUEUED tasks whose hint the reconcile role looks at, per partition and pass
 RUNNING_PAGE = 1000  # RUNNING tasks the reconcile role reads per round trip
-# Outbox entries younger than this are left to the executor that wrote them (it drains at once);
-# the manager's own transitions (cancel, unlock, expire, reap) wait this long at most.
+# Outbox entries younger than this are left to the process that wrote them (an executor's run
+# that ended, or the manager's own cancel, unlock, expire, reap, orphan: each drains at once,
+# Store.release_freed); what is older was left by a process that died in between.
 OUTBOX_GRACE = 0.05  # s
 SPAWN_BATCH = 50  # parents whose children the spawn role starts per partition and step
 # children built per partition and step, at most (the first parent's all, however many): filling and
@@ -257,12 +258,16 @@ class Scheduler:
         members = await self.r.zrangebyscore(k.deadlines(), "-inf", now, start=0, num=self.settings.batch)
         if not members:
             return 0
+        expired = False
         for m, res in zip(
             members, await self.scripts.run_many([calls.expire(k, m) for m in members]), strict=True
         ):
             if res.code == "FAILED":
                 self._count("exec_timeouts")
                 self.log.info("exec_timeout", member=m)
+                expired = True
+        if expired:  # their limit slots go back now (Store.release_freed)
+            await self.store.release_freed([k])
         return len(members)
 
     async def reap(self, k: Keys, now: float) -> None:
@@ -303,6 +308,8 @@ class Scheduler:
         redelivered = 0
         if not mark.live:
             redelivered = await redeliver_pending(self.r, self.scripts, k, mark.app or None, eid)
+        if any(o.code in ("QUEUED", "FAILED") for o in outcomes):
+            await self.store.release_freed([k])  # the dead runs' limit slots, now
         left = await self.scripts.run(calls.forget(k, eid))
         if left.code == "BUSY":  # marked again since step 2 read the hash: the next pass goes on
             return
@@ -384,6 +391,8 @@ class Scheduler:
                     requeued += 1
                     self._count("orphans")
                     self.log.warning("orphan_requeued", member=m, executor_id=eid or None, reason=res.reason)
+        if requeued:
+            await self.store.release_freed([k])  # their limit slots, now
         return requeued
 
     async def lost_deliveries(self, k: Keys, now: float) -> int:
@@ -432,8 +441,8 @@ class Scheduler:
 
     async def limits(self, k: Keys, now: float) -> None:
         """Flow control's due work in partition `k`: outbox entries older than OUTBOX_GRACE
-        (the executor that wrote one drains it at once; older ones were left by a process that
-        died, or by the manager's own transitions: cancel, unlock, expire, reap, orphan), keys
+        (the process that wrote one drains it at once; older ones were left by a process that
+        died in between), keys
         due, permits due.  Each reads a sorted set up to now: nothing grows with the tasks
         held or stored."""
         lim = self.store.limits

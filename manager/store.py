@@ -15,15 +15,17 @@ from typing import Any
 import redis.asyncio as aredis
 
 from stagewise import errors, tracing
+from stagewise import log as slog
 from stagewise.config import Settings
 from stagewise.faults import unavailable_reason
 from stagewise.keys import HEALTH_TTL_MS, Keys, parse_stream_name, partition_of
 from stagewise.manager.query import Filters, scan
-from stagewise.models import Task
+from stagewise.models import Task, place
 from stagewise.status import Status
 from stagewise.storage import calls
 from stagewise.storage.calls import results_of
 from stagewise.storage.durability import Durability
+from stagewise.storage.limits import BATCH as LIMITS_BATCH
 from stagewise.storage.limits import Limits
 from stagewise.storage.runner import Scripts
 
@@ -55,6 +57,7 @@ class Store:
         self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
         # flow control (SPEC §2a)
         self.limits = Limits(self.scripts, client, settings.namespace, settings.partitions)
+        self.log = slog.get(role="store")
 
     async def server_time(self) -> float:
         """Redis's clock (TIME), the one the scripts stamp tasks and indexes with."""
@@ -71,8 +74,10 @@ class Store:
         """Stores a validated task; returns its hash (the existing one when on_conflict is
         "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION, LIMIT_EXCEEDED
         (backpressure).  `trace`: the caller's trace context (stagewise.tracing.caller) the first
-        run's spans join."""
+        run's spans join.  A debounced task whose key holds an IDLE task replaces that one
+        (SPEC §2a): the hash returned is then that task's."""
         await self.check_backlog({task.doc.app})
+        task = place(task, len(self.parts))  # a debounced task lives in its key's partition
         k = self.keys(task.id)
         return await self.scripts.run(calls.create(k, task, on_conflict, now, trace), durable=[k])
 
@@ -104,6 +109,19 @@ class Store:
                         "retry_after": BACKLOG_RETRY_AFTER,
                     },
                 )
+
+    async def release_freed(self, parts: list[Keys]) -> None:
+        """Gives back at once the permits of the runs that the manager's own transitions just
+        took from RUNNING (cancel, unlock, expire, reap, orphan: each left them in its
+        partition's outbox), so that the slots reach held tasks without waiting for the
+        limits role.  A failure is logged and left to that role (OUTBOX_GRACE), whose drain
+        gives back whatever a process left."""
+        for k in parts:
+            try:
+                while await self.limits.drain(k) >= LIMITS_BATCH:
+                    pass
+            except Exception as e:  # noqa: BLE001 - the limits role drains what is left
+                self.log.warning("limits_release_failed", partition=k.partition, error=str(e)[:300])
 
     async def pause_app(self, app: str, until: float | None) -> dict[str, Any]:
         """apps.pause (until; None: until apps.resume, kept as PAUSE_FOREVER) / apps.resume
@@ -208,6 +226,13 @@ class Store:
         batch = [self._batch_call(op, self.keys(i), i, dry_run, extra) for i in ids]
         written = [] if dry_run else [self.keys(i) for i in ids]  # a dry run writes nothing
         results = await self.scripts.run_many(batch, raise_on_error=False, durable=written)
+        if op in ("cancel", "unlock") and not dry_run:
+            # flow control: a run these took from RUNNING left its permits in its partition's
+            # outbox; they go back now, not at the manager's next look (SPEC §2a: a slot freed
+            # reaches a held task within 100 ms)
+            changed = {self.keys(i).partition for i, res in zip(ids, results, strict=True)
+                       if isinstance(res, dict) and res.get("changed")}  # fmt: skip
+            await self.release_freed([self.parts[p] for p in sorted(changed)])
         for res in results:
             # Redis refusing writes (out of memory, read-only) is no fault of one task: the
             # call answers 1006 as a whole, and a retry is safe (a task already cancelled,
@@ -468,6 +493,9 @@ class Store:
 def view(h: dict[str, str], include_results: bool = True) -> dict[str, Any]:
     """TaskView (SPEC §7) of a task hash."""
     out: dict[str, Any] = json.loads(h["doc"])
+    # the hash's own id: a debounced create that replaced this task's document brought the
+    # document of the create, whose id was another (SPEC §2a: the id stays)
+    out["id"] = h["id"]
     out["kws"] = json.loads(h["kws"]) if h.get("kws") else {}
     status = h["status"]
     out.update(

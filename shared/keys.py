@@ -31,6 +31,9 @@ LIMIT_WOKEN_GRACE = 5.0  # s
 # the run goes on: a permit whose claim never came (its executor died in between), or whose
 # run is over without its outbox entry drained, gives its slot back.
 LIMIT_PERMIT_CHECK = 5.0  # s
+# The dashboard's list of limit keys (Keys.limit_keys, limits.list) keeps the keys asked for most
+# recently, this many per partition: a key per customer must not grow it without bound.
+LIMIT_KEYS_KEPT = 1000
 
 
 # The health key (Keys.health) expires this long after its write.
@@ -62,6 +65,13 @@ def limit_partition(key: str, partitions: int) -> int:
     """The partition that keeps the state of a limit key (flow control, SPEC §2a): one for the
     whole namespace, whichever partitions its tasks live in."""
     return partition_of("limit:" + key, partitions)
+
+
+def debounce_partition(key: str, partitions: int) -> int:
+    """The partition of a debounce key (SPEC §2a): it keeps the key's mapping to its IDLE task,
+    and every task debounced by the key lives there too (Store.create places it), so that one
+    create script finds and replaces that task in its own slot."""
+    return partition_of("debounce:" + key, partitions)
 
 
 def member(app: str, task_id: str) -> str:
@@ -273,6 +283,11 @@ class Keys:
         """ZSET lease -> time: the claims of the key within its rate window."""
         return f"{self.prefix}:lr:{key}"
 
+    def limit_keys(self) -> str:
+        """ZSET key -> last time a task asked it for a slot (limit_acquire.lua): the limit keys
+        of this partition seen lately, the LIMIT_KEYS_KEPT most recent (limits.list)."""
+        return f"{self.prefix}:lk"
+
     def limit_due(self) -> str:
         """ZSET key -> time: limit keys of this partition that the manager must look at then
         (a rate window opens, a pause ends, a reservation lapses)."""
@@ -292,6 +307,12 @@ class Keys:
         """ZSET lease -> time: leases whose permit the manager took back before their claim
         came; claim.lua refuses them, so a late claim can never run beyond a limit."""
         return f"{self.prefix}:rv"
+
+    def debounce(self) -> str:
+        """Hash debounce key -> id of the IDLE task it holds (SPEC §2a): written by create.lua,
+        dropped when that task leaves IDLE (set_status); this partition is the key's own
+        (debounce_partition), and so is the task's."""
+        return f"{self.prefix}:db"
 
     def paused_apps(self) -> str:
         """Hash app -> UNIX s until which its tasks are not claimed (apps.pause), kept in

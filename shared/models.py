@@ -14,6 +14,7 @@ from msgspec import Meta, Struct, field
 
 from stagewise import templates
 from stagewise.errors import RpcError, invalid_params
+from stagewise.keys import debounce_partition, partition_of
 from stagewise.policy import cron_valid, next_cron
 
 TaskId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
@@ -148,6 +149,12 @@ class Limit(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True)
     per: Annotated[float, Meta(gt=0, le=86400)] = 1.0
 
 
+class Debounce(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    key: Annotated[str, Meta(min_length=1, max_length=1000)]
+    period: Seconds30d
+    max_wait: Seconds30d | None = None
+
+
 class TaskDoc(Struct, frozen=True, forbid_unknown_fields=True):
     app: AppName
     commands: Annotated[list[dict[str, Any]], Meta(min_length=1, max_length=100)]
@@ -171,6 +178,7 @@ class TaskDoc(Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True
     # flow control (SPEC §2a)
     limits: Annotated[list[Limit], Meta(max_length=MAX_LIMITS)] = []
+    debounce: Debounce | None = None
 
 
 T = TypeVar("T")
@@ -238,6 +246,8 @@ class Task(Struct, frozen=True):
     commands: list[Command]
     # flow control: the limits with their keys filled ([key, concurrency or 0, rate or 0, per])
     limits: list[list[Any]] = []
+    # debounce (SPEC §2a): its key filled, or None
+    debounce: str | None = None
 
     def plan(self) -> list[Any]:
         out: list[Any] = []
@@ -273,8 +283,39 @@ def parse_task(obj: Any, where: str = "task") -> Task:
             next_cron(doc.cron, doc.tz, time.time())
         except Exception:  # noqa: BLE001 - croniter gives up on dates that never come
             raise invalid_params(f"{where}.cron", "the expression never fires") from None
+    debounce = None
+    if doc.debounce is not None:
+        if doc.cron is not None:
+            raise invalid_params(f"{where}.debounce", "a cron task cannot be debounced")
+        # filled without the task's id: a key of one task alone would debounce nothing, and
+        # the id of a debounced task may still be drawn again (place)
+        debounce = _fill_key(doc.debounce.key, doc, "", f"{where}.debounce.key")
     task_id = doc.id or uuid.uuid4().hex
-    return Task(doc=doc, id=task_id, commands=commands, limits=fill_limits(doc, task_id, where))
+    return Task(
+        doc=doc, id=task_id, commands=commands, limits=fill_limits(doc, task_id, where), debounce=debounce
+    )
+
+
+def place(task: Task, partitions: int, where: str = "task") -> Task:
+    """A debounced task lives in its debounce key's partition (keys.debounce_partition), so that
+    one create script can find and replace the IDLE task of the key: a generated id is drawn
+    again until it lands there (about `partitions` draws), a given id that lands elsewhere is
+    refused.  Any other task is returned as it is."""
+    if task.debounce is None or partitions <= 1:
+        return task
+    target = debounce_partition(task.debounce, partitions)
+    if partition_of(task.id, partitions) == target:
+        return task
+    if task.doc.id is not None:
+        raise invalid_params(
+            f"{where}.id",
+            f"a debounced task lives in its debounce key's partition ({target}); this id would live "
+            f"in {partition_of(task.id, partitions)}: leave id out to have one drawn that fits",
+        )
+    task_id = uuid.uuid4().hex
+    while partition_of(task_id, partitions) != target:
+        task_id = uuid.uuid4().hex
+    return msgspec.structs.replace(task, id=task_id, limits=fill_limits(task.doc, task_id, where))
 
 
 def _fill_key(key: str, doc: TaskDoc, task_id: str, where: str) -> str:

@@ -1,8 +1,11 @@
 """Chaos run: many three-stage tasks while executors are SIGKILLed at random and restarted,
 and the manager is SIGKILLed and restarted; then every task must be FINISHED with exactly the
-expected results, and no stage committed twice.
+expected results, and no stage committed twice.  With --limited N, N more three-stage tasks run
+under concurrency-limited keys (flow control, SPEC §2a); their handlers record their own spans
+in Redis (a SIGKILLed one ends at its kill), and the most that overlapped per key must not pass
+the key's limit.
 
-    python -m tests.chaos --tasks 2000 --duration 300      (make chaos CHAOS_ARGS="...")
+    python -m tests.chaos --tasks 2000 --limited 500 --duration 300      (make chaos CHAOS_ARGS="...")
 
 The fan-out workload (--workload fanout) creates parents instead, each with a children stage
 (a map over --children items) then a stage that reads the join's result: every parent must be
@@ -30,7 +33,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from tests.chaos_app import exec_key
+from tests.chaos_app import exec_key, open_key, spans_key
 from tests.helpers import Daemons, Proc, RedisServer, free_port, wait_for
 
 APP = "tests.chaos_app:app"
@@ -49,6 +52,9 @@ class Summary:
     executor_kills: int = 0
     manager_kills: int = 0
     recovery_s: list[float] = field(default_factory=list)  # executor SIGKILL -> its runs re-queued
+    limited: int = 0  # of `tasks`, those under a limit key
+    limit: int = 0  # the concurrency of each limit key
+    max_overlap: dict[str, int] = field(default_factory=dict)  # limit key -> most spans at once
     chaos_s: float = 0.0
     drain_s: float = 0.0
     # fan-out workload: `tasks` are the parents
@@ -65,7 +71,8 @@ class Summary:
             and not self.wrong_results
             and not self.double_committed
             and not self.double_counted_joins
-            and self.children_finished == self.tasks * self.children
+            and self.children_finished == (self.tasks - self.limited) * self.children
+            and all(n <= self.limit for n in self.max_overlap.values())
         )
 
     def lines(self) -> str:
@@ -97,6 +104,15 @@ class Summary:
                 f"  stage executions started {self.stage_executions} (repeated {self.repeated_executions})",
                 f"  recovery from an executor SIGKILL (kill -> its runs re-queued): {rec_txt}",
                 *fanout,
+                *(
+                    [
+                        f"  limited: {self.limited} tasks over {len(self.max_overlap)} keys of concurrency "
+                        f"{self.limit}; most running at once per key: "
+                        + ", ".join(f"{k} {n}" for k, n in sorted(self.max_overlap.items()))
+                    ]
+                    if self.limited
+                    else []
+                ),
             ]
         )
 
@@ -117,13 +133,23 @@ async def run_chaos(
     echo: bool = False,
     workload: str = "stages",
     children: int = 10,
+    limited: int = 0,
+    limit_keys: int = 3,
+    limit: int = 2,
 ) -> Summary:
     rnd = random.Random(seed)
     d = Daemons(redis_url, namespace, log_dir)
     r = aredis.Redis.from_url(redis_url, decode_responses=True)
     fan = workload == "fanout"
-    summary = Summary(tasks=tasks, workload=workload, children=children if fan else 0)
-    total = tasks * (1 + summary.children)  # every task that must end: parents and children
+    summary = Summary(
+        tasks=tasks + limited,
+        limited=limited,
+        limit=limit,
+        workload=workload,
+        children=children if fan else 0,
+    )
+    lim = (limit_keys, limit)
+    total = tasks * (1 + summary.children) + limited  # every task that must end: parents, children, limited
     http = f"127.0.0.1:{free_port()}"
     # A stage killed many times in a row is what chaos is made of here, not a poison task.
     menv = {"STAGEWISE_HTTP": http, "STAGEWISE_MAX_INTERRUPTIONS": 1000, "STAGEWISE_LOG_LEVEL": "warning"}
@@ -132,8 +158,9 @@ async def run_chaos(
     try:
         m = await d.manager(**menv)
         live: list[Proc] = [await d.executor(APP, concurrency, **eenv) for _ in range(executors)]
-        ids = [f"{'f' if fan else 'c'}{i}" for i in range(tasks)]
-        batches = [ids[i : i + 25] for i in range(0, tasks, 25)]
+        ids = [f"{'f' if fan else 'c'}{i}" for i in range(tasks)] + [f"l{i}" for i in range(limited)]
+        rnd.shuffle(ids)  # limited and plain work arrive mixed
+        batches = [ids[i : i + 25] for i in range(0, len(ids), 25)]
         # Work arrives through the first 70 % of the run, so kills keep landing on live work.
         feed_at = [duration * 0.7 * n / len(batches) for n in range(len(batches))]
         t0 = time.monotonic()
@@ -145,7 +172,7 @@ async def run_chaos(
             now = time.monotonic()
             while feed_at and now - t0 >= feed_at[0]:
                 feed_at.pop(0)
-                await _create(m, batches.pop(0), ids, summary.children)
+                await _create(m, batches.pop(0), lim, summary.children)
             if manager_at and now - t0 >= manager_at[0]:
                 manager_at.pop(0)
                 m.kill()
@@ -208,12 +235,18 @@ def _fanout_expected(tid: str, n: int, children: int) -> list[Any]:
     return [joined, n * 1000 + children + 1]
 
 
-async def _create(m: Any, batch: list[str], ids: list[str], children: int = 0) -> None:
+def _number(tid: str) -> int:
+    """c<i> and f<i> -> i, l<i> -> 1_000_000 + i: each task's kws.v is ten times its number."""
+    return int(tid[1:]) + (1_000_000 if tid[0] == "l" else 0)
+
+
+async def _create(m: Any, batch: list[str], lim: tuple[int, int], children: int = 0) -> None:
     reqs = []
     for tid in batch:
-        n = ids.index(tid)
-        step = {"method": "chaos.step", "params": {"value": "", "min_ms": 100, "max_ms": 500}}
-        if children:
+        n = _number(tid)
+        step: dict[str, Any] = {"method": "chaos.step", "params": {"value": "", "min_ms": 100, "max_ms": 500}}
+        extra: dict[str, Any] = {}
+        if children and tid[0] == "f":
             reqs.append(
                 {
                     "jsonrpc": "2.0",
@@ -223,6 +256,10 @@ async def _create(m: Any, batch: list[str], ids: list[str], children: int = 0) -
                 }
             )
             continue
+        if tid[0] == "l":  # under one of lim[0] keys of concurrency lim[1]
+            key = f"k{n % lim[0]}"
+            step = {"method": "chaos.limited", "params": {**step["params"], "key": key}}
+            extra = {"limits": [{"key": "chaos:{{ kws.key }}", "concurrency": lim[1]}]}
         reqs.append(
             {
                 "jsonrpc": "2.0",
@@ -232,12 +269,13 @@ async def _create(m: Any, batch: list[str], ids: list[str], children: int = 0) -
                     "task": {
                         "id": tid,
                         "app": "chaos",
-                        "kws": {"v": n * 10},
+                        "kws": {"v": n * 10, "key": f"k{n % lim[0]}"},
                         "commands": [
                             {**step, "params": {**step["params"], "value": "{{ kws.v }}"}},
                             {**step, "params": {**step["params"], "value": "{{ results.0 }}"}},
                             {**step, "params": {**step["params"], "value": "{{ results.1 }}"}},
                         ],
+                        **extra,
                     }
                 },
             }
@@ -261,7 +299,8 @@ async def _check(
     s.stage_executions = sum(int(v) for v in executions.values())
     s.repeated_executions = s.stage_executions - sum(1 for _ in executions)
     lost_marks: list[tuple[str, float]] = []
-    for n, tid in enumerate(ids):
+    for tid in ids:
+        n = _number(tid)
         try:
             v = await m.rpc("tasks.get", {"id": tid})
         except Exception:  # noqa: BLE001 - a missing task is what we count
@@ -273,7 +312,7 @@ async def _check(
             s.failed += 1
         else:
             s.lost += 1
-        if s.children:
+        if s.children and tid[0] == "f":
             if v["status"] == "FINISHED" and v["results"] != _fanout_expected(tid, n, s.children):
                 s.wrong_results += 1
             lost_marks += await _check_family(r, m, namespace, tid, s)
@@ -288,6 +327,8 @@ async def _check(
             elif a["outcome"] == "lost":
                 lost_marks.append((a["executor_id"], a["ended"]))
         s.double_committed += sum(1 for c in ok.values() if c > 1)
+    if s.limited:
+        s.max_overlap = await _overlap(r, namespace, kills)
     for t_kill, pid in kills:  # a killed executor's runs were re-queued when the reaper saw it
         ends = [end for eid, end in lost_marks if f"-{pid}-" in eid and end >= t_kill]
         if ends:
@@ -323,6 +364,32 @@ async def _check_family(
     return lost_marks
 
 
+async def _overlap(r: aredis.Redis, namespace: str, kills: list[tuple[float, int]]) -> dict[str, int]:
+    """The most executions of each limit key that ran at once, from the handlers' own spans: an
+    execution cut short by a SIGKILL (left open) ended at the kill of its process."""
+    killed = {pid: t for t, pid in kills}
+    spans: list[tuple[str, float, float]] = []
+    for raw in await r.lrange(spans_key(namespace), 0, -1):
+        key, start, end = raw.split("|")
+        spans.append((key, float(start), float(end)))
+    for me, raw in (await r.hgetall(open_key(namespace))).items():
+        key, start = raw.split("|")
+        pid = int(me.split(":")[-2])
+        spans.append((key, float(start), killed.get(pid, float("inf"))))  # never killed: still running
+    most: dict[str, int] = {}
+    for key in {k for k, _, _ in spans}:
+        # an end sorts before a start at the same instant: back to back is not an overlap
+        events = sorted(
+            [(s, 1) for k, s, _ in spans if k == key] + [(e, -1) for k, _, e in spans if k == key]
+        )
+        n = top = 0
+        for _, delta in events:
+            n += delta
+            top = max(top, n)
+        most[key] = top
+    return most
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", type=int, default=2000)
@@ -335,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--workload", choices=("stages", "fanout"), default="stages")
     p.add_argument("--children", type=int, default=10, help="children per parent (fanout)")
+    p.add_argument("--limited", type=int, default=0, help="tasks more, under concurrency-limited keys")
+    p.add_argument("--limit-keys", type=int, default=3, help="how many limit keys the limited tasks share")
+    p.add_argument("--limit", type=int, default=2, help="the concurrency of each limit key")
     a = p.parse_args(argv)
     server = RedisServer.start()
     try:
@@ -356,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
                     echo=True,
                     workload=a.workload,
                     children=a.children,
+                    limited=a.limited,
+                    limit_keys=a.limit_keys,
+                    limit=a.limit,
                 )
             )
             print(json.dumps(asdict(s)), flush=True)

@@ -532,3 +532,32 @@ async def test_fan_out_parent_and_children(m: ManagerProc) -> None:
         "waiting for its children" in watched.out
         and watched.out.splitlines()[-1].strip() == f"{pid} FINISHED"
     )
+
+
+async def test_apps_and_limits_pause_and_resume(m: ManagerProc) -> None:
+    """`apps pause|resume` and `limits get|pause|resume` (SPEC §2a, §7): what they set is what the
+    manager reports; `stagewise apps` shows the pause."""
+    app = uid("paws").replace("-", "")
+    await m.rpc("tasks.create", {"task": {"app": app, "run_at": 4e9, "commands": [{"method": "x.y"}]}})
+    got = ok(await sw(m, "apps", "pause", app, "--until", "2h", "--json")).json()
+    assert got["app"] == app and 7100 < got["paused_until"] - time.time() < 7300
+    rows = {r["app"]: r for r in await m.rpc("apps.list")}
+    assert rows[app]["paused_until"] == pytest.approx(got["paused_until"])
+    assert "until" in [line for line in ok(await sw(m, "apps")).out.splitlines() if app in line][0]
+    assert f"app {app} not paused" in ok(await sw(m, "apps", "resume", app)).out
+    assert {r["app"]: r for r in await m.rpc("apps.list")}[app]["paused_until"] is None
+    forever = ok(await sw(m, "apps", "pause", app)).out
+    assert f"app {app} paused until" in forever
+    ok(await sw(m, "apps", "resume", app))
+
+    key = uid("key")
+    ok(await sw(m, "limits", "pause", key, "--until", "4000000000"))
+    info = ok(await sw(m, "limits", "get", key, "--json")).json()
+    assert info == {"key": key, "running": 0, "held": 0, "paused_until": 4e9}
+    shown = ok(await sw(m, "limits", "get", key)).out
+    assert key in shown and "held" in shown and "until" in shown
+    assert ok(await sw(m, "limits", "resume", key, "--json")).json() == {"key": key, "paused_until": None}
+    assert (await m.rpc("limits.get", {"key": key}))["paused_until"] is None
+    bad = await sw(m, "limits", "pause", key)  # --until is required
+    assert bad.rc == 2 and "--until" in bad.err
+    assert (await sw(m, "limits", "pause", key, "--until", "soon")).rc == 2

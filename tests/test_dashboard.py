@@ -250,6 +250,7 @@ async def test_dashboard_shows_a_parents_children(daemons: Any) -> None:
     await m.rpc("tasks.create", {"task": task})
     await task_until(m, f"{pid}.0.0", lambda v: v["status"] == "FINISHED", what="the first child")
     await task_until(m, f"{pid}.0.1", lambda v: v["status"] == "WAITING", what="the second child")
+
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -275,3 +276,65 @@ async def test_dashboard_shows_a_parents_children(daemons: Any) -> None:
             assert errors == []
         finally:
             await browser.close()
+
+
+async def test_dashboard_flow_control(daemons: Any) -> None:
+    """Flow control in the dashboard: a task held back by a limit key says so in the list and on
+    its page, the Limits view lists the key with its running and held counts, and an app is
+    paused and resumed from the overview."""
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing (`make test` installs it with apt)", pytrace=False)
+    m = await daemons.manager()
+    await daemons.executor("tests.limits_app:app", concurrency=4)
+    key = "c:dash"
+
+    def task(tid: str) -> dict[str, Any]:
+        return {"id": tid, "app": "lim", "commands": [{"method": "lim.work", "params": {"key": "dash", "ms": 60_000}}],
+                "limits": [{"key": key, "concurrency": 1}]}  # fmt: skip
+
+    running, held = uid("run"), uid("held")
+    await m.rpc("tasks.create", {"task": task(running)})
+    await task_until(m, running, lambda v: v["status"] == "RUNNING", what="the first task running")
+    await m.rpc("tasks.create", {"task": task(held)})
+    await task_until(m, held, lambda v: v["blocked_by"] == key, what="the second task held back")
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("dialog", lambda d: d.accept())  # the confirm() before a pause
+
+            await page.goto(f"{m.url}/#/tasks")
+            row = page.locator(f'#tasks tr[data-id="{held}"]')
+            await expect(row.locator(".held")).to_contain_text(f"held by {key}", timeout=WAIT)
+            await expect(page.locator(f'#tasks tr[data-id="{running}"] .held')).to_have_count(0)
+            await row.locator("td.id a").click()
+            await expect(page.locator("#task-status")).to_have_text("QUEUED", timeout=WAIT)
+            await expect(page.locator(".summary")).to_contain_text(f"Held by held by {key}")
+            await expect(page.locator(".summary")).to_contain_text("1 at once")
+
+            await page.locator(".summary .held a").click()  # to the key in the Limits view
+            limit = page.locator(f'#limits tr[data-key="{key}"]')
+            await expect(limit).to_have_class("current", timeout=WAIT)
+            await expect(limit.locator("td").nth(1)).to_have_text("1")
+            await expect(limit.locator("td").nth(2)).to_have_text("1")
+            await page.click("nav a[data-nav=limits]")
+            await expect(page.locator("#limits tbody tr[data-key]")).to_have_count(1, timeout=WAIT)
+
+            # pause the app from the overview, then resume it
+            await page.click("nav a[data-nav=overview]")
+            app_row = page.locator('#apps tr[data-app="lim"]')
+            await app_row.locator("button.pause-app").click(timeout=WAIT)
+            await expect(app_row.locator("td.paused")).to_contain_text("until", timeout=WAIT)
+            [lim] = [a for a in await m.rpc("apps.list") if a["app"] == "lim"]
+            assert lim["paused_until"] is not None
+            await app_row.locator("button.resume-app").click(timeout=WAIT)
+            await expect(app_row.locator("button.pause-app")).to_be_visible(timeout=WAIT)
+            [lim] = [a for a in await m.rpc("apps.list") if a["app"] == "lim"]
+            assert lim["paused_until"] is None
+            assert errors == []
+        finally:
+            await browser.close()
+    await m.rpc("tasks.cancel", {"ids": [running, held], "dry_run": False})

@@ -6,13 +6,14 @@ the handlers saw."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import pytest
 
 from tests.helpers import TERMINAL, RpcError, task_until, wait_for
-from tests.limits_app import max_key, pid_key, running_key, starts_key
+from tests.limits_app import max_key, pid_key, running_key, runs_key, starts_key
 
 APP = "tests.limits_app:app"
 PARTS = {"STAGEWISE_PARTITIONS": 3}
@@ -249,3 +250,74 @@ async def test_limit_keys_are_checked_at_create(daemons: Any) -> None:
                 "tasks.create", {"task": {"app": "x", "commands": [{"method": "m"}], "limits": limits}}
             )
         assert e.value.code == -32602 and e.value.data["field"] == field, (limits, e.value.data)
+
+
+def deb_task(n: int, **debounce: Any) -> dict[str, Any]:
+    """A lim.work task debounced by one key; its document names `n` in the key its handler
+    records under, so the run tells which document it ran."""
+    return {
+        "app": "lim",
+        "kws": {"n": n, "who": "x"},
+        "commands": [{"method": "lim.work", "params": {"key": f"deb{n}", "ms": 5}}],
+        "debounce": {"key": "deb:{{ kws.who }}", **debounce},
+    }
+
+
+async def test_debounce_runs_a_burst_once_with_the_last_document(daemons: Any, r: Any) -> None:
+    ns = daemons.namespace
+    m = await daemons.manager(**PARTS)
+    await daemons.executor(APP, concurrency=4, **PARTS)
+    views = [await m.rpc("tasks.create", {"task": deb_task(n, period=1.0)}) for n in range(10)]
+    last = time.time()
+    tid = views[0]["id"]
+    assert {v["id"] for v in views} == {tid} and views[-1]["kws"]["n"] == 9
+    v = await task_until(m, tid, lambda v: v["status"] in TERMINAL, within=15)
+    assert v["status"] == "FINISHED" and v["results"] == [tid] and v["created"] == views[0]["created"]
+    assert await r.lrange(runs_key(ns), 0, -1) == [tid]  # once
+    [started] = [float(x) for x in await r.lrange(starts_key(ns, "deb9"), 0, -1)]  # the last document
+    assert not any([await r.exists(starts_key(ns, f"deb{n}")) for n in range(9)])
+    assert started - last > 0.9  # a period after the last create
+    # the key's task started: the next create is a new task
+    again = await m.rpc("tasks.create", {"task": deb_task(10, period=0.2)})
+    assert again["id"] != tid
+    await task_until(m, again["id"], lambda v: v["status"] == "FINISHED", within=15)
+
+
+async def test_debounce_max_wait_bounds_the_delay(daemons: Any, r: Any) -> None:
+    """Creates keep coming every 0.2 s (each pushing the run a period later); the task runs
+    max_wait after the first create all the same, once."""
+    ns = daemons.namespace
+    m = await daemons.manager()
+    await daemons.executor(APP, concurrency=4)
+    first = await m.rpc("tasks.create", {"task": deb_task(0, period=1.0, max_wait=2.0)})
+    t0 = first["created"]
+    ids = {first["id"]}
+    n = 0
+    while not await r.exists(runs_key(ns)) and time.time() - t0 < 10:
+        n += 1
+        ids.add((await m.rpc("tasks.create", {"task": deb_task(n, period=1.0, max_wait=2.0)}))["id"])
+        await asyncio.sleep(0.2)  # the pace of the creates, not a wait for anything
+    v = await task_until(m, first["id"], lambda v: v["status"] in TERMINAL, within=10)
+    assert v["status"] == "FINISHED"
+    [started] = [
+        float(x) for key in await r.keys(f"limtest:{{{ns}}}:deb*:starts") for x in await r.lrange(key, 0, -1)
+    ]
+    assert 1.9 < started - t0 < 3.0, started - t0  # max_wait (2 s) and the manager's tick
+    assert await r.lrange(runs_key(ns), 0, -1) == [first["id"]]
+    assert n >= 9 and len(ids) <= 2  # a create that came after the start made a new task
+
+
+async def test_retry_later_with_a_foreign_pause_key_fails_the_attempt(daemons: Any) -> None:
+    """A pause_key that is not one of the task's limit keys is a mistake of the handler: the
+    attempt fails with a STAGE_ERROR saying so (no retry left: the run fails), nothing is paused."""
+    m = await daemons.manager()
+    await daemons.executor(APP, concurrency=2)
+    t = lim_task("foreign-1", "fk", ms=5, concurrency=5)
+    t["commands"][0]["params"].update(later=30, pause="c:someone-else")
+    await m.rpc("tasks.create", {"task": t})
+    v = await task_until(m, "foreign-1", lambda v: v["status"] in TERMINAL, within=15)
+    assert v["status"] == "FAILED" and v["error"]["code"] == "STAGE_ERROR", v
+    assert v["error"]["type"] == "RetryLater" and "c:someone-else" in v["error"]["message"]
+    assert (await m.rpc("limits.get", {"key": "c:someone-else"}))["paused_until"] is None
+    [a] = await m.rpc("tasks.attempts", {"id": "foreign-1"})
+    assert a["outcome"] == "error"

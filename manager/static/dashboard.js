@@ -12,6 +12,7 @@ const TASK_POLL_MS = 1000;
 const EXECUTORS_POLL_MS = 2000;
 const TASKS_POLL_MS = 3000;
 const OVERVIEW_POLL_MS = 10000;
+const LIMITS_POLL_MS = 2000;
 const SVG = "http://www.w3.org/2000/svg";
 const PALETTE = ["#4a8fd8", "#d8544a", "#49a86a", "#e0a03a", "#8a5cc8", "#3ab0b8", "#c85c9a", "#7a7a7a"];
 
@@ -271,7 +272,7 @@ function tasksTable(page, q) {
     el("tr", { "data-id": t.id },
       el("td", { class: "id" }, el("a", { href: "#/task/" + encodeURIComponent(t.id) }, t.id)),
       el("td", {}, t.app),
-      el("td", {}, badge(t.status)),
+      el("td", {}, badge(t.status), heldBy(t)),
       el("td", { class: "num" }, t.stage + " / " + t.stages),
       el("td", {}, (t.tags || []).map((tag) => el("span", { class: "tag" }, tag))),
       el("td", { title: fmtTime(t.updated) }, fmtTime(t.updated)),
@@ -291,6 +292,13 @@ function tasksTable(page, q) {
     pager.append(el("a", { class: "button", href: "#/tasks?" + next, id: "next-page" }, "Next page »"));
   }
   return [table, pager];
+}
+
+// A QUEUED task held back by a limit key (flow control): the key, linked to the Limits view.
+function heldBy(t) {
+  if (!t.blocked_by) return null;
+  return el("span", { class: "held", title: "held back by the limit key " + t.blocked_by },
+    " held by ", el("a", { href: "#/limits?key=" + encodeURIComponent(t.blocked_by) }, el("code", {}, t.blocked_by)));
 }
 
 // ------------------------------------------------------------------------------------------ one task
@@ -354,6 +362,13 @@ function summary(task) {
       task.parent.id + " (stage " + task.parent.stage + ")")]);
   }
   if (task.cron) items.push(["Cron", task.cron + " (" + task.tz + ")"]);
+  if (task.blocked_by) items.push(["Held by", heldBy(task)]);
+  if ((task.limits || []).length) {
+    items.push(["Limits", task.limits.map((l) => el("div", {}, el("code", {}, l.key), " ",
+      [l.concurrency ? l.concurrency + " at once" : null, l.rate ? l.rate + " per " + (l.per || 1) + " s" : null]
+        .filter(Boolean).join(", ")))]);
+  }
+  if (task.debounce) items.push(["Debounce", el("code", {}, task.debounce.key)]);
   if (task.cleaned) items.push(["Cleaned", "yes"]);
   return el("dl", { class: "summary" }, items.map(([k, v]) => el("div", {}, el("dt", {}, k), el("dd", {}, v))));
 }
@@ -632,7 +647,9 @@ async function overviewView(gen) {
       el("td", { class: "num" }, String(a.waiting)),
       el("td", { class: "num" }, String(a.failed_last_hour)),
       el("td", {}, a.lag === null ? "—" : fmtDur(a.lag)),
-      el("td", { class: "num" }, String(a.executors))));
+      el("td", { class: "num" }, String(a.executors)),
+      el("td", { class: "paused" }, a.paused_until ? "until " + fmtTime(a.paused_until) + " " : "",
+        pauseButton(a, () => overviewView(gen)))));
   const stranded = apps.filter((a) => a.queued && !a.executors).map((a) => a.app);
   const perMinute = hist.every ? " per " + (hist.every >= 60 ? Math.round(hist.every / 60) + " min" : hist.every + " s") : "";
   const charts = el("div", { class: "charts" },
@@ -646,10 +663,59 @@ async function overviewView(gen) {
     stranded.length ? el("p", { class: "warning", id: "stranded" },
       "Queued work and no live executor for: " + stranded.join(", ") + ". Start one with  stagewise executor MODULE:APP.") : null,
     el("table", { id: "apps" },
-      el("thead", {}, el("tr", {}, ["App", "Queued", "Running", "Waiting", "Failed (1 h)", "Lag", "Executors"].map((h) => el("th", {}, h)))),
-      el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 7, class: "muted empty" }, "No apps yet.")))),
+      el("thead", {}, el("tr", {}, ["App", "Queued", "Running", "Waiting", "Failed (1 h)", "Lag", "Executors", "Paused"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 8, class: "muted empty" }, "No apps yet.")))),
     el("h3", {}, "The last hour"), charts);
   if (ok) timer = setTimeout(() => overviewView(gen), OVERVIEW_POLL_MS);
+}
+
+// Pause (until resumed) or resume an app's claims (apps.pause / apps.resume); `after` redraws.
+function pauseButton(a, after) {
+  const paused = !!a.paused_until;
+  const label = paused ? "Resume" : "Pause";
+  return el("button", { type: "button", class: paused ? "resume-app" : "pause-app danger",
+    onclick: async () => {
+      if (!window.confirm(label + " app " + a.app + "?")) return;
+      try {
+        await rpc(paused ? "apps.resume" : "apps.pause", { app: a.app });
+      } catch (err) {
+        failed(generation, err);
+      }
+      stop();
+      after();
+    } }, label);
+}
+
+// ------------------------------------------------------------------------------------------ limits
+
+// The limit keys asked for lately (limits.list): tasks running under each, held back by it, its
+// pause; ?key=K looks one key up (limits.get), seen or not.
+async function limitsView(gen, q) {
+  let list;
+  const key = q.get("key");
+  try {
+    list = await rpc("limits.list", { max_results: 200 });
+    if (key && !list.some((l) => l.key === key)) list.unshift(await rpc("limits.get", { key }));
+  } catch (err) {
+    failed(gen, err);
+    if (gen === generation && !(err instanceof AuthError)) timer = setTimeout(() => limitsView(gen, q), LIMITS_POLL_MS * 2);
+    return;
+  }
+  afterAuth();
+  showError("");
+  const rows = list.map((l) =>
+    el("tr", { "data-key": l.key, class: l.key === key ? "current" : "" },
+      el("td", {}, el("code", {}, l.key)),
+      el("td", { class: "num" }, String(l.running)),
+      el("td", { class: "num" }, String(l.held)),
+      el("td", {}, l.paused_until ? "until " + fmtTime(l.paused_until) : "—"),
+      el("td", {}, l.seen ? fmtAgo(l.seen) : "—")));
+  const table = el("table", { id: "limits" },
+    el("thead", {}, el("tr", {}, ["Key", "Running", "Held", "Paused", "Last asked"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 5, class: "muted empty" }, "No limit key asked for yet."))));
+  if (render(gen, el("h2", {}, "Limits"), table)) {
+    timer = setTimeout(() => limitsView(gen, q), LIMITS_POLL_MS);
+  }
 }
 
 // ------------------------------------------------------------------------------------------ executors
@@ -706,6 +772,9 @@ function route() {
   } else if (path === "/overview") {
     document.title = "overview · stagewise";
     overviewView(gen);
+  } else if (path === "/limits") {
+    document.title = "limits · stagewise";
+    limitsView(gen, query);
   } else if (path === "/executors") {
     document.title = "executors · stagewise";
     executorsView(gen);

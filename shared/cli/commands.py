@@ -323,7 +323,12 @@ async def _wait_all(c: Any, ids: list[str], interval: float, out: Out) -> int:
 
 async def cmd_apps(c: Any, a: argparse.Namespace, out: Out) -> int:
     """Each app at a glance (apps.list), like `rq info`; with --watch, redrawn every interval
-    until Ctrl-C.  An app with queued work and no live executor is flagged: nothing will run it."""
+    until Ctrl-C.  An app with queued work and no live executor is flagged: nothing will run it.
+    `apps pause APP [--until T]` / `apps resume APP`: apps.pause / apps.resume."""
+    if getattr(a, "apps_cmd", None) == "pause":
+        return _paused(out, await c.pause_app(a.app, a.until), "app", a.app)
+    if getattr(a, "apps_cmd", None) == "resume":
+        return _paused(out, await c.resume_app(a.app), "app", a.app)
     if out.as_json:
         out.json(await c.apps())
         return 0
@@ -336,6 +341,41 @@ async def cmd_apps(c: Any, a: argparse.Namespace, out: Out) -> int:
         while True:
             await asyncio.sleep(a.interval)
             live.update(apps_table(await c.apps()))
+
+
+def _paused(out: Out, res: dict[str, Any], what: str, name: str) -> int:
+    """The reply of a pause or resume: JSON, or one line."""
+    if out.as_json:
+        out.json(res)
+    elif res.get("paused_until"):
+        out.print(text(f"{what} {name} paused until {clock(res['paused_until'])}"))
+    else:
+        out.print(text(f"{what} {name} not paused"))
+    return 0
+
+
+async def cmd_limits(c: Any, a: argparse.Namespace, out: Out) -> int:
+    """`limits get KEY` (limits.get), `limits pause KEY --until T`, `limits resume KEY`."""
+    if a.limits_cmd == "pause":
+        return _paused(out, await c.pause_limit(a.key, a.until), "key", a.key)
+    if a.limits_cmd == "resume":
+        return _paused(out, await c.resume_limit(a.key), "key", a.key)
+    info = await c.limit(a.key)
+    if out.as_json:
+        out.json(info)
+        return 0
+    paused = info.get("paused_until")
+    out.print(
+        kv(
+            [
+                ("key", text(info.get("key"), "bold")),
+                ("running", text(info.get("running"))),
+                ("held", text(info.get("held"), "yellow" if info.get("held") else "")),
+                ("paused", text(f"until {clock(paused)}" if paused else "-")),
+            ]
+        )
+    )
+    return 0
 
 
 async def cmd_executors(c: Any, a: argparse.Namespace, out: Out) -> int:
@@ -436,6 +476,7 @@ TASK_COMMANDS: dict[str, Handler] = {
 }
 COMMANDS: dict[str, Handler] = {
     "apps": cmd_apps,
+    "limits": cmd_limits,
     "executors": cmd_executors,
     "group": cmd_group,
     "notifications": cmd_notifications,

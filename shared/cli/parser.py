@@ -9,6 +9,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import stagewise
@@ -40,6 +41,24 @@ def since(text: str) -> float | str:
     if m and m.group(2):
         return time.time() - duration(text)
     return text
+
+
+def until(text: str) -> float:
+    """``--until``: UNIX seconds (``1718000000``), a time from now (``90s``, ``15m``, ``2h``, ``1d``)
+    or an ISO 8601 time (local time when it names no zone)."""
+    m = _DURATION.match(text)
+    if m and m.group(2):
+        return time.time() + duration(text)
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (UNIX seconds, 15m / 2h from now, or ISO 8601)"
+        ) from None
 
 
 def _status(text: str) -> str:
@@ -170,9 +189,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--older-than", type=duration, metavar="SECONDS", help="age (3600, 2h, 7d; default 7d)")
     c.add_argument("--yes", action="store_true", help="apply (the default is a dry run)")
 
-    c = sub.add_parser("apps", parents=[common], help="each app at a glance: queued, running, failing, lag")
+    c = sub.add_parser(
+        "apps", parents=[common], help="each app at a glance: queued, running, failing, lag, paused"
+    )
     c.add_argument("--watch", action="store_true", help="redraw every --interval seconds until Ctrl-C")
     c.add_argument("--interval", type=float, default=2.0, help="seconds between redraws (default 2)")
+    asub = c.add_subparsers(dest="apps_cmd", metavar="APPS_COMMAND")  # none: the overview
+    a = asub.add_parser("pause", parents=[common], help="stop claims of an app's tasks (executors stay)")
+    a.add_argument("app")
+    a.add_argument(
+        "--until", type=until, help="UNIX s, 15m / 2h from now, or ISO 8601 (default: until resume)"
+    )
+    a = asub.add_parser("resume", parents=[common], help="claims of an app's tasks go on")
+    a.add_argument("app")
+
+    c = sub.add_parser("limits", help="flow control: a limit key's running and held tasks, its pause")
+    lsub = c.add_subparsers(dest="limits_cmd", required=True, metavar="LIMITS_COMMAND")
+    a = lsub.add_parser("get", parents=[common], help="tasks running under a key and held back by it")
+    a.add_argument("key")
+    a = lsub.add_parser("pause", parents=[common], help="no task of the key is claimed until --until")
+    a.add_argument("key")
+    a.add_argument("--until", type=until, required=True, help="UNIX s, 15m / 2h from now, or ISO 8601")
+    a = lsub.add_parser("resume", parents=[common], help="tasks of the key are claimed again")
+    a.add_argument("key")
     sub.add_parser("executors", parents=[common], help="the live executors")
     c = sub.add_parser("group", parents=[common], help="counts of a group's tasks by status")
     c.add_argument("name")

@@ -24,12 +24,15 @@ from stagewise.client.errors import StagewiseError, TransportError, Unauthorized
 from stagewise.client.types import (
     AckResult,
     AppInfo,
+    AppPause,
     Attempt,
     BatchResult,
     CreateManyResult,
     ExecutorInfo,
     Filters,
     GroupInfo,
+    LimitInfo,
+    LimitPause,
     Notification,
     OnConflict,
     RestartFrom,
@@ -327,6 +330,31 @@ class AsyncClient:
         """apps.list: each app's queued / running / waiting tasks, failures in the last hour,
         live executors and lag."""
         result: builtins.list[AppInfo] = await self.call("apps.list")
+        return result
+
+    async def pause_app(self, app: str, until: float | None = None) -> AppPause:
+        """apps.pause: no task of `app` is claimed until `until` (UNIX s) or resume_app."""
+        result: AppPause = await self.call("apps.pause", **_params(app=app, until=until))
+        return result
+
+    async def resume_app(self, app: str) -> AppPause:
+        """apps.resume"""
+        result: AppPause = await self.call("apps.resume", app=app)
+        return result
+
+    async def limit(self, key: str) -> LimitInfo:
+        """limits.get: ``{key, running, held, paused_until}``."""
+        result: LimitInfo = await self.call("limits.get", key=key)
+        return result
+
+    async def pause_limit(self, key: str, until: float) -> LimitPause:
+        """limits.pause: no task of the limit `key` is claimed until `until` (UNIX s)."""
+        result: LimitPause = await self.call("limits.pause", key=key, until=until)
+        return result
+
+    async def resume_limit(self, key: str) -> LimitPause:
+        """limits.resume"""
+        result: LimitPause = await self.call("limits.resume", key=key)
         return result
 
     async def executors(self) -> builtins.list[ExecutorInfo]:

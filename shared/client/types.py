@@ -72,6 +72,7 @@ class TaskView(TypedDict, total=False):
     locked: bool
     # flow control (SPEC §2a)
     limits: list[dict[str, Any]]
+    debounce: dict[str, Any] | None  # {key, period, max_wait?}
     blocked_by: str | None  # the limit key holding a QUEUED task back
     # fan-out (SPEC §3a)
     parent: ParentRef | None  # a child's parent run
@@ -196,6 +197,12 @@ class LimitInfo(TypedDict):
     running: int
     held: int
     paused_until: float | None
+
+
+class LimitSeen(LimitInfo):
+    """limits.list: a limit key as limits.get has it, and when a task last asked it for a slot."""
+
+    seen: float
 
 
 class LimitPause(TypedDict):

@@ -216,6 +216,8 @@ def _fields(task: Task, trace: str | None = None) -> list[str]:
         "limits": _J(task.limits) if task.limits else "",
         "blocked_by": "",
         "woke": "",
+        # debounce (SPEC §2a): the key filled ('' none); create.lua adds debounce_first
+        "debounce": task.debounce or "",
     }
     if trace:  # only when the caller sent one: without, the hash has no such field
         fields["trace"] = tracing.stored(job_id, trace)
@@ -255,7 +257,7 @@ def _created(task_id: str, fields: list[str], res: Any) -> dict[str, str]:
         h = dict(zip(fields[0::2], fields[1::2], strict=True))
         h.update(zip(res[1::2], res[2::2], strict=True))
         return h
-    if code == "IGNORED":  # the existing task's whole hash
+    if code in ("IGNORED", "DEBOUNCED"):  # the existing task's whole hash
         return dict(zip(res[1::2], res[2::2], strict=True))
     raise refused(code, task_id, res)
 
@@ -264,9 +266,16 @@ def create(
     k: Keys, task: Task, on_conflict: str, now: float | None = None, trace: str | None = None
 ) -> Call[dict[str, str]]:
     """tasks.create: the stored hash; raises TASK_EXISTS / INVALID_TRANSITION.  `trace`: the
-    caller's trace context (stagewise.tracing.caller), or None."""
+    caller's trace context (stagewise.tracing.caller), or None.  A debounced task (`k` must be
+    its key's partition, models.place) may instead replace the IDLE task of its key: the hash
+    is then that task's."""
     keys, (tid, app, due_at, enabled, sname, fields_json), fields = _new_task(k, task, now, trace)
     args = [k.prefix, tid, app, on_conflict, due_at, enabled, sname, fields_json]
+    deb = task.doc.debounce
+    if task.debounce and deb is not None:
+        args += [task.debounce, repr(deb.period), "" if deb.max_wait is None else repr(deb.max_wait)]
+    else:
+        args += ["", "", ""]
     return Call("create", keys, args, partial(_created, task.id, fields))
 
 

@@ -262,6 +262,18 @@ class Limits:
             await self.wake({key: res.woken})
         return res.paused_until
 
+    async def seen(self, now: float, max_results: int) -> list[dict[str, Any]]:
+        """limits.list (beyond SPEC: the dashboard's Limits view): the keys asked for most
+        recently, across partitions, each as limits.get has it plus `seen` (the last time a
+        task asked it for a slot).  Reads at most `max_results` keys per partition."""
+        seen: list[tuple[str, float]] = []
+        for kk in self.parts:
+            seen += await self.r.zrevrange(kk.limit_keys(), 0, max_results - 1, withscores=True)
+        seen.sort(key=lambda ks: -ks[1])
+        seen = seen[:max_results]
+        rows = [await self.get(key, now) for key, _ in seen]
+        return [{**row, "seen": t} for row, (_, t) in zip(rows, seen, strict=True)]
+
     async def get(self, key: str, now: float) -> dict[str, Any]:
         """limits.get: {key, running, held, paused_until}; `held` counts the tasks waiting for
         the key, the woken ones whose claim has not come yet included."""

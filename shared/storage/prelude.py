@@ -11,6 +11,7 @@ themselves; they use what is defined here, which is made from the one definition
   TERMINAL    stagewise.status.TERMINAL as a set: TERMINAL[status] is true or nil
   BUCKETS     stagewise.keys.DURATION_BUCKETS, as the strings the metrics hash fields carry
   LIMIT_WOKEN_GRACE  stagewise.keys.LIMIT_WOKEN_GRACE (flow control)
+  LIMIT_KEYS_KEPT    stagewise.keys.LIMIT_KEYS_KEPT (the dashboard's list of limit keys)
   k_<name>    one function per key of stagewise.keys.Keys, built by calling that method with
               placeholder arguments and turning the string it returns into a concatenation
               (so a changed key layout changes the scripts with it)
@@ -22,7 +23,7 @@ import re
 from collections.abc import Callable
 from functools import cache
 
-from stagewise.keys import DURATION_BUCKETS, GROUP, LIMIT_WOKEN_GRACE, Keys
+from stagewise.keys import DURATION_BUCKETS, GROUP, LIMIT_KEYS_KEPT, LIMIT_WOKEN_GRACE, Keys
 from stagewise.status import TERMINAL, Status
 
 # Lua function name -> (Keys method, names of its Lua parameters)
@@ -55,6 +56,7 @@ KEY_FUNCTIONS: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "k_limit_woken": (Keys.limit_woken, ("key",)),
     "k_limit_rate": (Keys.limit_rate, ("key",)),
     "k_limit_due": (Keys.limit_due, ()),
+    "k_limit_keys": (Keys.limit_keys, ()),
     "k_limit_grants": (Keys.limit_grants, ()),
     "k_limit_outbox": (Keys.limit_outbox, ()),
     "k_revoked": (Keys.revoked, ()),
@@ -65,6 +67,7 @@ KEY_FUNCTIONS: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "k_live_children": (Keys.live_children, ("id",)),
     "k_cascades": (Keys.cascades, ()),
     "k_idx_parent": (Keys.idx_parent, ("id",)),
+    "k_debounce": (Keys.debounce, ()),
 }
 
 _MARK = "\x00"
@@ -115,6 +118,7 @@ def prelude() -> str:
         f"local TERMINAL = {{{terminal}}}",
         f"local BUCKETS = {{{buckets}}}",
         f"local LIMIT_WOKEN_GRACE = {LIMIT_WOKEN_GRACE!r}",
+        f"local LIMIT_KEYS_KEPT = {LIMIT_KEYS_KEPT!r}",
         *(key_function(name, method, params) for name, (method, params) in KEY_FUNCTIONS.items()),
     ]
     return "\n".join(lines) + "\n"

@@ -107,6 +107,15 @@ local function set_status(tkey, id, app, old, new, ts, t)
   if t.parent == nil then t.parent = redis.call('HGET', tkey, 'parent') end
   reindex(id, app, old, new, ts, t.tags, t.group, t.parent)
   if old == new then return end
+  if old == S.IDLE then
+    -- debounce (SPEC §2a): a task that leaves IDLE (queued, cancelled, ...) has started or
+    -- ended, so its key takes no more replacements; the next create of the key makes a new
+    -- task.  The key's mapping lives in this partition (keys.debounce_partition).
+    local dk = redis.call('HGET', tkey, 'debounce')
+    if dk and dk ~= '' and redis.call('HGET', k_debounce(), dk) == id then
+      redis.call('HDEL', k_debounce(), dk)
+    end
+  end
   if TERMINAL[new] then
     redis.call('HINCRBY', k_metrics(app), 'e|' .. new, 1)  -- stagewise_tasks_ended_total
   end

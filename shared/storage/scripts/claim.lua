@@ -43,6 +43,8 @@ local function reply()
   local names = {}
   for i = 0, s - 1 do names[#names + 1] = 'r.' .. i end
   if ARGV[8] == '1' then names[#names + 1] = 'trace' end
+  -- flow control: the keys filled at create, against which a RetryLater's pause_key is checked
+  if t.limits and t.limits ~= '' then out[#out + 1] = 'limits' out[#out + 1] = t.limits end
   if #names > 0 then append_fields(out, tkey, names) end
   return out
 end

@@ -35,6 +35,10 @@ if ok and not woken and redis.call('ZCARD', hk) > 0 then
 end
 -- writes
 redis.call('HSET', lk, 'c', c, 'r', r, 'per', ARGV[7])  -- the numbers of the task that asked
+-- the keys seen lately, for limits.list (the dashboard): bounded, whatever the keys ever used
+local seen = k_limit_keys()
+redis.call('ZADD', seen, ts, key)
+if redis.call('ZCARD', seen) > LIMIT_KEYS_KEPT then redis.call('ZREMRANGEBYRANK', seen, 0, -LIMIT_KEYS_KEPT - 1) end
 if woken then redis.call('ZREM', wk, ref) end
 local out
 if ok then
