@@ -261,7 +261,15 @@ class RedisClusterServers:
             until(lambda: each(lambda c: bool(c.ping())), "every node to answer PING")
             nodes = [f"127.0.0.1:{p}" for p in self.ports]
             done = subprocess.run(
-                [cli, "--cluster", "create", *nodes, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                [
+                    cli,
+                    "--cluster",
+                    "create",
+                    *nodes,
+                    "--cluster-replicas",
+                    str(self.replicas),
+                    "--cluster-yes",
+                ],
                 capture_output=True,
                 timeout=max(deadline - time.monotonic(), 1),
                 stdin=subprocess.DEVNULL,
@@ -280,8 +288,10 @@ class RedisClusterServers:
             if self.replicas:  # a replica not synced yet could not take over from its master
                 until(
                     lambda: each(
-                        lambda c: c.info("replication")["role"] == "master"
-                        or c.info("replication").get("master_link_status") == "up"
+                        lambda c: (
+                            c.info("replication")["role"] == "master"
+                            or c.info("replication").get("master_link_status") == "up"
+                        )
                     ),
                     "every replica in sync",
                 )

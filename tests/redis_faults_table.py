@@ -30,7 +30,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +38,10 @@ from typing import Any
 import aiohttp
 import redis
 import redis.asyncio as aredis
+from redis.exceptions import RedisClusterException
 
 from stagewise.keys import Keys
 from stagewise.status import ACTIVE
-from redis.exceptions import RedisClusterException
-
 from tests.chaos_app import exec_key
 from tests.helpers import (
     Daemons,
@@ -231,6 +230,11 @@ class Standalone:
         assert files, f"no incr AOF in {self.dir}"
         return files[-1]
 
+    def cut_aof(self, size: int) -> None:
+        """Drop what was appended to the AOF past `size` bytes (the writes an OS crash loses)."""
+        with open(self.aof_incr(), "r+b") as f:
+            f.truncate(size)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
@@ -335,7 +339,9 @@ async def probe_health(m: ManagerProc, feeder: Feeder, into: Counter[str]) -> No
             t0 = time.monotonic()
             try:
                 status, body = await m.get("/healthz")
-                what = f"{status}" + (f" {body.get('reason')}" if status != 200 and isinstance(body, dict) else "")
+                what = f"{status}" + (
+                    f" {body.get('reason')}" if status != 200 and isinstance(body, dict) else ""
+                )
             except (TimeoutError, aiohttp.ClientError) as e:
                 what = type(e).__name__
             if feeder.fault_on:
@@ -390,7 +396,7 @@ async def run_row(row: str, size: Size, log_dir: Path, echo: bool = False) -> Ro
             server.start()
             url = server.url
             namespace = "f" + uuid.uuid4().hex[:10]
-        log_dir.mkdir(parents=True, exist_ok=True)
+        os.makedirs(log_dir, exist_ok=True)
         d = Daemons(url, namespace, log_dir)
         env: dict[str, Any] = {
             "STAGEWISE_PING_INTERVAL": size.ping_interval,
@@ -405,9 +411,7 @@ async def run_row(row: str, size: Size, log_dir: Path, echo: bool = False) -> Ro
                 m = await d.manager(**menv)
                 for _ in range(2):
                     await d.executor(APP, size.concurrency, **env)
-                await wait_for(
-                    lambda: _executors(m, 2), timeout=30, what="both executors registered"
-                )
+                await wait_for(lambda: _executors(m, 2), timeout=30, what="both executors registered")
                 await _measure(row, size, out, m, r, cr, namespace, partitions, server, cluster)
             finally:
                 await d.aclose()
@@ -482,7 +486,9 @@ async def _measure(
             await wait_for(resumed, timeout=size.drain_s + size.feed_s, interval=0.05, what="work to resume")
             out.resumed_s = time.monotonic() - t_end
         with contextlib.suppress(AssertionError):
-            await wait_for(all_ended, timeout=size.drain_s + size.feed_s, interval=0.1, what="every task to end")
+            await wait_for(
+                all_ended, timeout=size.drain_s + size.feed_s, interval=0.1, what="every task to end"
+            )
             out.recovered_s = time.monotonic() - t_end
     finally:
         feeder.fault_on = False
@@ -527,9 +533,7 @@ async def _fault(
             feeder.fault_on = True
             t0 = time.monotonic()
             server.kill()
-            path = server.aof_incr()
-            with open(path, "r+b") as f:
-                f.truncate(cut)
+            server.cut_aof(cut)
         else:
             server.kill()
         # the length of the outage: a supervisor takes a moment to start Redis again
@@ -645,7 +649,9 @@ async def run_rows(rows: list[str], size: Size, log_root: Path, echo: bool = Tru
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.redis_faults_table", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m tests.redis_faults_table", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--tasks", type=int, default=300)
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
     p.add_argument("--fault-s", type=float, default=None, help="length of the SIGSTOP, down and OOM faults")
