@@ -9,7 +9,9 @@ a clean of tens of thousands of tasks runs while due work keeps flowing every ti
   ended       tick                            tasks that just ended: next_task gets a fresh run
                                               (chaining), a cron task goes back to IDLE
   reap        max(ping_interval / 2, tick)    executors whose heartbeat lapsed are declared dead
-                                              (mark_dead.lua: fenced by the last ping, after which
+                                              (not counting the time Redis refused this manager
+                                              too: see Outages) (mark_dead.lua: fenced by the
+                                              last ping, after which
                                               they can claim nothing); the runs they held then ->
                                               reap.lua (re-queued), their unclaimed pending entries
                                               -> redeliver.lua, then they leave the registry
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +47,7 @@ from typing import Any
 import redis.asyncio as aredis
 
 from stagewise import log as slog
-from stagewise.faults import REDIS_FAULTS, Warnings
+from stagewise.faults import BACKOFF_CAP, REDIS_FAULTS, Warnings, unavailable_reason
 from stagewise.keys import GROUP, Keys, split_member
 from stagewise.manager import stats
 from stagewise.manager.store import Store
@@ -112,6 +115,43 @@ def suspect(
     return prefix == rep.prefix and n.isdigit() and int(n) <= rep.settled and lease not in rep.held
 
 
+class Outages:
+    """The spans of time (this process's clock) in which this manager could not use Redis: from
+    the last write Redis took (the reap role's probe) to the next one, whenever a role failed
+    in between because Redis was away (an error with an `unavailable_reason`; a step that fails
+    for a reason of its own, a bad entry, opens no span).
+
+    A heartbeat that Redis refused is not a sign of a dead executor: when Redis is away (killed,
+    stopped, restarting, out of memory), every executor's pings fail with it, and its last ping
+    ages though it is alive and keeps its runs.  Declaring it dead at Redis's return would take
+    those runs back and run their stages a second time.  So an executor's silence counts only
+    the time outside these spans; an executor that died before or during an outage is declared
+    dead that much later, never not at all (the spans are of the past: a Redis that keeps
+    failing holds a reap back only for as long as it fails)."""
+
+    def __init__(self, keep: float) -> None:
+        self.keep = keep  # s: spans that ended longer ago than this are forgotten
+        self.spans: list[tuple[float, float]] = []
+        self.last_ok = time.time()
+        self.down_since: float | None = None
+
+    def failed(self) -> None:
+        if self.down_since is None:
+            self.down_since = self.last_ok
+
+    def ok(self, t: float) -> None:
+        if self.down_since is not None:
+            self.spans.append((self.down_since, t))
+            self.down_since = None
+        self.last_ok = t
+        self.spans = [(a, b) for a, b in self.spans if b > t - self.keep]
+
+    def within(self, since: float, until: float) -> float:
+        """Seconds of [since, until] in which Redis was away."""
+        spans = [*self.spans, (self.down_since, until)] if self.down_since is not None else self.spans
+        return sum(max(0.0, min(b, until) - max(a, since)) for a, b in spans)
+
+
 @dataclass(frozen=True)
 class Role:
     """One periodic job: `step(now)` (now = Redis server time), then `every` seconds of rest."""
@@ -131,6 +171,8 @@ class Scheduler:
         self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
         self.log = slog.get(role="scheduler")
         self.stats: dict[str, int] = {}
+        # an executor's last ping older than this is not looked at again: it is reaped by then
+        self.outages = Outages(keep=3600.0)
         # due, deadlines and ended share the tick but not a task: ended makes a round trip or
         # two per task it chains, and a job that keeps crashing (a bad entry) must not keep
         # the others from their work.
@@ -138,7 +180,7 @@ class Scheduler:
             Role("due", settings.tick, self._each(self.due)),
             Role("deadlines", settings.tick, self._each(self.deadlines)),
             Role("ended", settings.tick, self._each(self.ended)),
-            Role("reap", max(settings.ping_interval / 2, settings.tick), self._each(self.reap)),
+            Role("reap", max(settings.ping_interval / 2, settings.tick), self._reap_step),
             Role("reconcile", settings.ping_interval, self._each(self.reconcile)),
             Role("trim", TRIM_EVERY, self._each(lambda k, _now: self.trim(k))),
             Role("trim_notes", TRIM_EVERY, self._each(self.trim_notes)),
@@ -196,6 +238,8 @@ class Scheduler:
                 await role.step(await self.server_time())
                 warnings.ok(scheduler_role=role.name)
             except REDIS_ERRORS as e:
+                if unavailable_reason(e) is not None:  # Redis away, not a failing step of ours
+                    self.outages.failed()
                 warnings.failed(e, scheduler_role=role.name)
             except Exception:  # a bug must not stop this role, nor the others: log it, go on
                 self.log.exception("tick_crashed", scheduler_role=role.name)
@@ -232,21 +276,41 @@ class Scheduler:
         members = await self.r.zrangebyscore(k.deadlines(), "-inf", now, start=0, num=self.settings.batch)
         if not members:
             return 0
-        for m, res in zip(members, await self.scripts.run_many([calls.expire(k, m) for m in members]), strict=True):
+        for m, res in zip(
+            members, await self.scripts.run_many([calls.expire(k, m) for m in members]), strict=True
+        ):
             if res.code == "FAILED":
                 self._count("exec_timeouts")
                 self.log.info("exec_timeout", member=m)
         return len(members)
 
-    async def reap(self, k: Keys, now: float) -> None:
-        """Executors whose last ping is older than dead_seconds, and those declared dead whose
-        reap is not finished (a manager died mid-reap): each is reaped by `reap_executor`."""
-        stale = await self.r.zrangebyscore(k.executors(), "-inf", now - self.settings.dead_seconds)
-        marked = await self.r.zrange(k.dead_executors(), 0, -1)
-        for eid in dict.fromkeys([*marked, *stale]):
-            await self.reap_executor(k, eid)
+    async def _reap_step(self, now: float) -> None:
+        """The reap role's step: first a write to every partition (Store.check_writable), which
+        tells Outages that Redis takes writes now; then `reap` of each partition."""
+        await self.store.check_writable()
+        here = time.time()
+        self.outages.ok(here)
+        for k in self.parts:
+            await self.reap(k, now, now - here)
 
-    async def reap_executor(self, k: Keys, eid: str) -> None:
+    async def reap(self, k: Keys, now: float, offset: float = 0.0) -> None:
+        """Executors silent for longer than dead_seconds, not counting the time Redis was away
+        (Outages; `offset`: Redis's clock minus ours), and those declared dead whose reap is not
+        finished (a manager died mid-reap): each is reaped by `reap_executor`."""
+        dead = self.settings.dead_seconds
+        stale = await self.r.zrangebyscore(k.executors(), "-inf", now - dead, withscores=True)
+        marked = await self.r.zrange(k.dead_executors(), 0, -1)
+        after: dict[str, float] = {eid: dead for eid in marked}
+        for eid, last in stale:
+            away = self.outages.within(last - offset, now - offset)
+            # after Redis's return, an executor's next ping may wait out its retry backoff
+            grace = dead + away + (BACKOFF_CAP if away else 0.0)
+            if now - last >= grace:
+                after.setdefault(eid, grace)
+        for eid, grace in after.items():
+            await self.reap_executor(k, eid, grace)
+
+    async def reap_executor(self, k: Keys, eid: str, dead_after: float | None = None) -> None:
         """Takes back what an executor of partition `k` held, in four steps, each a fenced
         script (or several) that any manager may repeat:
 
@@ -266,7 +330,9 @@ class Scheduler:
 
         A manager that dies anywhere in between leaves the executor in the dead-executors zset,
         where the next reap pass (of any manager) finds it and finishes."""
-        mark = await self.scripts.run(calls.mark_dead(k, eid, self.settings.dead_seconds))
+        if dead_after is None:
+            dead_after = self.settings.dead_seconds
+        mark = await self.scripts.run(calls.mark_dead(k, eid, dead_after))
         if mark.code != "DEAD":
             return
         held = await self.r.hkeys(k.reaping(eid))
