@@ -44,6 +44,7 @@ def check(out: Row, acknowledged: int) -> None:
     assert any(k.startswith("503 ") for k in out.healthz), summary
     assert out.slowest_answer_s < 6, summary  # SPEC §7: within 5 s, with a margin for load
     assert out.resumed_s is not None and out.resumed_s < 5, summary
+    assert out.caught_s is not None, summary
     assert out.recovered_s is not None, summary
 
 
