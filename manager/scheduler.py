@@ -8,9 +8,9 @@ a clean of tens of thousands of tasks runs while due work keeps flowing every ti
   deadlines   tick                            RUNNING past exec_deadline -> expire.lua (EXEC_TIMEOUT)
   ended       tick                            tasks that just ended: next_task gets a fresh run
                                               (chaining), a cron task goes back to IDLE
-  reap        max(ping_interval / 2, tick)    executors whose heartbeat lapsed are declared dead
-                                              (not counting the time Redis refused this manager
-                                              too: see Outages) (mark_dead.lua: fenced by the
+  reap        max(ping_interval / 2, tick)    executors whose heartbeat lapsed (not counting the
+                                              time Redis was away for this manager too: Outages)
+                                              are declared dead (mark_dead.lua: fenced by the
                                               last ping, after which
                                               they can claim nothing); the runs they held then ->
                                               reap.lua (re-queued), their unclaimed pending entries
@@ -116,18 +116,19 @@ def suspect(
 
 
 class Outages:
-    """The spans of time (this process's clock) in which this manager could not use Redis: from
-    the last write Redis took (the reap role's probe) to the next one, whenever a role failed
-    in between because Redis was away (an error with an `unavailable_reason`; a step that fails
-    for a reason of its own, a bad entry, opens no span).
+    """The spans of time (this process's clock) in which this manager could not use Redis, for
+    one partition: from the last write the partition took (the reap role's probe) to the next
+    one, whenever the probe or any role failed in between because Redis was away (an error with
+    an `unavailable_reason`; a step that fails for a reason of its own, a bad entry, opens no
+    span).  Per partition: on a Redis Cluster one master may be away while the others serve.
 
     A heartbeat that Redis refused is not a sign of a dead executor: when Redis is away (killed,
     stopped, restarting, out of memory), every executor's pings fail with it, and its last ping
     ages though it is alive and keeps its runs.  Declaring it dead at Redis's return would take
     those runs back and run their stages a second time.  So an executor's silence counts only
-    the time outside these spans; an executor that died before or during an outage is declared
-    dead that much later, never not at all (the spans are of the past: a Redis that keeps
-    failing holds a reap back only for as long as it fails)."""
+    the time outside these spans.  An executor that died before or during an outage is still
+    declared dead, that much later: a span ends when Redis takes writes again, so an outage
+    holds a reap back for as long as it lasts, not longer."""
 
     def __init__(self, keep: float) -> None:
         self.keep = keep  # s: spans that ended longer ago than this are forgotten
@@ -171,8 +172,8 @@ class Scheduler:
         self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
         self.log = slog.get(role="scheduler")
         self.stats: dict[str, int] = {}
-        # an executor's last ping older than this is not looked at again: it is reaped by then
-        self.outages = Outages(keep=3600.0)
+        # spans older than an hour are forgotten: an executor silent since then is reaped by now
+        self.outages = {k.partition: Outages(keep=3600.0) for k in self.parts}
         # due, deadlines and ended share the tick but not a task: ended makes a round trip or
         # two per task it chains, and a job that keeps crashing (a bad entry) must not keep
         # the others from their work.
@@ -239,7 +240,8 @@ class Scheduler:
                 warnings.ok(scheduler_role=role.name)
             except REDIS_ERRORS as e:
                 if unavailable_reason(e) is not None:  # Redis away, not a failing step of ours
-                    self.outages.failed()
+                    for outages in self.outages.values():  # which partition, a step cannot tell
+                        outages.failed()
                 warnings.failed(e, scheduler_role=role.name)
             except Exception:  # a bug must not stop this role, nor the others: log it, go on
                 self.log.exception("tick_crashed", scheduler_role=role.name)
@@ -276,22 +278,32 @@ class Scheduler:
         members = await self.r.zrangebyscore(k.deadlines(), "-inf", now, start=0, num=self.settings.batch)
         if not members:
             return 0
-        for m, res in zip(
-            members, await self.scripts.run_many([calls.expire(k, m) for m in members]), strict=True
-        ):
+        for m, res in zip(members, await self.scripts.run_many([calls.expire(k, m) for m in members]), strict=True):
             if res.code == "FAILED":
                 self._count("exec_timeouts")
                 self.log.info("exec_timeout", member=m)
         return len(members)
 
     async def _reap_step(self, now: float) -> None:
-        """The reap role's step: first a write to every partition (Store.check_writable), which
-        tells Outages that Redis takes writes now; then `reap` of each partition."""
-        await self.store.check_writable()
-        here = time.time()
-        self.outages.ok(here)
+        """The reap role's step, partition by partition: a write to the partition (its master,
+        on a Redis Cluster) tells its Outages that Redis takes writes now, then `reap`; a
+        partition that refuses the write is skipped (its span goes on), the others are reaped,
+        and the step fails with the first refusal."""
+        first: BaseException | None = None
         for k in self.parts:
+            try:
+                await self.store.check_writable([k])
+            except REDIS_ERRORS as e:
+                if unavailable_reason(e) is None:
+                    raise
+                self.outages[k.partition].failed()
+                first = first or e
+                continue
+            here = time.time()
+            self.outages[k.partition].ok(here)
             await self.reap(k, now, now - here)
+        if first is not None:
+            raise first
 
     async def reap(self, k: Keys, now: float, offset: float = 0.0) -> None:
         """Executors silent for longer than dead_seconds, not counting the time Redis was away
@@ -302,7 +314,7 @@ class Scheduler:
         marked = await self.r.zrange(k.dead_executors(), 0, -1)
         after: dict[str, float] = {eid: dead for eid in marked}
         for eid, last in stale:
-            away = self.outages.within(last - offset, now - offset)
+            away = self.outages[k.partition].within(last - offset, now - offset)
             # after Redis's return, an executor's next ping may wait out its retry backoff
             grace = dead + away + (BACKOFF_CAP if away else 0.0)
             if now - last >= grace:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aredis
@@ -66,12 +67,12 @@ class Store:
         "ignore" and it exists).  Raises TASK_EXISTS / INVALID_TRANSITION."""
         return await self.scripts.run(calls.create(self.keys(task.id), task, on_conflict, now))
 
-    async def check_writable(self) -> None:
-        """Raises what Redis raised unless it takes a write in every partition: one tiny write
-        with a short TTL to Keys.health of each (on a Redis Cluster, so, of each partition's
-        master), in one round trip per server."""
+    async def check_writable(self, parts: Sequence[Keys] | None = None) -> None:
+        """Raises what Redis raised unless it takes a write in every partition (of `parts`, or
+        all): one tiny write with a short TTL to Keys.health of each (on a Redis Cluster, so, of
+        each partition's master), in one round trip per server."""
         pipe = self.r.pipeline(transaction=False)
-        for k in self.parts:
+        for k in self.parts if parts is None else parts:
             pipe.set(k.health(), "1", px=HEALTH_TTL_MS)
         for res in await pipe.execute(raise_on_error=False):
             if isinstance(res, Exception):

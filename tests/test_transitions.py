@@ -953,13 +953,13 @@ async def test_the_reap_does_not_count_the_time_redis_was_away(
     offset = await store.server_time() - here  # Redis's clock minus ours
     await wait_for(lambda: _later_than(r, last + 0.3), what="dead_seconds (0.2 s) to pass")
     scheduler = Scheduler(store)
-    scheduler.outages.spans = [(here - 0.05, here + 0.2)]  # Redis away across its last ping
-    assert 0.2 <= scheduler.outages.within(here - 0.1, here + 1) <= 0.26
+    scheduler.outages[0].spans = [(here - 0.05, here + 0.2)]  # Redis away across its last ping
+    assert 0.2 <= scheduler.outages[0].within(here - 0.1, here + 1) <= 0.26
     await scheduler.reap(k, await store.server_time(), offset)
     assert (await registry(r, k, "ex1"))["live"]
     await check(store, r, k, tid, "RUNNING")
-    scheduler.outages.spans = [(here - 2.0, here - 1.0)]  # an outage before its last ping
-    assert scheduler.outages.within(here - 0.1, here + 1) == 0
+    scheduler.outages[0].spans = [(here - 2.0, here - 1.0)]  # an outage before its last ping
+    assert scheduler.outages[0].within(here - 0.1, here + 1) == 0
     await scheduler.reap(k, await store.server_time(), offset)
     assert not (await registry(r, k, "ex1"))["live"]
     await check(store, r, k, tid, "QUEUED", executor_id=None, locked=False)
