@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo)
 
 .DEFAULT_GOAL := test
-.PHONY: venv compile redis chromium test run lint bench chaos clean install uninstall
+.PHONY: venv compile redis chromium test run lint bench chaos faults clean install uninstall
 
 venv: $(VENV)/.installed
 
@@ -53,6 +53,11 @@ bench: venv compile redis
 
 chaos: venv compile redis
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
+
+# Issue 13's table of Redis faults, each row from a fresh Redis at full size (docs/deploy.md,
+# "Redis faults"); FAULTS_ARGS="--rows sigstop,oom --tasks 100" for some rows or another size.
+faults: venv compile redis
+	$(BIN)/python -m tests.redis_faults_table $(FAULTS_ARGS)
 
 # The daemons as systemd services: deploy/install.sh, described in docs/deploy.md.
 #   make install [PREFIX=/opt/stagewise] [VENV=$(PREFIX)/venv] [WHEEL=dist/stagewise-X.whl]

@@ -8,8 +8,10 @@ a clean of tens of thousands of tasks runs while due work keeps flowing every ti
   deadlines   tick                            RUNNING past exec_deadline -> expire.lua (EXEC_TIMEOUT)
   ended       tick                            tasks that just ended: next_task gets a fresh run
                                               (chaining), a cron task goes back to IDLE
-  reap        max(ping_interval / 2, tick)    executors whose heartbeat lapsed are declared dead
-                                              (mark_dead.lua: fenced by the last ping, after which
+  reap        max(ping_interval / 2, tick)    executors whose heartbeat lapsed (not counting the
+                                              time Redis was away for this manager too: Outages)
+                                              are declared dead (mark_dead.lua: fenced by the
+                                              last ping, after which
                                               they can claim nothing); the runs they held then ->
                                               reap.lua (re-queued), their unclaimed pending entries
                                               -> redeliver.lua, then they leave the registry
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +57,7 @@ import redis.asyncio as aredis
 
 from stagewise import fanout, tracing
 from stagewise import log as slog
-from stagewise.faults import REDIS_FAULTS, Warnings
+from stagewise.faults import BACKOFF_CAP, REDIS_FAULTS, Warnings, unavailable_reason
 from stagewise.keys import GROUP, Keys, split_member
 from stagewise.manager import stats
 from stagewise.manager.store import Store
@@ -131,6 +134,44 @@ def suspect(
     return prefix == rep.prefix and n.isdigit() and int(n) <= rep.settled and lease not in rep.held
 
 
+class Outages:
+    """The spans of time (this process's clock) in which this manager could not use Redis, for
+    one partition: from the last write the partition took (the reap role's probe) to the next
+    one, whenever the probe or any role failed in between because Redis was away (an error with
+    an `unavailable_reason`; a step that fails for a reason of its own, a bad entry, opens no
+    span).  Per partition: on a Redis Cluster one master may be away while the others serve.
+
+    A heartbeat that Redis refused is not a sign of a dead executor: when Redis is away (killed,
+    stopped, restarting, out of memory), every executor's pings fail with it, and its last ping
+    ages though it is alive and keeps its runs.  Declaring it dead at Redis's return would take
+    those runs back and run their stages a second time.  So an executor's silence counts only
+    the time outside these spans.  An executor that died before or during an outage is still
+    declared dead, that much later: a span ends when Redis takes writes again, so an outage
+    holds a reap back for as long as it lasts, not longer."""
+
+    def __init__(self, keep: float) -> None:
+        self.keep = keep  # s: spans that ended longer ago than this are forgotten
+        self.spans: list[tuple[float, float]] = []
+        self.last_ok = time.time()
+        self.down_since: float | None = None
+
+    def failed(self) -> None:
+        if self.down_since is None:
+            self.down_since = self.last_ok
+
+    def ok(self, t: float) -> None:
+        if self.down_since is not None:
+            self.spans.append((self.down_since, t))
+            self.down_since = None
+        self.last_ok = t
+        self.spans = [(a, b) for a, b in self.spans if b > t - self.keep]
+
+    def within(self, since: float, until: float) -> float:
+        """Seconds of [since, until] in which Redis was away."""
+        spans = [*self.spans, (self.down_since, until)] if self.down_since is not None else self.spans
+        return sum(max(0.0, min(b, until) - max(a, since)) for a, b in spans)
+
+
 @dataclass(frozen=True)
 class Role:
     """One periodic job: `step(now)` (now = Redis server time), then `every` seconds of rest."""
@@ -150,6 +191,8 @@ class Scheduler:
         self.parts = [Keys(settings.namespace, p) for p in range(settings.partitions)]
         self.log = slog.get(role="scheduler")
         self.stats: dict[str, int] = {}
+        # spans older than an hour are forgotten: an executor silent since then is reaped by now
+        self.outages = {k.partition: Outages(keep=3600.0) for k in self.parts}
         # due, deadlines and ended share the tick but not a task: ended makes a round trip or
         # two per task it chains, and a job that keeps crashing (a bad entry) must not keep
         # the others from their work.
@@ -160,7 +203,7 @@ class Scheduler:
             # fan-out (SPEC §3a)
             Role("spawn", settings.tick, self._each(self.spawn)),
             Role("cascade", settings.tick, self._each(self.cascade)),
-            Role("reap", max(settings.ping_interval / 2, settings.tick), self._each(self.reap)),
+            Role("reap", max(settings.ping_interval / 2, settings.tick), self._reap_step),
             Role("reconcile", settings.ping_interval, self._each(self.reconcile)),
             Role("limits", settings.tick, self._each(self.limits)),
             Role("trim", TRIM_EVERY, self._each(lambda k, _now: self.trim(k))),
@@ -219,6 +262,9 @@ class Scheduler:
                 await role.step(await self.server_time())
                 warnings.ok(scheduler_role=role.name)
             except REDIS_ERRORS as e:
+                if unavailable_reason(e) is not None:  # Redis away, not a failing step of ours
+                    for outages in self.outages.values():  # which partition, a step cannot tell
+                        outages.failed()
                 warnings.failed(e, scheduler_role=role.name)
             except Exception:  # a bug must not stop this role, nor the others: log it, go on
                 self.log.exception("tick_crashed", scheduler_role=role.name)
@@ -270,15 +316,45 @@ class Scheduler:
             await self.store.release_freed([k])
         return len(members)
 
-    async def reap(self, k: Keys, now: float) -> None:
-        """Executors whose last ping is older than dead_seconds, and those declared dead whose
-        reap is not finished (a manager died mid-reap): each is reaped by `reap_executor`."""
-        stale = await self.r.zrangebyscore(k.executors(), "-inf", now - self.settings.dead_seconds)
-        marked = await self.r.zrange(k.dead_executors(), 0, -1)
-        for eid in dict.fromkeys([*marked, *stale]):
-            await self.reap_executor(k, eid)
+    async def _reap_step(self, now: float) -> None:
+        """The reap role's step, partition by partition: a write to the partition (its master,
+        on a Redis Cluster) tells its Outages that Redis takes writes now, then `reap`; a
+        partition that refuses the write is skipped (its span goes on), the others are reaped,
+        and the step fails with the first refusal."""
+        first: BaseException | None = None
+        for k in self.parts:
+            try:
+                await self.store.check_writable([k])
+            except REDIS_ERRORS as e:
+                if unavailable_reason(e) is None:
+                    raise
+                self.outages[k.partition].failed()
+                first = first or e
+                continue
+            here = time.time()
+            self.outages[k.partition].ok(here)
+            await self.reap(k, now, now - here)
+        if first is not None:
+            raise first
 
-    async def reap_executor(self, k: Keys, eid: str) -> None:
+    async def reap(self, k: Keys, now: float, offset: float = 0.0) -> None:
+        """Executors silent for longer than dead_seconds, not counting the time Redis was away
+        (Outages; `offset`: Redis's clock minus ours), and those declared dead whose reap is not
+        finished (a manager died mid-reap): each is reaped by `reap_executor`."""
+        dead = self.settings.dead_seconds
+        stale = await self.r.zrangebyscore(k.executors(), "-inf", now - dead, withscores=True)
+        marked = await self.r.zrange(k.dead_executors(), 0, -1)
+        after: dict[str, float] = {eid: dead for eid in marked}
+        for eid, last in stale:
+            away = self.outages[k.partition].within(last - offset, now - offset)
+            # after Redis's return, an executor's next ping may wait out its retry backoff
+            grace = dead + away + (BACKOFF_CAP if away else 0.0)
+            if now - last >= grace:
+                after.setdefault(eid, grace)
+        for eid, grace in after.items():
+            await self.reap_executor(k, eid, grace)
+
+    async def reap_executor(self, k: Keys, eid: str, dead_after: float | None = None) -> None:
         """Takes back what an executor of partition `k` held, in four steps, each a fenced
         script (or several) that any manager may repeat:
 
@@ -298,7 +374,9 @@ class Scheduler:
 
         A manager that dies anywhere in between leaves the executor in the dead-executors zset,
         where the next reap pass (of any manager) finds it and finishes."""
-        mark = await self.scripts.run(calls.mark_dead(k, eid, self.settings.dead_seconds))
+        if dead_after is None:
+            dead_after = self.settings.dead_seconds
+        mark = await self.scripts.run(calls.mark_dead(k, eid, dead_after))
         if mark.code != "DEAD":
             return
         held = await self.r.hkeys(k.reaping(eid))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aredis
@@ -134,14 +135,14 @@ class Store:
         raw = await self.r.hgetall(self.parts[0].paused_apps())
         return {a: float(u) for a, u in raw.items() if float(u) > now}
 
-    async def check_writable(self, durable: bool = False) -> None:
-        """Raises what Redis raised unless it takes a write in every partition: one tiny write
-        with a short TTL to Keys.health of each (on a Redis Cluster, so, of each partition's
-        master), in one round trip per server.  `durable` (GET /healthz): also raises
-        DurabilityNotMet when STAGEWISE_DURABILITY's wait is not met, since every API write
-        then answers 1006."""
+    async def check_writable(self, parts: Sequence[Keys] | None = None, durable: bool = False) -> None:
+        """Raises what Redis raised unless it takes a write in every partition (of `parts`, or
+        all): one tiny write with a short TTL to Keys.health of each (on a Redis Cluster, so, of
+        each partition's master), in one round trip per server.  `durable` (GET /healthz): also
+        raises DurabilityNotMet when STAGEWISE_DURABILITY's wait is not met, since every API
+        write then answers 1006."""
         pipe = self.r.pipeline(transaction=False)
-        for k in self.parts:
+        for k in self.parts if parts is None else parts:
             pipe.set(k.health(), "1", px=HEALTH_TTL_MS)
         for res in await pipe.execute(raise_on_error=False):
             if isinstance(res, Exception):

@@ -13,6 +13,14 @@ FINISHED with exactly the expected result list, joined once (SPEC §3a).
 
     python -m tests.chaos --workload fanout --tasks 200 --children 10 --duration 120
 
+With --redis-faults, Redis itself (an append-only file, appendfsync everysec) has trouble too,
+one fault every few seconds in turn: SIGKILL and a restart from its AOF a second later, SIGSTOP
+for a few seconds (past the executors' dead threshold), and maxmemory reached (noeviction) for
+a few seconds.  Creates refused meanwhile (1006) are sent again with on_conflict "ignore" until
+acknowledged; stage executions are counted in a second Redis that no fault touches.
+
+    python -m tests.chaos --redis-faults                   (make chaos CHAOS_ARGS="--redis-faults")
+
 The pytest test (tests/test_chaos.py) runs a bounded version of the same function.
 """
 
@@ -20,21 +28,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
+import signal
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import redis
 import redis.asyncio as aredis
 
 from tests.chaos_app import exec_key, open_key, spans_key
 from tests.helpers import Daemons, Proc, RedisServer, free_port, wait_for
+from tests.redis_faults_table import Standalone
+
+# The Redis faults of --redis-faults, in turn: (kind, shortest, longest) seconds it lasts.
+REDIS_FAULTS = (("sigkill+aof", 0.5, 1.5), ("sigstop", 2.0, 5.0), ("oom", 2.0, 4.0))
 
 APP = "tests.chaos_app:app"
 
@@ -42,9 +59,11 @@ APP = "tests.chaos_app:app"
 @dataclass
 class Summary:
     tasks: int
+    acknowledged: int = 0  # creates the API acknowledged (after retries of refused ones)
     finished: int = 0
     failed: int = 0
-    lost: int = 0  # not terminal at the end, or missing
+    lost: int = 0  # acknowledged, then missing
+    stuck: int = 0  # not terminal at the end
     wrong_results: int = 0
     double_committed: int = 0  # stages with more than one committed attempt in a run
     stage_executions: int = 0
@@ -55,6 +74,9 @@ class Summary:
     limited: int = 0  # of `tasks`, those under a limit key
     limit: int = 0  # the concurrency of each limit key
     max_overlap: dict[str, int] = field(default_factory=dict)  # limit key -> most spans at once
+    redis_faults: dict[str, int] = field(default_factory=dict)  # kind -> how many
+    redis_recovery_s: list[float] = field(default_factory=list)  # Redis fault end -> a task ended
+    answers: dict[str, int] = field(default_factory=dict)  # create errors the API answered
     chaos_s: float = 0.0
     drain_s: float = 0.0
     # fan-out workload: `tasks` are the parents
@@ -65,14 +87,17 @@ class Summary:
 
     def ok(self) -> bool:
         return (
-            self.finished == self.tasks
+            self.acknowledged == self.tasks
+            and self.finished == self.tasks
             and not self.failed
             and not self.lost
+            and not self.stuck
             and not self.wrong_results
             and not self.double_committed
             and not self.double_counted_joins
             and self.children_finished == (self.tasks - self.limited) * self.children
             and all(n <= self.limit for n in self.max_overlap.values())
+            and not self.answers.get("-32603")
         )
 
     def lines(self) -> str:
@@ -83,38 +108,47 @@ class Summary:
             else "no runs were in flight at the kills"
         )
         shape = (
-            f"{self.tasks} parents x {self.children} children"
+            f"{self.tasks - self.limited} parents x {self.children} children"
+            + (f" and {self.limited} limited tasks x 3 stages" if self.limited else "")
             if self.workload == "fanout"
             else f"{self.tasks} tasks x 3 stages"
         )
-        fanout = (
-            [
-                f"  children finished {self.children_finished} of {self.tasks * self.children}, "
+        lines = [
+            f"chaos: {shape}, {self.chaos_s:.0f} s of kills, drained in {self.drain_s:.1f} s",
+            f"  executor SIGKILLs {self.executor_kills}, manager SIGKILLs {self.manager_kills}",
+        ]
+        if self.redis_faults:
+            faults = ", ".join(f"{k} {v}" for k, v in sorted(self.redis_faults.items()))
+            lines.append(f"  Redis faults: {faults}")
+        lines += [
+            f"  acknowledged {self.acknowledged}, finished {self.finished}, failed {self.failed}, "
+            f"lost {self.lost}, stuck {self.stuck}, wrong results {self.wrong_results}",
+            f"  double-committed stages {self.double_committed}",
+            f"  stage executions started {self.stage_executions} (repeated {self.repeated_executions})",
+            f"  recovery from an executor SIGKILL (kill -> its runs re-queued): {rec_txt}",
+        ]
+        if self.workload == "fanout":
+            lines.append(
+                f"  children finished {self.children_finished} of {(self.tasks - self.limited) * self.children}, "
                 f"double-counted joins {self.double_counted_joins}"
-            ]
-            if self.workload == "fanout"
-            else []
-        )
-        return "\n".join(
-            [
-                f"chaos: {shape}, {self.chaos_s:.0f} s of kills, drained in {self.drain_s:.1f} s",
-                f"  executor SIGKILLs {self.executor_kills}, manager SIGKILLs {self.manager_kills}",
-                f"  finished {self.finished}, failed {self.failed}, lost {self.lost}, wrong results {self.wrong_results}",
-                f"  double-committed stages {self.double_committed}",
-                f"  stage executions started {self.stage_executions} (repeated {self.repeated_executions})",
-                f"  recovery from an executor SIGKILL (kill -> its runs re-queued): {rec_txt}",
-                *fanout,
-                *(
-                    [
-                        f"  limited: {self.limited} tasks over {len(self.max_overlap)} keys of concurrency "
-                        f"{self.limit}; most running at once per key: "
-                        + ", ".join(f"{k} {n}" for k, n in sorted(self.max_overlap.items()))
-                    ]
-                    if self.limited
-                    else []
-                ),
-            ]
-        )
+            )
+        if self.limited:
+            lines.append(
+                f"  limited: {self.limited} tasks over {len(self.max_overlap)} keys of concurrency "
+                f"{self.limit}; most running at once per key: "
+                + ", ".join(f"{k} {n}" for k, n in sorted(self.max_overlap.items()))
+            )
+        if self.redis_faults:
+            rr = sorted(self.redis_recovery_s)
+            rr_txt = (
+                f"median {statistics.median(rr):.2f} s, max {rr[-1]:.2f} s over {len(rr)} faults"
+                if rr
+                else "-"
+            )
+            lines.append(f"  recovery from a Redis fault (fault end -> a task ended): {rr_txt}")
+            answers = ", ".join(f"{k} x{v}" for k, v in sorted(self.answers.items())) or "none"
+            lines.append(f"  create errors answered: {answers}")
+        return "\n".join(lines)
 
 
 async def run_chaos(
@@ -136,10 +170,17 @@ async def run_chaos(
     limited: int = 0,
     limit_keys: int = 3,
     limit: int = 2,
+    faulty: Standalone | None = None,
+    counter_url: str | None = None,
+    redis_every: tuple[float, float] = (6.0, 12.0),
 ) -> Summary:
+    """With `faulty` (the Redis at `redis_url`), Redis faults every `redis_every` seconds too;
+    `counter_url` is where the chaos app counts executions (one no fault touches)."""
     rnd = random.Random(seed)
     d = Daemons(redis_url, namespace, log_dir)
-    r = aredis.Redis.from_url(redis_url, decode_responses=True)
+    opts: dict[str, Any] = {"decode_responses": True, "socket_timeout": 2, "socket_connect_timeout": 2}
+    r = aredis.Redis.from_url(redis_url, **opts)
+    cr = aredis.Redis.from_url(counter_url, decode_responses=True) if counter_url else r
     fan = workload == "fanout"
     summary = Summary(
         tasks=tasks + limited,
@@ -153,14 +194,26 @@ async def run_chaos(
     http = f"127.0.0.1:{free_port()}"
     # A stage killed many times in a row is what chaos is made of here, not a poison task.
     menv = {"STAGEWISE_HTTP": http, "STAGEWISE_MAX_INTERRUPTIONS": 1000, "STAGEWISE_LOG_LEVEL": "warning"}
-    eenv = {"STAGEWISE_LOG_LEVEL": "warning"}
+    eenv: dict[str, Any] = {"STAGEWISE_LOG_LEVEL": "warning"}
+    if counter_url:
+        eenv["CHAOS_COUNTER_URL"] = counter_url
     kills: list[tuple[float, int]] = []  # (time, pid)
+    answers: Counter[str] = Counter()
+    unacked: list[str] = []
+    stop_faults = asyncio.Event()
+    faults: asyncio.Task[None] | None = None
     try:
         m = await d.manager(**menv)
         live: list[Proc] = [await d.executor(APP, concurrency, **eenv) for _ in range(executors)]
         ids = [f"{'f' if fan else 'c'}{i}" for i in range(tasks)] + [f"l{i}" for i in range(limited)]
         rnd.shuffle(ids)  # limited and plain work arrive mixed
-        batches = [ids[i : i + 25] for i in range(0, len(ids), 25)]
+        # smaller batches, more often, with Redis faults: creates land in the faults too
+        per = 5 if faulty is not None else 25
+        batches = [ids[i : i + per] for i in range(0, len(ids), per)]
+        if faulty is not None:
+            faults = asyncio.create_task(
+                _redis_faults(faulty, r, namespace, rnd, redis_every, stop_faults, summary)
+            )
         # Work arrives through the first 70 % of the run, so kills keep landing on live work.
         feed_at = [duration * 0.7 * n / len(batches) for n in range(len(batches))]
         t0 = time.monotonic()
@@ -172,7 +225,12 @@ async def run_chaos(
             now = time.monotonic()
             while feed_at and now - t0 >= feed_at[0]:
                 feed_at.pop(0)
-                await _create(m, batches.pop(0), lim, summary.children)
+                unacked += batches.pop(0)
+            if unacked:  # at most 100 a request: a fault may have held many back
+                unacked = (
+                    await _create(m, unacked[:100], lim, summary.children, answers, strict=faulty is None)
+                    + unacked[100:]
+                )
             if manager_at and now - t0 >= manager_at[0]:
                 manager_at.pop(0)
                 m.kill()
@@ -189,10 +247,18 @@ async def run_chaos(
                 live.append(await d.executor(APP, concurrency, **eenv))
                 next_kill = now + rnd.uniform(kill_min, kill_max)
             await asyncio.sleep(0.05)  # pacing of the kill schedule, not synchronisation
-            if not batches and not manager_at and await _all_terminal(r, namespace, total):
+            if not batches and not unacked and not manager_at and await _all_terminal(r, namespace, total):
                 break
         summary.chaos_s = time.monotonic() - t0
+        stop_faults.set()
+        if faults is not None:
+            await faults  # the fault under way is lifted: Redis is up, memory is free
         t1 = time.monotonic()
+        while unacked and time.monotonic() - t1 < drain_timeout:
+            unacked = (
+                await _create(m, unacked[:100], lim, summary.children, answers, strict=False) + unacked[100:]
+            )
+            await asyncio.sleep(0.2)  # pacing of the retries
         try:
             await wait_for(
                 lambda: _all_terminal(r, namespace, total),
@@ -203,13 +269,20 @@ async def run_chaos(
         except AssertionError:
             pass
         summary.drain_s = time.monotonic() - t1
-        await _check(r, m, namespace, ids, summary, kills)
+        summary.acknowledged = len(ids) - len(unacked)
+        summary.answers = dict(answers)
+        await _check(r, cr, m, namespace, [t for t in ids if t not in unacked], summary, kills)
         if echo:
             print(summary.lines(), flush=True)
         return summary
     finally:
+        stop_faults.set()
+        if faults is not None:
+            await asyncio.gather(faults, return_exceptions=True)
         await d.aclose()
         await r.aclose()
+        if cr is not r:
+            await cr.aclose()
 
 
 def _fanout_task(tid: str, n: int, children: int) -> dict[str, Any]:
@@ -240,10 +313,96 @@ def _number(tid: str) -> int:
     return int(tid[1:]) + (1_000_000 if tid[0] == "l" else 0)
 
 
-async def _create(m: Any, batch: list[str], lim: tuple[int, int], children: int = 0) -> None:
+async def _redis_faults(
+    faulty: Standalone,
+    r: aredis.Redis,
+    namespace: str,
+    rnd: random.Random,
+    every: tuple[float, float],
+    stop: asyncio.Event,
+    s: Summary,
+) -> None:
+    """One Redis fault every `every` seconds, the kinds of REDIS_FAULTS in turn, until `stop`;
+    each one is lifted before this returns.  Records how long after each fault's end a task
+    ended (work resumed)."""
+    n = 0
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), rnd.uniform(*every))
+        if stop.is_set():
+            return
+        kind, lo, hi = REDIS_FAULTS[n % len(REDIS_FAULTS)]
+        n += 1
+        length = rnd.uniform(lo, hi)
+        if kind == "sigkill+aof":
+            faulty.kill()
+            await asyncio.sleep(length)  # the length of the outage
+            await asyncio.to_thread(faulty.start)
+        elif kind == "sigstop":
+            assert faulty.proc is not None
+            faulty.proc.send_signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(length)  # the length of the fault
+            finally:
+                faulty.proc.send_signal(signal.SIGCONT)
+        else:
+            c = faulty.admin()
+            try:
+                c.config_set("maxmemory-policy", "noeviction")
+                c.config_set("maxmemory", "1")  # every write refused
+                await asyncio.sleep(length)  # the length of the fault
+                c.config_set("maxmemory", "0")
+            finally:
+                c.close()
+        s.redis_faults[kind] = s.redis_faults.get(kind, 0) + 1
+        end = time.monotonic()
+        if await _resumed(r, namespace):
+            s.redis_recovery_s.append(time.monotonic() - end)
+
+
+async def _resumed(r: aredis.Redis, namespace: str, within: float = 30.0) -> bool:
+    """Whether a task ends within `within` seconds (counted from the first count Redis
+    answers after the fault)."""
+
+    async def first() -> tuple[int] | None:  # a tuple: 0 tasks ended is an answer too
+        n = await _ended(r, namespace)
+        return None if n is None else (n,)
+
+    try:
+        (before,) = await wait_for(first, timeout=within, interval=0.05)
+
+        async def more() -> bool:
+            now = await _ended(r, namespace)
+            return now is not None and now > before
+
+        await wait_for(more, timeout=within, interval=0.05, what="a task to end")
+    except AssertionError:
+        return False
+    return True
+
+
+async def _ended(r: aredis.Redis, namespace: str) -> int | None:
+    """How many tasks have ended (None while Redis does not answer)."""
+    k = "{" + namespace + ":0}:i:s:"
+    try:
+        pipe = r.pipeline(transaction=False)
+        for st in ("FINISHED", "FAILED", "CANCELED"):
+            pipe.zcard(k + st)
+        return int(sum(await pipe.execute()))
+    except (redis.RedisError, OSError):
+        return None
+
+
+async def _create(
+    m: Any, batch: list[str], lim: tuple[int, int], children: int, answers: Counter[str], strict: bool
+) -> list[str]:
+    """Send the creates of `batch` (on_conflict "ignore": one answered 1006 may have been
+    applied); the ids not acknowledged.  `strict`: every create must be acknowledged."""
     reqs = []
+    by_rid: dict[int, str] = {}
     for tid in batch:
         n = _number(tid)
+        by_rid[n] = tid
         step: dict[str, Any] = {"method": "chaos.step", "params": {"value": "", "min_ms": 100, "max_ms": 500}}
         extra: dict[str, Any] = {}
         if children and tid[0] == "f":
@@ -252,7 +411,7 @@ async def _create(m: Any, batch: list[str], lim: tuple[int, int], children: int 
                     "jsonrpc": "2.0",
                     "id": n,
                     "method": "tasks.create",
-                    "params": {"task": _fanout_task(tid, n, children)},
+                    "params": {"on_conflict": "ignore", "task": _fanout_task(tid, n, children)},
                 }
             )
             continue
@@ -266,6 +425,7 @@ async def _create(m: Any, batch: list[str], lim: tuple[int, int], children: int 
                 "id": n,
                 "method": "tasks.create",
                 "params": {
+                    "on_conflict": "ignore",
                     "task": {
                         "id": tid,
                         "app": "chaos",
@@ -276,26 +436,47 @@ async def _create(m: Any, batch: list[str], lim: tuple[int, int], children: int 
                             {**step, "params": {**step["params"], "value": "{{ results.1 }}"}},
                         ],
                         **extra,
-                    }
+                    },
                 },
             }
         )
-    status, reply = await m.raw(json.dumps(reqs))
-    assert status == 200 and all("result" in x for x in reply), reply
+    try:
+        status, reply = await m.raw(json.dumps(reqs))
+    except (TimeoutError, aiohttp.ClientError) as e:
+        assert not strict, e
+        answers[f"HTTP {type(e).__name__}"] += 1
+        return batch
+    if strict:
+        assert status == 200 and all("result" in x for x in reply), reply
+    if not isinstance(reply, list):
+        answers[f"HTTP {status}"] += 1
+        return batch
+    left = []
+    for x in reply:
+        tid = by_rid[x["id"]]
+        if "result" not in x:
+            err = x["error"]
+            reason = err.get("data", {}).get("reason") if isinstance(err.get("data"), dict) else None
+            answers[f"{err['code']} {reason}" if reason else str(err["code"])] += 1
+            left.append(tid)
+    return left
 
 
 async def _all_terminal(r: aredis.Redis, namespace: str, n: int) -> bool:
-    k = "{" + namespace + ":0}:i:s:"
-    pipe = r.pipeline(transaction=False)
-    for s in ("FINISHED", "FAILED", "CANCELED"):
-        pipe.zcard(k + s)
-    return sum(await pipe.execute()) >= n
+    ended = await _ended(r, namespace)
+    return ended is not None and ended >= n
 
 
 async def _check(
-    r: aredis.Redis, m: Any, namespace: str, ids: list[str], s: Summary, kills: list[tuple[float, int]]
+    r: aredis.Redis,
+    cr: aredis.Redis,
+    m: Any,
+    namespace: str,
+    ids: list[str],
+    s: Summary,
+    kills: list[tuple[float, int]],
 ) -> None:
-    executions = await r.hgetall(exec_key(namespace))
+    executions = await cr.hgetall(exec_key(namespace))
     s.stage_executions = sum(int(v) for v in executions.values())
     s.repeated_executions = s.stage_executions - sum(1 for _ in executions)
     lost_marks: list[tuple[str, float]] = []
@@ -311,7 +492,7 @@ async def _check(
         elif v["status"] == "FAILED":
             s.failed += 1
         else:
-            s.lost += 1
+            s.stuck += 1
         if s.children and tid[0] == "f":
             if v["status"] == "FINISHED" and v["results"] != _fanout_expected(tid, n, s.children):
                 s.wrong_results += 1
@@ -328,7 +509,7 @@ async def _check(
                 lost_marks.append((a["executor_id"], a["ended"]))
         s.double_committed += sum(1 for c in ok.values() if c > 1)
     if s.limited:
-        s.max_overlap = await _overlap(r, namespace, kills)
+        s.max_overlap = await _overlap(cr, namespace, kills)
     for t_kill, pid in kills:  # a killed executor's runs were re-queued when the reaper saw it
         ends = [end for eid, end in lost_marks if f"-{pid}-" in eid and end >= t_kill]
         if ends:
@@ -405,15 +586,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limited", type=int, default=0, help="tasks more, under concurrency-limited keys")
     p.add_argument("--limit-keys", type=int, default=3, help="how many limit keys the limited tasks share")
     p.add_argument("--limit", type=int, default=2, help="the concurrency of each limit key")
+    p.add_argument(
+        "--redis-faults",
+        action="store_true",
+        help="Redis faults too (SIGKILL + AOF restart, SIGSTOP, OOM), one every --redis-every seconds",
+    )
+    p.add_argument("--redis-every", type=float, nargs=2, default=(6.0, 12.0), metavar=("MIN", "MAX"))
     a = p.parse_args(argv)
-    server = RedisServer.start()
-    try:
-        with tempfile.TemporaryDirectory(prefix="stagewise-chaos-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="stagewise-chaos-") as tmp:
+        faulty: Standalone | None = None
+        counter: RedisServer | None = None
+        if a.redis_faults:
+            (Path(tmp) / "redis").mkdir()
+            faulty = Standalone(Path(tmp) / "redis")
+            faulty.start()
+            counter = RedisServer.start()
+            server, url = None, faulty.url
+        else:
+            server = RedisServer.start()
+            url = server.url
+        try:
+            (Path(tmp) / "logs").mkdir()
             s = asyncio.run(
                 run_chaos(
-                    server.url,
+                    url,
                     "chaos" + uuid.uuid4().hex[:6],
-                    Path(tmp),
+                    Path(tmp) / "logs",
                     a.tasks,
                     a.duration,
                     a.kill_min,
@@ -429,12 +627,17 @@ def main(argv: list[str] | None = None) -> int:
                     limited=a.limited,
                     limit_keys=a.limit_keys,
                     limit=a.limit,
+                    faulty=faulty,
+                    counter_url=counter.url if counter else None,
+                    redis_every=tuple(a.redis_every),
                 )
             )
             print(json.dumps(asdict(s)), flush=True)
             return 0 if s.ok() else 1
-    finally:
-        server.stop()
+        finally:
+            for x in (server, faulty, counter):
+                if x is not None:
+                    x.stop()
 
 
 if __name__ == "__main__":

@@ -18,9 +18,13 @@ NS = os.environ.get("STAGEWISE_NAMESPACE", "stagewise")
 
 
 def _redis() -> aredis.Redis:
+    """Where executions are counted: CHAOS_COUNTER_URL when the run sets it (a Redis that the
+    Redis faults of tests/redis_faults_table.py leave alone, and a plain one when the tasks live
+    on a Redis Cluster), else the tasks' own Redis."""
     global _r
     if _r is None:
-        _r = aredis.Redis.from_url(os.environ["STAGEWISE_REDIS_URL"], decode_responses=True)
+        url = os.environ.get("CHAOS_COUNTER_URL") or os.environ["STAGEWISE_REDIS_URL"]
+        _r = aredis.Redis.from_url(url, decode_responses=True)
     return _r
 
 

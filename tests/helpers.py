@@ -174,21 +174,30 @@ def _cluster_ports(n: int) -> list[int]:
 
 class RedisClusterServers:
     """A throw-away Redis Cluster on loopback: `masters` redis-server processes with
-    cluster-enabled (and `replicas` replicas of each, none by default), no persistence, all in
-    one temp dir, joined by `redis-cli --cluster create`; `start` returns once every node
-    reports cluster_state:ok (and, with replicas, every replica's link to its master is up).
-    `.url` names the first node (a client finds the others from it); `.ports`, `.dir`, `.procs`."""
+    cluster-enabled, no persistence, all in one temp dir, joined by `redis-cli --cluster create`
+    (with `replicas` replicas per master: `masters * (1 + replicas)` processes, the replicas
+    synced before `start` returns); `start` returns once every node reports cluster_state:ok.
+    `.url` names the first node (a client finds the others from it); `.ports`, `.dir`, `.procs`.
+    `node_timeout` (ms) is how long a master may be silent before its replica takes over."""
 
-    def __init__(self, procs: list[subprocess.Popen[bytes]], ports: list[int], dir: Path) -> None:
+    def __init__(
+        self, procs: list[subprocess.Popen[bytes]], ports: list[int], dir: Path, replicas: int = 0
+    ) -> None:
         self.procs = procs
         self.ports = ports
         self.dir = dir
+        self.replicas = replicas
         self.url = f"redis://127.0.0.1:{ports[0]}/0"
         self._slots: list[tuple[int, int, int]] | None = None  # (first slot, last slot, master port)
 
     @classmethod
     def start(
-        cls, masters: int = 3, timeout: float = 30.0, attempts: int = 3, replicas: int = 0
+        cls,
+        masters: int = 3,
+        timeout: float = 30.0,
+        attempts: int = 3,
+        replicas: int = 0,
+        node_timeout: int = 5000,
     ) -> RedisClusterServers:
         exe, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if exe is None or cli is None:
@@ -200,15 +209,16 @@ class RedisClusterServers:
             procs = []
             for p in ports:
                 argv = [exe, "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
-                argv += ["--cluster-config-file", f"nodes-{p}.conf", "--cluster-node-timeout", "5000"]
+                argv += ["--cluster-config-file", f"nodes-{p}.conf"]
+                argv += ["--cluster-node-timeout", str(node_timeout)]
                 argv += ["--dir", str(tmp), "--save", "", "--appendonly", "no", "--daemonize", "no"]
                 with open(tmp / f"redis-{p}.log", "wb") as log:
                     procs.append(
                         subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
                     )
-            cluster = cls(procs, ports, tmp)
+            cluster = cls(procs, ports, tmp, replicas)
             try:
-                cluster._form(cli, timeout, replicas)
+                cluster._form(cli, timeout)
                 return cluster
             except BaseException as e:
                 cluster.stop()
@@ -223,7 +233,7 @@ class RedisClusterServers:
             host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1, decode_responses=True
         )
 
-    def _form(self, cli: str, timeout: float, replicas: int = 0) -> None:
+    def _form(self, cli: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         clients = [self._client(p) for p in self.ports]
         try:
@@ -251,7 +261,15 @@ class RedisClusterServers:
             until(lambda: each(lambda c: bool(c.ping())), "every node to answer PING")
             nodes = [f"127.0.0.1:{p}" for p in self.ports]
             done = subprocess.run(
-                [cli, "--cluster", "create", *nodes, "--cluster-replicas", str(replicas), "--cluster-yes"],
+                [
+                    cli,
+                    "--cluster",
+                    "create",
+                    *nodes,
+                    "--cluster-replicas",
+                    str(self.replicas),
+                    "--cluster-yes",
+                ],
                 capture_output=True,
                 timeout=max(deadline - time.monotonic(), 1),
                 stdin=subprocess.DEVNULL,
@@ -267,12 +285,12 @@ class RedisClusterServers:
                 ),
                 "cluster_state:ok on every node",
             )
-            if replicas:
+            if self.replicas:  # a replica not synced yet could not take over from its master
                 until(
                     lambda: each(
                         lambda c: (
-                            (i := c.info("replication"))["role"] == "master"
-                            or i.get("master_link_status") == "up"
+                            c.info("replication")["role"] == "master"
+                            or c.info("replication").get("master_link_status") == "up"
                         )
                     ),
                     "every replica in sync",
@@ -280,6 +298,28 @@ class RedisClusterServers:
         finally:
             for c in clients:
                 c.close()
+
+    def masters(self) -> dict[int, list[int]]:
+        """The ports of the masters that serve slots now, each with the ports of its replicas
+        (read from the first node that answers: after a failover the map has changed)."""
+        for p in self.ports:
+            if self.procs[self.ports.index(p)].poll() is not None:
+                continue
+            c = self._client(p)
+            try:
+                rows = c.execute_command("CLUSTER SLOTS")
+            except redis.RedisError:
+                continue
+            finally:
+                c.close()
+            out: dict[int, list[int]] = {}
+            for _start, _end, master, *replicas in rows:
+                out.setdefault(int(master[1]), []).extend(int(r[1]) for r in replicas)
+            return out
+        raise AssertionError("no cluster node answers")
+
+    def proc_of(self, port: int) -> subprocess.Popen[bytes]:
+        return self.procs[self.ports.index(port)]
 
     def port_of(self, key: str) -> int:
         """The port of the master serving `key` (by its hash slot; the slot map is read once,

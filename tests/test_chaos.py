@@ -3,9 +3,12 @@ every 1-3 s and the manager twice; every task FINISHED, exact results, no double
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from tests.chaos import run_chaos
+from tests.helpers import RedisServer, started_for_tests
+from tests.redis_faults_table import Standalone
 
 
 async def test_chaos(redis_url: str, namespace: str, tmp_path: Path) -> None:
@@ -60,3 +63,44 @@ async def test_chaos_fan_out_and_limited_keys(redis_url: str, namespace: str, tm
     assert s.wrong_results == 0 and s.double_counted_joins == 0 and s.double_committed == 0, s.lines()
     assert sorted(s.max_overlap) == ["k0", "k1", "k2"], s.lines()
     assert all(1 <= n <= 2 for n in s.max_overlap.values()), s.lines()
+
+
+async def test_chaos_with_redis_faults(tmp_path: Path) -> None:
+    """The same with Redis faults mixed in (make chaos CHAOS_ARGS="--redis-faults" at full
+    size): Redis SIGKILLed and restarted from its AOF, SIGSTOPped past the dead threshold, out
+    of memory, in turn, while executors and the manager are SIGKILLed.  Every acknowledged task
+    ends FINISHED once, and no create was answered -32603."""
+    (tmp_path / "redis").mkdir()
+    (tmp_path / "logs").mkdir()
+    faulty = Standalone(tmp_path / "redis")
+    faulty.start()
+    try:
+        with started_for_tests(RedisServer.start) as counter:
+            s = await run_chaos(
+                faulty.url,
+                "c" + uuid.uuid4().hex[:10],
+                tmp_path / "logs",
+                tasks=150,
+                duration=24.0,
+                kill_min=2.0,
+                kill_max=4.0,
+                executors=2,
+                concurrency=8,
+                manager_kills=1,
+                drain_timeout=90.0,
+                seed=13,
+                faulty=faulty,
+                counter_url=counter.url,
+                redis_every=(3.0, 5.0),
+            )
+    finally:
+        faulty.stop()
+    print("\n" + s.lines())
+    assert set(s.redis_faults) == {"sigkill+aof", "sigstop", "oom"}, s.lines()  # every kind happened
+    assert s.executor_kills >= 3 and s.manager_kills == 1, s.lines()
+    assert s.acknowledged == 150 and s.finished == 150, s.lines()
+    assert s.lost == 0 and s.stuck == 0 and s.failed == 0 and s.wrong_results == 0, s.lines()
+    assert s.double_committed == 0, s.lines()
+    # creates refused during a fault were answered 1006 (tests/test_redis_faults_table.py
+    # asserts that each fault is answered so): never -32603, nor anything else
+    assert {k.split()[0] for k in s.answers} <= {"1006"}, s.lines()

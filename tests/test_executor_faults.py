@@ -53,6 +53,7 @@ from tests.helpers import (
     wait_for,
 )
 from tests.helpers import task_until as until
+from tests.redis_faults_table import Standalone
 
 
 @pytest.fixture
@@ -518,7 +519,9 @@ async def test_redis_back_from_an_older_file_no_task_is_left_stuck(
             assert outcomes.count("lost") == 1, outcomes  # taken back once, then run again
     for status in ("RUNNING", "QUEUED"):
         assert await rpc_again(m, "tasks.list", {"status": status}) == {"items": [], "next_cursor": None}
-    assert {e["member"] for e in logged(m, "orphan_requeued", reason="not_held")} == {f"demo/{t}" for t in ids}
+    assert {e["member"] for e in logged(m, "orphan_requeued", reason="not_held")} == {
+        f"demo/{t}" for t in ids
+    }
     assert {e["task_id"] for e in logged(m, "lost_delivery")} == {"q"}
     assert not logged(m, "executor_dead") and ex.alive
 
@@ -560,3 +563,48 @@ async def _created(m: ManagerProc, tid: str) -> bool:
 async def _all_running(m: ManagerProc, ids: list[str]) -> bool:
     page = await m.rpc("tasks.list", {"status": "RUNNING", "max_results": 100})
     return {v["id"] for v in page["items"]} == set(ids)
+
+
+async def test_an_executor_is_not_declared_dead_for_pings_redis_refused(tmp_path: Path) -> None:
+    """Redis out of memory (noeviction) for three times the dead threshold while tasks run:
+    every ping of the live executor was refused, but so was the manager's reap probe (a write;
+    reads went on), and the manager does not count that time.  The executor is not declared
+    dead, nothing is taken back from it, and each stage ran and committed exactly once.  The
+    other faults (SIGSTOP, SIGKILL and a restart from the AOF, a restart 20 s later, a cluster
+    failover) are rows of tests/test_redis_faults_table.py, which asserts for each that no stage
+    ran twice, as an executor declared dead would have made them."""
+    (tmp_path / "redis").mkdir()
+    server = Standalone(tmp_path / "redis")
+    server.start()
+    d = Daemons(server.url, "t" + uuid.uuid4().hex[:10], tmp_path)
+    try:
+        env = {"STAGEWISE_PING_INTERVAL": "0.2", "STAGEWISE_DEAD_AFTER": "3"}  # dead after 0.6 s
+        m = await d.manager(**env)
+        ex = await d.executor(concurrency=8, **env)
+        await executor_up(m)
+        ids = [f"s{i}" for i in range(4)]
+        for tid in ids:
+            await m.rpc("tasks.create", {"task": sleeper(tid, 0.5)})
+        await wait_for(lambda: _all_running(m, ids), timeout=10, what="every task running")
+        admin = server.admin()
+        try:
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", "1")  # every write refused, the pings too
+            await asyncio.sleep(2.0)  # the length of the fault (> 3 x the 0.6 s threshold)
+            admin.config_set("maxmemory", "0")
+        finally:
+            admin.close()
+        for tid in ids:
+            v = await finished_once(m, tid, within=20)
+            assert v["results"] == [0.5, tid, 0.5]
+            outcomes = [a["outcome"] for a in await m.rpc("tasks.attempts", {"id": tid})]
+            assert outcomes == ["ok"] * 3, (tid, outcomes)  # nothing handed back or taken back
+        assert not logged(m, "executor_dead") and not logged(ex, "declared_dead")
+        assert logged(ex, "ping_failed")  # the fault was seen
+        assert ex.alive
+    except BaseException:
+        print(f"\n----- daemon logs -----\n{d.log_tails(80)}")
+        raise
+    finally:
+        await d.aclose()
+        server.stop()

@@ -937,6 +937,34 @@ async def test_a_reap_cut_short_by_a_manager_crash_is_finished_by_the_next(
     assert await commit(store, k, first, runs[first], 0, "late") == Commit("STALE", None, [])
 
 
+async def test_the_reap_does_not_count_the_time_redis_was_away(
+    r: Any, redis_url: str, namespace: str, k: Keys
+) -> None:
+    """An executor whose last ping fell in a span in which the manager could not use Redis
+    either (Scheduler.outages) is given the rest of that span, and the executors' retry backoff,
+    on top of dead_seconds: its pings were refused, it did not die.  An outage before its last
+    ping gives it nothing: past dead_seconds it is reaped, its run re-queued."""
+    store = Store(r, Settings(redis_url=redis_url, namespace=namespace, ping_interval=0.1, dead_after=2))
+    await register(store, k, "ex1")
+    tid = await create(store)
+    await take(store, r, k, tid)
+    last = float(await r.zscore(k.executors(), "ex1"))
+    here = time.time()
+    offset = await store.server_time() - here  # Redis's clock minus ours
+    await wait_for(lambda: _later_than(r, last + 0.3), what="dead_seconds (0.2 s) to pass")
+    scheduler = Scheduler(store)
+    scheduler.outages[0].spans = [(here - 0.05, here + 0.2)]  # Redis away across its last ping
+    assert 0.2 <= scheduler.outages[0].within(here - 0.1, here + 1) <= 0.26
+    await scheduler.reap(k, await store.server_time(), offset)
+    assert (await registry(r, k, "ex1"))["live"]
+    await check(store, r, k, tid, "RUNNING")
+    scheduler.outages[0].spans = [(here - 2.0, here - 1.0)]  # an outage before its last ping
+    assert scheduler.outages[0].within(here - 0.1, here + 1) == 0
+    await scheduler.reap(k, await store.server_time(), offset)
+    assert not (await registry(r, k, "ex1"))["live"]
+    await check(store, r, k, tid, "QUEUED", executor_id=None, locked=False)
+
+
 async def test_an_executor_registered_again_during_its_reap_is_not_removed(
     store: Store, r: Any, k: Keys
 ) -> None:
@@ -1214,7 +1242,9 @@ async def test_the_reconcile_role_walks_the_queued_tasks_a_bounded_number_per_pa
     the grace period (dead_seconds); the hints of the five are gone.  With 2 a pass, the walk
     goes through them from its cursor, 2, 2 and 1, then starts from the oldest again."""
     store = Store(r, Settings(redis_url=redis_url, namespace=namespace, ping_interval=0.01, dead_after=1))
-    await store.create_many([parse_task({"id": f"a{i}", "app": APP, "commands": [call()]}) for i in range(5)], "")
+    await store.create_many(
+        [parse_task({"id": f"a{i}", "app": APP, "commands": [call()]}) for i in range(5)], ""
+    )
     await r.xtrim(k.stream(APP), maxlen=0, approximate=False)
     await create(store, id="b")  # its hint is there
     scores = {tid: s for tid, s in await r.zrange(k.idx_status("QUEUED"), 0, -1, withscores=True)}
