@@ -1,6 +1,6 @@
 """Every Redis command one noop task costs, end to end, by where it comes from.
 
-    .venv/bin/python bench/commands.py [N] [--chain]     (default N = 2000 one-stage noop tasks)
+    .venv/bin/python bench/commands.py [N] [--chain] [--cpu]     (default N = 2000 one-stage noop tasks)
 
 A private redis-server, the manager (peer_stagewise.setup, as in the harness) and `redis-cli monitor`
 for the whole run: N tasks are created the way the harness creates them (RedisClient.create,
@@ -9,7 +9,9 @@ MONITOR shows is put in a bucket: a top-level command by the process that sent i
 executor, manager, the bench handler's RPUSH), a command run inside a script by that script (Redis
 runs a script without interleaving, so its commands follow its EVALSHA line). Printed per task, for
 the create phase and the drain phase (the drain is what the harness's `redis_cmds` column counts).
-MONITOR slows Redis down: only the counts are used, never the times.
+MONITOR slows Redis down: only the counts are used, never the times.  With --cpu, no MONITOR: the
+drain's INFO commandstats (calls and microseconds per task, by command; a script's time includes
+the commands it ran) and Redis's CPU per task (used_cpu_user + used_cpu_sys).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ _MON = re.compile(r'^\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]*)"(.*)$')
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     chain = "--chain" in sys.argv
+    cpu = "--cpu" in sys.argv
     n = int(args[0]) if args else 2000
     benchrun.OUT.mkdir(exist_ok=True)
     benchrun.LOGS.mkdir(parents=True, exist_ok=True)
@@ -46,12 +49,12 @@ def main() -> None:
         env = benchrun.harness_env(red, "stagewise", 50)
         env.update(BENCH_CONFIG="tuned", PYTHONPATH=os.pathsep.join([str(HARNESS), str(BENCH)]))
         os.environ.update(env)
-        measure(red.port, n, chain, env)
+        measure(red.port, n, chain, env, cpu)
     finally:
         red.stop()
 
 
-def measure(port: int, n: int, chain: bool, env: dict[str, str]) -> None:
+def measure(port: int, n: int, chain: bool, env: dict[str, str], cpu: bool = False) -> None:
     import peer_stagewise as sw
     import psutil
     import redis
@@ -69,12 +72,14 @@ def measure(port: int, n: int, chain: bool, env: dict[str, str]) -> None:
     try:
         sw.INFLIGHT = 50
         with open(mon_path, "w") as mf:
-            mon = subprocess.Popen(["redis-cli", "-p", str(port), "monitor"], stdout=mf)
+            mon = subprocess.Popen(["redis-cli", "-p", str(port), "monitor"] if not cpu else ["sleep", "3600"], stdout=mf)
             time.sleep(0.3)
             c0 = r.info("stats")["total_commands_processed"]
             loop.run_until_complete(sw.enqueue_chains(n) if chain else sw.enqueue_noop(n))
             c1 = r.info("stats")["total_commands_processed"]
             r.get(mark)  # the line between the two phases
+            r.config_resetstat()
+            cpu0 = r.info("cpu")
             argv = [str(benchrun.SW_BIN / "stagewise"), "executor", "peer_stagewise:app", "--concurrency", "64"]
             elog = open(benchrun.LOGS / "commands-executor.log", "wb")  # noqa: SIM115
             ex = subprocess.Popen(argv, cwd=HARNESS, env=env, stdout=elog, stderr=subprocess.STDOUT)
@@ -84,6 +89,8 @@ def measure(port: int, n: int, chain: bool, env: dict[str, str]) -> None:
                     raise RuntimeError(f"{r.llen('bench:done')}/{n} done, rc={ex.poll()}")
                 time.sleep(0.02)
             c2 = r.info("stats")["total_commands_processed"]
+            cpu1 = r.info("cpu")
+            stats = r.info("commandstats")
             ex_ports = {c.laddr.port for c in psutil.Process(ex.pid).net_connections("tcp")}
             mgr_ports = {c.laddr.port for c in psutil.Process(sw._mgr.pid).net_connections("tcp")}
             me_ports = {c.laddr.port for c in psutil.Process().net_connections("tcp")}
@@ -94,6 +101,13 @@ def measure(port: int, n: int, chain: bool, env: dict[str, str]) -> None:
             mon.wait()
     finally:
         loop.run_until_complete(sw.teardown())
+    if cpu:
+        used = sum(cpu1[f] - cpu0[f] for f in ("used_cpu_user", "used_cpu_sys"))
+        print(f"drain of {n}: Redis CPU {used * 1e6 / n:.1f} us per task; INFO commandstats per task:")
+        for name, st in sorted(stats.items(), key=lambda x: -x[1]["usec"]):
+            print(f"  {name.removeprefix('cmdstat_'):16} calls {st['calls'] / n:6.3f}  usec {st['usec'] / n:7.2f}")
+        mon_path.unlink()
+        return
     phases: dict[str, dict[str, Counter[str]]] = {"create": defaultdict(Counter), "drain": defaultdict(Counter)}
     phase, script = "create", "?"
     for line in open(mon_path, errors="replace"):
