@@ -78,7 +78,9 @@ def measure(port: int, n: int, chain: bool, env: dict[str, str], cpu: bool = Fal
             loop.run_until_complete(sw.enqueue_chains(n) if chain else sw.enqueue_noop(n))
             c1 = r.info("stats")["total_commands_processed"]
             r.get(mark)  # the line between the two phases
-            r.config_resetstat()
+            if cpu:
+                r.config_resetstat()
+                c1 = r.info("stats")["total_commands_processed"]
             cpu0 = r.info("cpu")
             argv = [str(benchrun.SW_BIN / "stagewise"), "executor", "peer_stagewise:app", "--concurrency", "64"]
             elog = open(benchrun.LOGS / "commands-executor.log", "wb")  # noqa: SIM115

@@ -28,7 +28,7 @@ end
 
 -- stagewise.keys.stream_name: 'billing' for priority 0, 'billing:7' above (a test compares them)
 local function stream_name(app, prio)
-  if prio == nil or prio == '' or prio == '0' or prio == 0 then return app end
+  if not prio or prio == '' or prio == '0' or prio == 0 then return app end
   return app .. ':' .. prio
 end
 local function k_stream(app, prio) return k_stream_of(stream_name(app, prio)) end
@@ -220,8 +220,8 @@ end
 -- A dispatch hint {t: task id, j: job id}; a task with limits adds l (its limits, JSON
 -- [[key, concurrency, rate, per], ...]) and o (its order among the tasks a key holds back:
 -- priority, then creation time), so the executor asks for permits without reading the task.
-local function xadd_hint(stream, tkey, id, job)
-  local h = redis.call('HMGET', tkey, 'limits', 'priority', 'created')
+local function xadd_hint(stream, tkey, id, job, t)
+  local h = t and {t.limits, t.priority, t.created} or redis.call('HMGET', tkey, 'limits', 'priority', 'created')
   if h[1] and h[1] ~= '' then
     local order = (9 - (tonumber(h[2]) or 0)) * 1e10 + (tonumber(h[3]) or 0)
     return redis.call('XADD', stream, '*', 't', id, 'j', job, 'l', h[1], 'o', fmt(order))
@@ -253,11 +253,12 @@ end
 -- claim.  The hint's id is kept in the task's `entry` field (redeliver.lua and requeue_lost.lua
 -- keep it up to date when they put a fresh hint), so that the manager can tell a QUEUED task
 -- whose hint is gone (requeue_lost.lua).
-local function enqueue(tkey, id, app, old, ts)
-  local h = redis.call('HMGET', tkey, 'job_id', 'priority')
-  local entry = xadd_hint(k_stream(app, h[2]), tkey, id, h[1])
+-- `t`: the task's fields as a table (create: known before they are written), else read here.
+local function enqueue(tkey, id, app, old, ts, t)
+  local h = t and {t.job_id, t.priority} or redis.call('HMGET', tkey, 'job_id', 'priority')
+  local entry = xadd_hint(k_stream(app, h[2]), tkey, id, h[1], t)
   put('entry', entry, 'queued_at', fmt(ts), 'next_run', '', 'wait_deadline', '')
-  set_status(tkey, id, app, old, S.QUEUED, ts)
+  set_status(tkey, id, app, old, S.QUEUED, ts, t)
 end
 
 -- Ends the executor's hold on a RUNNING task: lease, running set, deadline; and banks the
@@ -395,13 +396,13 @@ end
 
 -- Task is then WAITING/QUEUED/FINISHED according to advance()'s verdict; used when no
 -- executor holds the task (timer due, message received, manager wake-ups).
-local function settle(tkey, id, app, old, verdict, ts)
+local function settle(tkey, id, app, old, verdict, ts, t)
   if verdict == 'RUN' then
-    enqueue(tkey, id, app, old, ts)
+    enqueue(tkey, id, app, old, ts, t)
   elseif verdict == S.WAITING then
-    set_status(tkey, id, app, old, S.WAITING, ts)
+    set_status(tkey, id, app, old, S.WAITING, ts, t)
   else
-    finish(tkey, id, app, old, ts)
+    finish(tkey, id, app, old, ts, t)
   end
 end
 
@@ -433,21 +434,29 @@ local function store_new(k, a, ts)
   local fields = cjson.decode(a.fields)
   for _, v in ipairs({'id', id, 'app', app, 'created', fmt(ts), 'stage', '0'}) do fields[#fields + 1] = v end
   for _, v in ipairs(a.extra or {}) do fields[#fields + 1] = v end  -- a child's link to its parent
-  redis.call('HSET', tkey, unpack(fields))
+  -- The new hash is written once, by set_status with the status (put): what the helpers on
+  -- the way need of it (plan, job id, priority, limits, the STATUS_FIELDS) is read from the
+  -- fields here instead of from Redis; a field not given is false, as HMGET has it.
+  local t = {}
+  for i = 1, #fields, 2 do t[fields[i]] = fields[i + 1] end
+  for _, n in ipairs({'limits', 'priority', 'tags', 'group', 'notify', 'error', 'cron', 'next_task',
+                      'parent', 'spawn_token', 'job_id', 'created'}) do
+    if t[n] == nil then t[n] = false end
+  end
+  put(unpack(fields))
 
-  redis.call('HINCRBY', k_metrics(app), 'created', 1)  -- stagewise_tasks_created_total
+  hincr(k_metrics(app), 'created', 1)  -- stagewise_tasks_created_total
   local due_at = tonumber(a.due_at)
   if a.enabled ~= '1' then
-    redis.call('HSET', tkey, 'next_run', '')
-    set_status(tkey, id, app, nil, S.IDLE, ts)
+    put('next_run', '')
+    set_status(tkey, id, app, nil, S.IDLE, ts, t)
   elseif due_at and due_at > ts then
-    redis.call('HSET', tkey, 'next_run', fmt(due_at))
+    put('next_run', fmt(due_at))
     redis.call('ZADD', k.due, due_at, member(app, id))
-    set_status(tkey, id, app, nil, S.IDLE, ts)
+    set_status(tkey, id, app, nil, S.IDLE, ts, t)
   else
-    local plan = cjson.decode(redis.call('HGET', tkey, 'plan'))
-    local verdict = advance(tkey, id, app, 0, plan, ts)
-    settle(tkey, id, app, nil, verdict, ts)
+    local verdict = advance(tkey, id, app, 0, decode_plan(t.plan), ts)
+    settle(tkey, id, app, nil, verdict, ts, t)
   end
   return 'CREATED'
 end
