@@ -30,19 +30,34 @@ class Batcher:
         self.queue: list[Pending] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.warnings = Warnings(log, "write_failed")
+        self.scheduled = False  # a _flush is due on the next turn of the loop
 
     async def run(self, call: Call[R]) -> R:
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        if not self.queue:
+        if not self.queue and not self.tasks:
+            self.scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
         self.queue.append((call, fut))
         return await fut
 
     def _flush(self) -> None:
+        """Sends what is queued, unless a batch is still on its way: then the calls made
+        meanwhile wait for its reply and go together (_sent).  A busy executor so sends its
+        commits in few, large batches (each one EVALSHA per script and partition, whose writes
+        to shared keys go out once per batch: commit.lua), and an idle one at once."""
+        self.scheduled = False
+        if not self.queue or self.tasks:
+            return
         batch, self.queue = self.queue, []
         t = asyncio.create_task(self._send(batch))
         self.tasks.add(t)
-        t.add_done_callback(self.tasks.discard)
+        t.add_done_callback(self._sent)
+
+    def _sent(self, t: asyncio.Task[None]) -> None:
+        self.tasks.discard(t)
+        if self.queue and not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _send(self, batch: list[Pending]) -> None:
         todo = batch

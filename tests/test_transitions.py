@@ -1482,3 +1482,70 @@ async def test_each_priority_has_its_own_stream_with_a_group(store: Store, r: An
     assert [f["t"] for _, items in got for _, f in items] == [high]
     entry = await read_entry(r, k)
     assert entry is not None and entry[1]["t"] == low
+
+
+# --------------------------------------------------------------------------- many runs per call
+
+
+def test_run_many_joins_neighbouring_claims_and_commits_of_one_partition() -> None:
+    """runner.merge: neighbours of a MANY script on one partition become one call (KEYS and ARGV
+    after the prefix laid end to end); another script or partition starts a new one."""
+    from stagewise.storage.runner import merge
+
+    k0, k1 = Keys("ns", 0), Keys("ns", 1)
+    c = [
+        calls.claim(k0, k0.stream(APP), "1-0", "a", "j", "ex", "l1"),
+        calls.claim(k0, k0.stream(APP), "2-0", "b", "j", "ex", "l2"),
+        calls.claim(k1, k1.stream(APP), "3-0", "c", "j", "ex", "l3"),
+        calls.commit(k1, "c", "j", "l3", 0, "null", "ok"),
+        calls.commit(k1, "d", "j", "l4", 0, "null", "ok"),
+        calls.handback(k1, "d", "j", "l4"),
+    ]
+    merged, groups = merge(c)
+    assert groups == [2, 1, 2, 1]
+    assert [m.script for m in merged] == ["claim", "claim", "commit", "handback"]
+    assert merged[0].keys == c[0].keys + c[1].keys
+    assert merged[0].args == c[0].args + c[1].args[1:]
+    assert (len(c[0].keys), len(c[0].args)) == (5, 8)  # the callers' own calls are left as they were
+
+
+async def test_claims_and_commits_sent_together_each_get_their_own_answer(store: Store, r: Any, k: Keys) -> None:
+    """Three claims (and a replay of one with a stale job id) in one run_many: each is decided on its
+    own; then their commits in one run_many.  The shared keys written once per batch (indexes, running
+    set, deadlines, metric counters) end as after one call per run."""
+    ids = [await create(store) for _ in range(3)]
+    await register(store, k, "ex1")
+    got = await r.xreadgroup(GROUP, "ex1", {k.stream(APP): ">"}, count=10)
+    entries = got[0][1]
+    assert [f["t"] for _, f in entries] == ids
+    before = await r.hgetall(k.metrics(APP))
+    claims = [calls.claim(k, k.stream(APP), eid, f["t"], f["j"], "ex1", f"lease-{i}") for i, (eid, f) in enumerate(entries)]
+    stale = calls.claim(k, k.stream(APP), entries[0][0], ids[0], "not-the-job", "ex1", "lease-x")
+    res = await store.scripts.run_many([*claims, stale])
+    assert [x.code for x in res] == ["OK", "OK", "OK", "STALE"]
+    assert await r.xpending(k.stream(APP), GROUP) == {"pending": 0, "min": None, "max": None, "consumers": []}
+    assert sorted(await r.smembers(k.running("ex1"))) == sorted(member(APP, t) for t in ids)
+    assert await r.zcard(k.deadlines()) == 3
+    assert sorted(await r.zrange(k.idx_app_status(APP, "RUNNING"), 0, -1)) == sorted(ids)
+    assert await r.zcard(k.idx_status("QUEUED")) == 0
+    commits = [
+        calls.commit(k, f["t"], f["j"], f"lease-{i}", 0, json.dumps(i), "ok", "demo.echo")
+        for i, (_, f) in enumerate(entries)
+    ]
+    res = await store.scripts.run_many(commits)
+    assert [x.code for x in res] == ["FINISHED"] * 3
+    for i, t in enumerate(ids):
+        h = await r.hgetall(k.task(t))
+        assert (h["status"], h["r.0"]) == ("FINISHED", json.dumps(i))
+        assert len(await r.lrange(k.attempts(t), 0, -1)) == 1
+    assert sorted(await r.zrange(k.idx_status("FINISHED"), 0, -1)) == sorted(ids)
+    assert await r.zcard(k.idx_status("RUNNING")) == 0 and await r.zcard(k.deadlines()) == 0
+    assert await r.scard(k.running("ex1")) == 0
+    after = await r.hgetall(k.metrics(APP))
+    assert int(after["e|FINISHED"]) - int(before.get("e|FINISHED", 0)) == 3
+    hist = sum(int(v) for f, v in after.items() if f.startswith("d|") and f.endswith("|ok|demo.echo"))
+    assert hist - sum(int(v) for f, v in before.items() if f.startswith("d|") and f.endswith("|ok|demo.echo")) == 3
+    # a replay of the batch (its reply lost): the same answers, nothing written twice
+    res = await store.scripts.run_many(commits)
+    assert [x.code for x in res] == ["STALE"] * 3
+    assert int((await r.hgetall(k.metrics(APP)))["e|FINISHED"]) == int(after["e|FINISHED"])

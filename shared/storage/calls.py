@@ -531,7 +531,22 @@ def ping(
     return Call("ping", [k.executors(), k.executor(executor_id)], args, bool)
 
 
+# Scripts that take many calls in one (claim.lua, commit.lua): script -> (KEYS, ARGV after the
+# shared ARGV[1]) per call.  Their reply is the list of each call's reply, so a call of one gets
+# [reply]; Scripts.run_many joins neighbouring calls of one partition (runner.merge).
+MANY = {"claim": (5, 7), "commit": (2, 7)}
+
+
+def _one(res: Any) -> Any:
+    """A call's own reply from the list a MANY script answers with (an error in it raised)."""
+    r = res[0]
+    if isinstance(r, Exception):
+        raise r
+    return r
+
+
 def _claim(res: Any) -> Claim:
+    res = _one(res)
     return Claim(res[0], dict(zip(res[1::2], res[2::2], strict=True)))
 
 
@@ -557,6 +572,7 @@ def claim(
 
 
 def _commit(res: Any) -> Commit:
+    res = _one(res)
     stage = int(res[1]) if len(res) > 1 else None
     return Commit(res[0], stage, [(int(res[i]), res[i + 1]) for i in range(2, len(res), 2)])
 

@@ -37,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stagewise.faults import DurabilityNotMet
 from stagewise.keys import Keys
-from stagewise.storage.calls import Call, R
+from stagewise.storage.calls import MANY, Call, R
 from stagewise.storage.connection import SOCKET_TIMEOUT, is_cluster
 from stagewise.storage.durability import Durability, fence
 from stagewise.storage.prelude import prelude
@@ -96,6 +96,11 @@ _CHECKOUT_ARGS: tuple[str, ...] = (
     is inspect.Parameter.empty
     else ()
 )
+
+# Calls of a script of calls.MANY that follow each other in a run_many and write one partition
+# go as one EVALSHA (at most this many per call): one script call, one TIME, and one write per
+# shared key for the lot (see claim.lua).
+MERGE_MAX = 256
 
 # run_many on one server: how many replies share one socket-timeout period.  A reply of one of
 # our scripts takes well under a millisecond, so a batch that needs more than socket_timeout
@@ -210,7 +215,26 @@ class Scripts:
 
     async def _send(self, calls: Sequence[Call[Any]], parts: Sequence[Keys]) -> tuple[list[Any], list[Any]]:
         """The raw replies of the calls, in order, errors in their places; and the wait's
-        replies when `parts` is not empty (one per server written, after the fence)."""
+        replies when `parts` is not empty (one per server written, after the fence).  Calls
+        of a script of calls.MANY next to each other, on one partition, go as one call (`merge`);
+        each still gets a reply of its own: [its reply], or the error that stands for it."""
+        merged, groups = merge(calls)
+        if len(merged) == len(calls):
+            return await self._send_raw(calls, parts)
+        raw, waits = await self._send_raw(merged, parts)
+        out: list[Any] = []
+        for res, n in zip(raw, groups, strict=True):
+            if isinstance(res, Exception):
+                out += [res] * n
+            elif len(res) != n:
+                out += [ResponseError(f"{n} calls merged, {len(res)} replies")] * n
+            else:
+                out += [x if isinstance(x, Exception) else [x] for x in res]
+        return out, waits
+
+    async def _send_raw(
+        self, calls: Sequence[Call[Any]], parts: Sequence[Keys]
+    ) -> tuple[list[Any], list[Any]]:
         if self._single:
             # One server: one fence covers every partition, since one replication stream does.
             extra = [fence(parts[0]), self.durability.command()] if parts else []
@@ -265,3 +289,25 @@ class Scripts:
             return out
         finally:
             await pool.release(conn)
+
+
+def merge(calls: Sequence[Call[Any]]) -> tuple[list[Call[Any]], list[int]]:
+    """The calls with each run of neighbours of one script of calls.MANY and one partition
+    (ARGV[1], the key prefix) joined into one call (KEYS and ARGV after the prefix laid end to
+    end, as the script reads them); and how many calls each one stands for."""
+    out: list[Call[Any]] = []
+    groups: list[int] = []
+    for c in calls:
+        if out and c.script in MANY and out[-1].script == c.script and c.args[0] == out[-1].args[0] and (
+            groups[-1] < MERGE_MAX
+        ):
+            last = out[-1]
+            if groups[-1] == 1:  # copy before extending: the caller's call stays as it was
+                last = out[-1] = Call(last.script, list(last.keys), list(last.args), last.decode)
+            last.keys.extend(c.keys)
+            last.args.extend(c.args[1:])
+            groups[-1] += 1
+        else:
+            out.append(c)
+            groups.append(1)
+    return out, groups

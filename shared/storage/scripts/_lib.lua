@@ -11,9 +11,15 @@
 --   skewed clocks agree.
 --   Every script validates first and writes after: a script that errors mid-way keeps its
 --   earlier writes (Redis has no rollback), so nothing after the first write may fail.
+-- One TIME per script: a script is one atomic step, so all it does happens at one instant
+-- (claim.lua and commit.lua handle many runs per call and would otherwise ask once per run).
+local NOW
 local function now()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+  if not NOW then
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
+  return NOW
 end
 
 local function fmt(x)
@@ -22,13 +28,99 @@ end
 
 -- stagewise.keys.stream_name: 'billing' for priority 0, 'billing:7' above (a test compares them)
 local function stream_name(app, prio)
-  if prio == nil or prio == '' or prio == '0' or prio == 0 then return app end
+  if not prio or prio == '' or prio == '0' or prio == 0 then return app end
   return app .. ':' .. prio
 end
 local function k_stream(app, prio) return k_stream_of(stream_name(app, prio)) end
 
 -- Member of the scheduling sorted sets (stagewise.keys.member).
 local function member(app, id) return app .. '/' .. id end
+
+-- Writes to shared keys (the indexes, the running sets, the deadlines zset, stream
+-- acknowledgements, metric counters), gathered when B.on: a script that handles many runs in one
+-- call (claim.lua, commit.lua) sets it, and its flush() sends one command per key and kind for
+-- the whole batch (one ZADD to i:s:RUNNING for 64 claims, one HINCRBY per counter) instead of one
+-- per run.  Same result: the ops on a key keep their order (only neighbours of one kind are
+-- joined), and nothing in those scripts reads these keys after writing them.  Off (every other
+-- script): each write is sent at once.
+local B = {on = false, keys = {}, ops = {}, incr = {}, incr_keys = {}}
+local function wr(cmd, key, ...)
+  if not B.on then return redis.call(cmd, key, ...) end
+  local ops = B.ops[key]
+  if not ops then
+    ops = {}
+    B.ops[key] = ops
+    B.keys[#B.keys + 1] = key
+  end
+  local last, args = ops[#ops], {...}
+  if last and last[1] == cmd then
+    -- XACK's first argument is the group, given once
+    for i = (cmd == 'XACK' and 2 or 1), #args do last[#last + 1] = args[i] end
+  else
+    local op = {cmd, key}
+    for i = 1, #args do op[#op + 1] = args[i] end
+    ops[#ops + 1] = op
+  end
+end
+
+-- HINCRBY (n an integer) or HINCRBYFLOAT (a float, as text): summed per field while B.on.
+local function hincr(key, field, n)
+  if not B.on then
+    if type(n) == 'string' then return redis.call('HINCRBYFLOAT', key, field, n) end
+    return redis.call('HINCRBY', key, field, n)
+  end
+  local h = B.incr[key]
+  if not h then
+    h = {fields = {}, n = {}}
+    B.incr[key] = h
+    B.incr_keys[#B.incr_keys + 1] = key
+  end
+  if h.n[field] == nil then h.fields[#h.fields + 1] = field end
+  h.n[field] = (h.n[field] or 0) + tonumber(n)
+  if type(n) == 'string' then h.float = h.float or {} h.float[field] = true end
+end
+
+-- Sends what B gathered (at most 1000 arguments per command, within Lua's unpack limit).
+local function flush()
+  for _, key in ipairs(B.keys) do
+    for _, op in ipairs(B.ops[key]) do
+      local head = (op[1] == 'XACK') and 3 or 2
+      local i = head + 1
+      while i <= #op do
+        local j = math.min(#op, i + 999)
+        if op[1] == 'ZADD' and (j - i) % 2 == 0 then j = j - 1 end  -- whole score/member pairs
+        local args = {}
+        for x = 2, head do args[#args + 1] = op[x] end
+        for x = i, j do args[#args + 1] = op[x] end
+        redis.call(op[1], unpack(args))
+        i = j + 1
+      end
+    end
+  end
+  for _, key in ipairs(B.incr_keys) do
+    local h = B.incr[key]
+    for _, f in ipairs(h.fields) do
+      if h.float and h.float[f] then
+        redis.call('HINCRBYFLOAT', key, f, string.format('%.6f', h.n[f]))
+      else
+        redis.call('HINCRBY', key, f, h.n[f])
+      end
+    end
+  end
+  B.keys, B.ops, B.incr, B.incr_keys = {}, {}, {}, {}
+end
+
+-- A task's plan, decoded once per script and text: a batch of claims or commits of tasks made
+-- from one template decodes it once.  advance() only reads it.
+local PLANS = {}
+local function decode_plan(text)
+  local p = PLANS[text]
+  if not p then
+    p = cjson.decode(text)
+    PLANS[text] = p
+  end
+  return p
+end
 
 -- Index maintenance: every task is in i:s:<status>, i:as:<app>:<status>, i:t:<tag> for each
 -- tag, i:g:<group> and (a child) i:p:<parent>, each scored by `updated`, so every filter of
@@ -46,12 +138,12 @@ end
 -- h: the task's tags, group, parent (HMGET) as read by the caller
 local function reindex(id, app, old, new, ts, tags, group, parent)
   if old and old ~= '' and old ~= new then
-    redis.call('ZREM', k_idx_status(old), id)
-    redis.call('ZREM', k_idx_app_status(app, old), id)
+    wr('ZREM', k_idx_status(old), id)
+    wr('ZREM', k_idx_app_status(app, old), id)
   end
-  redis.call('ZADD', k_idx_status(new), ts, id)
-  redis.call('ZADD', k_idx_app_status(app, new), ts, id)
-  for _, k in ipairs(extra_indexes(tags, group, parent)) do redis.call('ZADD', k, ts, id) end
+  wr('ZADD', k_idx_status(new), ts, id)
+  wr('ZADD', k_idx_app_status(app, new), ts, id)
+  for _, k in ipairs(extra_indexes(tags, group, parent)) do wr('ZADD', k, ts, id) end
 end
 
 local function unindex(tkey, id, app, status)
@@ -70,7 +162,8 @@ local function put(...)
 end
 
 -- The fields set_status needs, for scripts that have not read them already.
-local STATUS_FIELDS = {'tags', 'group', 'notify', 'job_id', 'error', 'cron', 'next_task', 'parent'}
+local STATUS_FIELDS = {'tags', 'group', 'notify', 'job_id', 'error', 'cron', 'next_task', 'parent',
+  'spawn_token'}
 local function prefetch(tkey, names)
   local vals = redis.call('HMGET', tkey, unpack(names))
   local t = {}
@@ -117,7 +210,7 @@ local function set_status(tkey, id, app, old, new, ts, t)
     end
   end
   if TERMINAL[new] then
-    redis.call('HINCRBY', k_metrics(app), 'e|' .. new, 1)  -- stagewise_tasks_ended_total
+    hincr(k_metrics(app), 'e|' .. new, 1)  -- stagewise_tasks_ended_total
   end
   if t.notify == '1' then
     local nid = redis.call('XADD', k_notes(), 'MAXLEN', '~', 100000, '*', 'task_id', id,
@@ -129,15 +222,15 @@ local function set_status(tkey, id, app, old, new, ts, t)
   if (new == S.FINISHED or new == S.FAILED) and ((t.cron and t.cron ~= '') or (t.next_task and t.next_task ~= '')) then
     redis.call('ZADD', k_ended(), ts, member(app, id))
   end
-  if TERMINAL[new] then fanout_ended(tkey, id, new, ts, t.parent) end
+  if TERMINAL[new] then fanout_ended(tkey, id, new, ts, t.parent, t.spawn_token) end
 end
 
 -- ===== flow control, task side (SPEC §2a; the design is in stagewise/storage/limits.py) =====
 -- A dispatch hint {t: task id, j: job id}; a task with limits adds l (its limits, JSON
 -- [[key, concurrency, rate, per], ...]) and o (its order among the tasks a key holds back:
 -- priority, then creation time), so the executor asks for permits without reading the task.
-local function xadd_hint(stream, tkey, id, job)
-  local h = redis.call('HMGET', tkey, 'limits', 'priority', 'created')
+local function xadd_hint(stream, tkey, id, job, t)
+  local h = t and {t.limits, t.priority, t.created} or redis.call('HMGET', tkey, 'limits', 'priority', 'created')
   if h[1] and h[1] ~= '' then
     local order = (9 - (tonumber(h[2]) or 0)) * 1e10 + (tonumber(h[3]) or 0)
     return redis.call('XADD', stream, '*', 't', id, 'j', job, 'l', h[1], 'o', fmt(order))
@@ -151,8 +244,13 @@ end
 -- same step as the transition; whoever drains the outbox (the executor at once, the manager
 -- for what an executor left) gives the permits back, and only then removes the entry.
 -- Member: '<app>/<id>|<lease>|<key>|<key>...' (neither app, id, lease nor key holds a '|').
-local function limits_outbox(tkey, m, ts)
-  local h = redis.call('HMGET', tkey, 'limits', 'lease')
+local function limits_outbox(tkey, m, ts, t)
+  local h
+  if t and t.limits ~= nil and t.lease ~= nil then  -- read by the caller already
+    h = {t.limits, t.lease}
+  else
+    h = redis.call('HMGET', tkey, 'limits', 'lease')
+  end
   if not h[1] or h[1] == '' or not h[2] or h[2] == '' then return end
   local parts = {m, h[2]}
   for _, lim in ipairs(cjson.decode(h[1])) do parts[#parts + 1] = lim[1] end
@@ -164,11 +262,12 @@ end
 -- claim.  The hint's id is kept in the task's `entry` field (redeliver.lua and requeue_lost.lua
 -- keep it up to date when they put a fresh hint), so that the manager can tell a QUEUED task
 -- whose hint is gone (requeue_lost.lua).
-local function enqueue(tkey, id, app, old, ts)
-  local h = redis.call('HMGET', tkey, 'job_id', 'priority')
-  local entry = xadd_hint(k_stream(app, h[2]), tkey, id, h[1])
+-- `t`: the task's fields as a table (create: known before they are written), else read here.
+local function enqueue(tkey, id, app, old, ts, t)
+  local h = t and {t.job_id, t.priority} or redis.call('HMGET', tkey, 'job_id', 'priority')
+  local entry = xadd_hint(k_stream(app, h[2]), tkey, id, h[1], t)
   put('entry', entry, 'queued_at', fmt(ts), 'next_run', '', 'wait_deadline', '')
-  set_status(tkey, id, app, old, S.QUEUED, ts)
+  set_status(tkey, id, app, old, S.QUEUED, ts, t)
 end
 
 -- Ends the executor's hold on a RUNNING task: lease, running set, deadline; and banks the
@@ -177,11 +276,11 @@ end
 local function release(tkey, id, app, ts, t)
   t = t or prefetch(tkey, {'executor_id', 'run_started', 'exec_used'})
   local m = member(app, id)
-  limits_outbox(tkey, m, ts)
+  limits_outbox(tkey, m, ts, t)
   if t.executor_id and t.executor_id ~= '' then
-    redis.call('SREM', k_running(t.executor_id), m)
+    wr('SREM', k_running(t.executor_id), m)
   end
-  redis.call('ZREM', k_deadlines(), m)
+  wr('ZREM', k_deadlines(), m)
   local used = tonumber(t.exec_used or '0') or 0
   local started = tonumber(t.run_started or '')
   if started then used = used + (ts - started) end
@@ -209,8 +308,8 @@ local function observe(app, method, outcome, dur)
     if dur <= tonumber(b) then le = b break end
   end
   local k = k_metrics(app)
-  redis.call('HINCRBY', k, 'd|' .. le .. '|' .. outcome .. '|' .. method, 1)
-  redis.call('HINCRBYFLOAT', k, 's|' .. outcome .. '|' .. method, fmt(dur))
+  hincr(k, 'd|' .. le .. '|' .. outcome .. '|' .. method, 1)
+  hincr(k, 's|' .. outcome .. '|' .. method, fmt(dur))
 end
 
 local function record_attempt(id, entry)
@@ -298,7 +397,7 @@ end
 local function fail(tkey, id, app, old, ts, err, t)
   local ok, e = pcall(cjson.decode, err)
   local code = ok and type(e) == 'table' and e.code or 'UNKNOWN'
-  redis.call('HINCRBY', k_metrics(app), 'f|' .. tostring(code), 1)
+  hincr(k_metrics(app), 'f|' .. tostring(code), 1)
   put('exit_code', 1, 'error', err, 'next_run', '', 'wait_deadline', '')
   if t then t.error = err end
   set_status(tkey, id, app, old, S.FAILED, ts, t)
@@ -306,13 +405,13 @@ end
 
 -- Task is then WAITING/QUEUED/FINISHED according to advance()'s verdict; used when no
 -- executor holds the task (timer due, message received, manager wake-ups).
-local function settle(tkey, id, app, old, verdict, ts)
+local function settle(tkey, id, app, old, verdict, ts, t)
   if verdict == 'RUN' then
-    enqueue(tkey, id, app, old, ts)
+    enqueue(tkey, id, app, old, ts, t)
   elseif verdict == S.WAITING then
-    set_status(tkey, id, app, old, S.WAITING, ts)
+    set_status(tkey, id, app, old, S.WAITING, ts, t)
   else
-    finish(tkey, id, app, old, ts)
+    finish(tkey, id, app, old, ts, t)
   end
 end
 
@@ -344,21 +443,29 @@ local function store_new(k, a, ts)
   local fields = cjson.decode(a.fields)
   for _, v in ipairs({'id', id, 'app', app, 'created', fmt(ts), 'stage', '0'}) do fields[#fields + 1] = v end
   for _, v in ipairs(a.extra or {}) do fields[#fields + 1] = v end  -- a child's link to its parent
-  redis.call('HSET', tkey, unpack(fields))
+  -- The new hash is written once, by set_status with the status (put): what the helpers on
+  -- the way need of it (plan, job id, priority, limits, the STATUS_FIELDS) is read from the
+  -- fields here instead of from Redis; a field not given is false, as HMGET has it.
+  local t = {}
+  for i = 1, #fields, 2 do t[fields[i]] = fields[i + 1] end
+  for _, n in ipairs({'limits', 'priority', 'tags', 'group', 'notify', 'error', 'cron', 'next_task',
+                      'parent', 'spawn_token', 'job_id', 'created'}) do
+    if t[n] == nil then t[n] = false end
+  end
+  put(unpack(fields))
 
-  redis.call('HINCRBY', k_metrics(app), 'created', 1)  -- stagewise_tasks_created_total
+  hincr(k_metrics(app), 'created', 1)  -- stagewise_tasks_created_total
   local due_at = tonumber(a.due_at)
   if a.enabled ~= '1' then
-    redis.call('HSET', tkey, 'next_run', '')
-    set_status(tkey, id, app, nil, S.IDLE, ts)
+    put('next_run', '')
+    set_status(tkey, id, app, nil, S.IDLE, ts, t)
   elseif due_at and due_at > ts then
-    redis.call('HSET', tkey, 'next_run', fmt(due_at))
+    put('next_run', fmt(due_at))
     redis.call('ZADD', k.due, due_at, member(app, id))
-    set_status(tkey, id, app, nil, S.IDLE, ts)
+    set_status(tkey, id, app, nil, S.IDLE, ts, t)
   else
-    local plan = cjson.decode(redis.call('HGET', tkey, 'plan'))
-    local verdict = advance(tkey, id, app, 0, plan, ts)
-    settle(tkey, id, app, nil, verdict, ts)
+    local verdict = advance(tkey, id, app, 0, decode_plan(t.plan), ts)
+    settle(tkey, id, app, nil, verdict, ts, t)
   end
   return 'CREATED'
 end
@@ -476,7 +583,7 @@ local function join(ptkey, pid, app, s, total, plan, ts)
   local slots = close_join(k_join(pid), total, 'joined')
   for i = 1, total do list[i] = slots[i] or 'null' end
   put('r.' .. s, '[' .. table.concat(list, ',') .. ']')
-  settle(ptkey, pid, app, S.WAITING, advance(ptkey, pid, app, s + 1, cjson.decode(plan), ts), ts)
+  settle(ptkey, pid, app, S.WAITING, advance(ptkey, pid, app, s + 1, decode_plan(plan), ts), ts)
 end
 
 -- A child ended with `status`: its slot in its parent's join, and the join's verdict.  The
@@ -512,11 +619,14 @@ local function count_child(tkey, id, status, ts, pid)
   if ended >= tonumber(j[2]) then join(ptkey, pid, p[2], s, tonumber(j[2]), p[4], ts) end
 end
 
-fanout_ended = function(tkey, id, status, ts, parent)
+fanout_ended = function(tkey, id, status, ts, parent, spawned)
   if parent and parent ~= '' then count_child(tkey, id, status, ts, parent) end
   -- children still live when their parent ends: the manager's cascade role cancels them, a
-  -- bounded batch per script (cancel_children.lua), however many and however nested
-  if redis.call('SCARD', k_live_children(id)) > 0 then
+  -- bounded batch per script (cancel_children.lua), however many and however nested.  Only a
+  -- task that started children has any (spawn.lua sets spawn_token in the step that adds them
+  -- to the live set), so the others skip the look (nil: the caller did not read the field).
+  if spawned == nil then spawned = redis.call('HGET', tkey, 'spawn_token') end
+  if spawned and spawned ~= '' and redis.call('SCARD', k_live_children(id)) > 0 then
     redis.call('ZADD', k_cascades(), ts, id)
   end
 end

@@ -1,6 +1,12 @@
 -- claim.lua: an executor takes a task it read from its app stream.  QUEUED -> RUNNING.
 -- The stream entry is acknowledged here, in the same step that records the claim, so an
 -- entry is never acknowledged for work nobody holds.
+-- One call claims one or more entries (of one partition): the layout below repeats, 5 KEYS
+-- and 7 ARGV (after the shared ARGV[1]) per entry, and the reply is the list of the entries'
+-- replies, in order.  Each claim is decided and written on its own, as if alone; only the
+-- writes to shared keys (indexes, running set, deadlines, XACK) go out once per batch (B, in
+-- _lib.lua), so 64 claims cost about 2 commands each instead of 13.  A claim that raises an
+-- error (a bug) has {err = message} as its reply and the others stand.
 -- KEYS[1] task hash   KEYS[2] app stream   KEYS[3] executors zset
 -- KEYS[4] running set of this executor     KEYS[5] deadlines zset
 -- ARGV[1] prefix  ARGV[2] task id  ARGV[3] stream entry id  ARGV[4] job id of the entry
@@ -10,7 +16,8 @@
 --   keys (limit_acquire.lua), '' otherwise
 -- ARGV[8] '1': tracing is on: the reply has the task's `trace` field too, when it has one
 --   (stagewise.tracing)
--- Returns {'OK', field, value, ...}   what the executor runs the task with: doc, kws, job_id,
+-- Returns, per entry:
+--         {'OK', field, value, ...}   what the executor runs the task with: doc, kws, job_id,
 --            stage, stages, retries, attempt, exec_deadline and the results r.<i> of the
 --            stages before the current one (not the whole hash: a smaller reply to build and parse)
 --         {'STALE'}  the entry no longer matches a QUEUED run at a call stage; entry
@@ -27,13 +34,18 @@
 --         {'REVOKED'}  the manager took the permits of this lease back (their claim was late):
 --            the executor asks again under a fresh lease
 --         {'PAUSED', 'until', until}  the app is paused (apps.pause): the entry goes back on its stream
-local tkey, id = KEYS[1], ARGV[2]
-if not redis.call('ZSCORE', KEYS[3], ARGV[5]) then
+local live = {}    -- executor id -> registered (looked up once per call)
+local paused = {}  -- app -> paused until (0: not paused)
+
+local function claim_one(K, A)
+local tkey, id = K[1], A[2]
+if live[A[5]] == nil then live[A[5]] = redis.call('ZSCORE', K[3], A[5]) ~= false end
+if not live[A[5]] then
   return {'DEAD'}
 end
 local t = prefetch(tkey, {'status', 'lease', 'job_id', 'app', 'max_exec', 'exec_used', 'attempt',
   'exec_deadline', 'stage', 'stages', 'retries', 'doc', 'kws', 'plan',
-  'tags', 'group', 'notify', 'error', 'cron', 'next_task', 'limits', 'priority', 'created'})
+  'tags', 'group', 'notify', 'error', 'cron', 'next_task', 'limits', 'priority', 'created', 'parent'})
 
 local function reply()
   local out = {'OK', 'doc', t.doc, 'kws', t.kws or '', 'job_id', t.job_id, 'stage', t.stage,
@@ -42,34 +54,36 @@ local function reply()
   local s = tonumber(t.stage) or 0
   local names = {}
   for i = 0, s - 1 do names[#names + 1] = 'r.' .. i end
-  if ARGV[8] == '1' then names[#names + 1] = 'trace' end
+  if A[8] == '1' then names[#names + 1] = 'trace' end
   -- flow control: the keys filled at create, against which a RetryLater's pause_key is checked
   if t.limits and t.limits ~= '' then out[#out + 1] = 'limits' out[#out + 1] = t.limits end
   if #names > 0 then append_fields(out, tkey, names) end
   return out
 end
 
-if t.status == S.RUNNING and t.lease == ARGV[6] then
+if t.status == S.RUNNING and t.lease == A[6] then
   return reply()  -- a replay of a claim whose reply was lost: same answer, nothing written twice
 end
 -- flow control: checked before anything is written (the entry stays pending on us)
 local ts = now()
-if t.status == S.QUEUED and t.job_id == ARGV[4] then
-  local paused = tonumber(redis.call('HGET', k_paused_apps(), t.app) or '')
-  if paused and paused > ts then return {'PAUSED', 'until', fmt(paused)} end
+if t.status == S.QUEUED and t.job_id == A[4] then
+  if paused[t.app] == nil then
+    paused[t.app] = tonumber(redis.call('HGET', k_paused_apps(), t.app) or '') or 0
+  end
+  if paused[t.app] > ts then return {'PAUSED', 'until', fmt(paused[t.app])} end
   if t.limits and t.limits ~= '' then
-    if ARGV[7] ~= '1' then
+    if A[7] ~= '1' then
       return {'LIMITED', 'l', t.limits, 'o', fmt((9 - (tonumber(t.priority) or 0)) * 1e10 + (tonumber(t.created) or 0))}
     end
-    if redis.call('ZSCORE', k_revoked(), ARGV[6]) then return {'REVOKED'} end
+    if redis.call('ZSCORE', k_revoked(), A[6]) then return {'REVOKED'} end
   end
 end
-redis.call('XACK', KEYS[2], GROUP, ARGV[3])
-if t.status ~= S.QUEUED or t.job_id ~= ARGV[4] then
+wr('XACK', K[2], GROUP, A[3])
+if t.status ~= S.QUEUED or t.job_id ~= A[4] then
   return {'STALE'}
 end
 local app = t.app
-local plan = cjson.decode(t.plan)
+local plan = decode_plan(t.plan)
 local s = tonumber(t.stage) or 0
 if plan[s + 1] ~= 'c' then
   settle(tkey, id, app, S.QUEUED, advance(tkey, id, app, s, plan, ts), ts)
@@ -78,10 +92,27 @@ end
 local deadline = ts + tonumber(t.max_exec) - (tonumber(t.exec_used or '0') or 0)
 t.attempt = tostring((tonumber(t.attempt or '0') or 0) + 1)
 t.exec_deadline = fmt(deadline)
-put('executor_id', ARGV[5], 'lease', ARGV[6], 'run_started', fmt(ts), 'stage_started', fmt(ts),
+put('executor_id', A[5], 'lease', A[6], 'run_started', fmt(ts), 'stage_started', fmt(ts),
   'exec_deadline', t.exec_deadline, 'attempt', t.attempt)
 if t.limits and t.limits ~= '' then put('blocked_by', '', 'woke', '') end
-redis.call('SADD', KEYS[4], member(app, id))
-redis.call('ZADD', KEYS[5], deadline, member(app, id))
+wr('SADD', K[4], member(app, id))
+wr('ZADD', K[5], deadline, member(app, id))
 set_status(tkey, id, app, S.QUEUED, S.RUNNING, ts, t)
 return reply()
+end
+
+B.on = true
+local out = {}
+for i = 0, (#ARGV - 1) / 7 - 1 do
+  local K = {KEYS[i * 5 + 1], KEYS[i * 5 + 2], KEYS[i * 5 + 3], KEYS[i * 5 + 4], KEYS[i * 5 + 5]}
+  local A = {ARGV[1]}
+  for j = 2, 8 do A[j] = ARGV[i * 7 + j] end
+  local ok, res = pcall(claim_one, K, A)
+  if not ok then
+    W = {}  -- a claim cut off by an error: none of its pending hash writes
+    res = {err = type(res) == 'table' and res.err or tostring(res)}
+  end
+  out[#out + 1] = res
+end
+flush()
+return out

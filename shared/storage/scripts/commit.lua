@@ -2,36 +2,43 @@
 -- RUNNING -> RUNNING (next stage is a call) | WAITING (timer/message) | FINISHED.
 -- Fenced: the write is applied only if the task is RUNNING under this job id, this lease
 -- and this stage; so a result is committed exactly once and a stale run writes nothing.
+-- One call commits one or more runs (of one partition): the layout below repeats, 2 KEYS and
+-- 7 ARGV (after the shared ARGV[1]) per run, and the reply is the list of the runs' replies,
+-- in order.  Each commit is decided and written on its own; the writes to shared keys
+-- (indexes, running sets, deadlines, metric counters) go out once per batch (B, in _lib.lua).
+-- A commit that raises an error (a bug) has {err = message} as its reply, the others stand.
 -- KEYS[1] task hash   KEYS[2] attempts list
 -- ARGV[1] prefix  ARGV[2] task id  ARGV[3] job id  ARGV[4] lease  ARGV[5] stage
 -- ARGV[6] result (JSON)  ARGV[7] outcome of the attempt ('ok' | 'skipped')
 -- ARGV[8] the stage's method, for the duration histogram (optional)
--- Returns {'RUN', stage, taken_stage, taken_json, ...}   go on with `stage` (messages that
+-- Returns, per run:
+--         {'RUN', stage, taken_stage, taken_json, ...}   go on with `stage` (messages that
 --            were waiting in the inbox became the results of the message stages passed)
 --         {'WAITING', stage} | {'FINISHED', stage}   the executor lets go of the task
 --         {'STALE'}  the run no longer holds the task: abandon it
 --         {'REPLAY', stage}  this commit was applied before (its reply was lost): the run
 --            still holds the task at `stage`; the executor hands it back (handback.lua)
-local tkey, id = KEYS[1], ARGV[2]
+local function commit_one(K, A)
+local tkey, id = K[1], A[2]
 local t = prefetch(tkey, {'status', 'job_id', 'lease', 'stage', 'app', 'plan', 'executor_id',
   'stage_started', 'run_started', 'exec_used', 'tags', 'group', 'notify', 'error', 'cron', 'next_task',
-  'parent'})
-if t.status ~= S.RUNNING or t.job_id ~= ARGV[3] or t.lease ~= ARGV[4] then
+  'parent', 'spawn_token', 'limits'})
+if t.status ~= S.RUNNING or t.job_id ~= A[3] or t.lease ~= A[4] then
   return {'STALE'}
 end
-if t.stage ~= ARGV[5] then
+if t.stage ~= A[5] then
   -- Same run and lease, stage already past it: only this executor could have moved it, so
   -- this is the replay of a commit whose reply was lost.  Nothing is written twice.
-  if tonumber(t.stage) > tonumber(ARGV[5]) then return {'REPLAY', t.stage} end
+  if tonumber(t.stage) > tonumber(A[5]) then return {'REPLAY', t.stage} end
   return {'STALE'}
 end
 local ts = now()
-local app, s = t.app, tonumber(ARGV[5])
-put('r.' .. s, ARGV[6])
-record_attempt(id, {job_id = ARGV[3], stage = s, executor_id = t.executor_id,
-  started = tonumber(t.stage_started), ended = ts, outcome = ARGV[7], error = cjson.null})
-observe(app, ARGV[8], ARGV[7], ts - (tonumber(t.stage_started) or ts))
-local verdict, stage, taken = advance(tkey, id, app, s + 1, cjson.decode(t.plan), ts)
+local app, s = t.app, tonumber(A[5])
+put('r.' .. s, A[6])
+record_attempt(id, {job_id = A[3], stage = s, executor_id = t.executor_id,
+  started = tonumber(t.stage_started), ended = ts, outcome = A[7], error = cjson.null})
+observe(app, A[8], A[7], ts - (tonumber(t.stage_started) or ts))
+local verdict, stage, taken = advance(tkey, id, app, s + 1, decode_plan(t.plan), ts)
 if verdict == 'RUN' then
   set_status(tkey, id, app, S.RUNNING, S.RUNNING, ts, t)  -- `updated` and the index scores
   local out = {'RUN', stage}
@@ -45,3 +52,19 @@ else
   finish(tkey, id, app, S.RUNNING, ts, t)
 end
 return {verdict, stage}
+end
+
+B.on = true
+local out = {}
+for i = 0, (#ARGV - 1) / 7 - 1 do
+  local A = {ARGV[1]}
+  for j = 2, 8 do A[j] = ARGV[i * 7 + j] end
+  local ok, res = pcall(commit_one, {KEYS[i * 2 + 1], KEYS[i * 2 + 2]}, A)
+  if not ok then
+    W = {}  -- a commit cut off by an error: none of its pending hash writes
+    res = {err = type(res) == 'table' and res.err or tostring(res)}
+  end
+  out[#out + 1] = res
+end
+flush()
+return out
