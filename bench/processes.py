@@ -125,11 +125,16 @@ async def main(a: argparse.Namespace) -> list[str]:
             f"| cluster, 3 masters | {row['procs']} | {row['partitions']} | {row['tasks_per_s']:,.0f} | "
             f"{row['after_first']:,.0f} | {row['startup']:.2f} |"
         )
+    tp = {r["procs"]: r["tasks_per_s"] for r in single}
+    cp = {r["partitions"]: r["tasks_per_s"] for r in cluster}
+    r2, r4, rc = tp[2] / tp[1], tp[4] / tp[1], cp[3] / cp[1]
     L += [
         "",
-        "**How throughput grows.** These runs share 2 cores among Redis (or three cluster masters), the manager, "
-        "the executor processes and this script, so adding processes here moves CPU between them rather than "
-        "adding any. On real hosts the limits are per-task costs (bench/PROFILE.md): a noop task costs Redis "
+        f"**How throughput grows.** On these 2 cores, shared by Redis (or the three cluster masters), the "
+        f"manager, the executor processes and this script, a second process gave {r2:.2f}× the throughput of "
+        f"one and four gave {r4:.2f}×: with Redis and the manager on the same two cores there is little CPU "
+        f"for more processes to use (two runs of this script differed by up to 25 %). On the cluster, spreading the tasks over 3 partitions (so over the masters) "
+        f"gave {rc:.2f}× what one partition on one master gave. On real hosts the limits are per-task costs (bench/PROFILE.md): a noop task costs Redis "
         "about 70 µs of CPU (create, claim and commit; one master runs on one core), so one master serves at "
         "most about 1 s / 70 µs ≈ 14,000 tasks/s; and an executor process spends about 0.1 ms of CPU per task "
         "(harness, tuned noop), so one process on its own core serves about 10,000 tasks/s. A namespace's "
