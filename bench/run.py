@@ -425,7 +425,8 @@ def plan(
                     if (s, w, c) in first:
                         continue
                     if FULL_SKIP.get(s, ("", ""))[0] == c:
-                        skipped.append(f"{s} {w} {c}: {FULL_SKIP[s][1]}")
+                        said = any(x.startswith(f"{s} ") and c in x for x in skipped)
+                        skipped.append(f"{s} {w} {c}" + ("" if said else f": {FULL_SKIP[s][1]}"))
                         continue
                     rest.append((s, w, c))
     return first + rest, skipped
