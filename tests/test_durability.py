@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
@@ -50,7 +49,7 @@ from tests.helpers import (
     uid,
     wait_for,
 )
-from tests.test_redis_faults import BOUND, admin, start_redis_on, stop_proc, timed
+from tests.test_redis_faults import BOUND, Sentinelled, admin, start_redis_on, stop_proc, timed
 
 NOT_MET = f"durability: 0 of 1 replicas acknowledged within {WAIT_TIMEOUT:g} s"
 
@@ -356,83 +355,6 @@ async def test_min_replicas_counts_replicas(replicated: Replicated, namespace: s
 # --------------------------------------------------------------------------- Sentinel failover
 
 
-class Sentinelled:
-    """A master, its replica and one sentinel watching them as `mymaster`, in `dir`; the
-    killed master comes back as a replica of the promoted one (`rejoin`)."""
-
-    def __init__(self, dir: Path) -> None:
-        self.dir = dir
-        self.ports = {"a": free_port(), "b": free_port()}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.procs["a"] = start_redis_on(self.ports["a"], dir)
-        self.procs["b"] = start_redis_on(
-            self.ports["b"], dir, "--replicaof", "127.0.0.1", str(self.ports["a"])
-        )
-        self.sentinel_port = free_port()
-        conf = dir / "sentinel.conf"  # the sentinel rewrites its file: one of its own, writable
-        conf.write_text(
-            f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {dir}\n"
-            f"sentinel monitor mymaster 127.0.0.1 {self.ports['a']} 1\n"
-            "sentinel down-after-milliseconds mymaster 1000\n"
-            "sentinel failover-timeout mymaster 3000\n"
-        )
-        exe = shutil.which("redis-server")
-        assert exe
-        with open(dir / "sentinel.log", "ab") as log:
-            self.procs["sentinel"] = subprocess.Popen(
-                [exe, str(conf), "--sentinel"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        self.url = f"redis+sentinel://127.0.0.1:{self.sentinel_port}/mymaster"
-
-    def master_port(self) -> int | None:
-        s = admin(self.sentinel_port)
-        try:
-            got = s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
-        except redis.RedisError:
-            return None
-        finally:
-            s.close()
-        return int(got[1]) if got else None
-
-    def replica_linked(self, master: str) -> bool:
-        c = admin(self.ports[master])
-        try:
-            return "online" in str(c.info("replication").get("slave0", ""))
-        except redis.RedisError:
-            return False
-        finally:
-            c.close()
-
-    def sentinel_sees_replica(self) -> bool:
-        s = admin(self.sentinel_port)
-        try:
-            rows = s.execute_command("SENTINEL", "REPLICAS", "mymaster")
-        except redis.RedisError:
-            return False
-        finally:
-            s.close()
-        for row in rows or []:
-            info = row if isinstance(row, dict) else dict(zip(row[::2], row[1::2], strict=True))
-            if info.get("master-link-status") == "ok" and "s_down" not in str(info.get("flags", "")):
-                return True
-        return False
-
-    def kill(self, name: str) -> None:
-        self.procs[name].kill()
-        self.procs[name].wait()
-
-    def rejoin(self, name: str, master: str) -> None:
-        """`name` starts again, empty, as a replica of `master` (as a restarted old master that
-        the sentinel reconfigures ends up; started so at once, not after the sentinel's delay)."""
-        self.procs[name] = start_redis_on(
-            self.ports[name], self.dir, "--replicaof", "127.0.0.1", str(self.ports[master])
-        )
-
-    def stop(self) -> None:
-        for p in self.procs.values():
-            stop_proc(p)
-
-
 @pytest.fixture
 def sentinelled(scratch: Path) -> Iterator[Sentinelled]:
     s = Sentinelled(scratch)
@@ -490,9 +412,7 @@ async def test_a_sentinel_failover_loses_nothing_acknowledged_with_replica_durab
     the replica had not received are lost (counted; on loopback there are few or none).
     Either way every task Redis kept finishes, none stuck, no stage committed twice."""
     s = sentinelled
-    await wait_for(
-        s.sentinel_sees_replica, timeout=20, interval=0.1, what="the sentinel to see the synced replica"
-    )
+    await wait_for(s.replica_ready, timeout=20, interval=0.1, what="the sentinel to see the synced replica")
     env = {"STAGEWISE_REDIS_URL": s.url, "STAGEWISE_DURABILITY": durability}
     m = await daemons.manager(**env)
     await daemons.executor(concurrency=8, STAGEWISE_GRACE="1", **env)
@@ -503,15 +423,16 @@ async def test_a_sentinel_failover_loses_nothing_acknowledged_with_replica_durab
         await wait_for(lambda: len(load.acked) >= 30, timeout=30, what="30 acknowledged creates")
         before = len(load.acked)
         t0 = time.monotonic()
-        s.kill("a")
+        await s.kill_master(caught_up=False)
         await wait_for(
-            lambda: s.master_port() == s.ports["b"], timeout=20, interval=0.1, what="the promotion"
+            lambda: s.master_addr() == ("127.0.0.1", s.replica_port),
+            timeout=20,
+            interval=0.1,
+            what="the promotion",
         )
         promoted = time.monotonic() - t0
-        s.rejoin("a", "b")
-        await wait_for(
-            lambda: s.replica_linked("b"), timeout=20, what="the old master to rejoin as a replica"
-        )
+        s.rejoin_old_master()
+        await wait_for(s.old_master_rejoined, timeout=20, what="the old master to rejoin as a replica")
         at_promotion = len(load.acked)
         await wait_for(
             lambda: len(load.acked) >= at_promotion + 30, timeout=30, what="30 more creates after it"

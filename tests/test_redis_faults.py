@@ -570,12 +570,32 @@ class Sentinelled:
             master.close()
             replica.close()
 
-    async def kill_master(self) -> None:
-        """SIGKILL the master once its replica holds every write (a write still in flight may
-        be lost by a failover: replication is asynchronous)."""
-        await wait_for(self.replica_caught_up, timeout=10, what="the replica to catch up")
+    async def kill_master(self, caught_up: bool = True) -> None:
+        """SIGKILL the master, once its replica holds every write when `caught_up` (a write
+        still in flight may be lost by a failover: replication is asynchronous); without, at
+        once, whatever the replica lacks (what durability levels are about)."""
+        if caught_up:
+            await wait_for(self.replica_caught_up, timeout=10, what="the replica to catch up")
         self.procs[0].kill()
         self.procs[0].wait()
+
+    def rejoin_old_master(self) -> None:
+        """The killed master starts again, empty, as a replica of the promoted one (as a
+        restarted old master that the sentinel reconfigures ends up; started so at once, not
+        after the sentinel's delay)."""
+        self.procs[0] = start_redis_on(
+            self.master_port, self.dir, "--replicaof", "127.0.0.1", str(self.replica_port)
+        )
+
+    def old_master_rejoined(self) -> bool:
+        """The promoted replica has the old master as an online replica of its own."""
+        c = admin(self.replica_port)
+        try:
+            return "online" in str(c.info("replication").get("slave0", ""))
+        except redis.RedisError:
+            return False
+        finally:
+            c.close()
 
     def stop(self) -> None:
         for p in self.procs:
