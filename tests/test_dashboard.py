@@ -1,7 +1,8 @@
 """The web dashboard (GET /) in a real headless chromium, against a real manager and executor.
 
-Set STAGEWISE_SCREENSHOT_DIR to a directory to have the test save dashboard.png (the task list) and
-dashboard-task.png (a task page) there; that is how docs/ gets its screenshots.
+Set STAGEWISE_SCREENSHOT_DIR to a directory to have the tests save dashboard.png (the task list),
+dashboard-home.png, dashboard-task.png (a task page), dashboard-children.png (a parent's children)
+and dashboard-limits.png (the Limits view) there; that is how docs/ gets its screenshots.
 """
 
 from __future__ import annotations
@@ -267,6 +268,10 @@ async def test_dashboard_shows_a_parents_children(daemons: Any) -> None:
             await m.rpc("tasks.send", {"id": f"{pid}.0.1", "data": "ok"})
             await expect(page.locator("#children")).to_contain_text("2 of 2 ended", timeout=WAIT)
             await expect(page.locator("#children-links")).to_have_attribute("open", "")  # kept open
+            # a section the task does not have (no description here) is left out, not written "null"
+            stray = "[...document.querySelector('#task-body').childNodes].filter(n => n.nodeType === 3)"
+            assert await page.evaluate(f"{stray}.map(n => n.textContent)") == []
+            await _shot(page, "dashboard-children.png")
             await page.click("#children a.child >> nth=1")
             await expect(page.locator("#parent-link")).to_have_text(f"{pid} (stage 0)", timeout=WAIT)
             await page.click("#parent-link")
@@ -322,6 +327,7 @@ async def test_dashboard_flow_control(daemons: Any) -> None:
             await expect(limit.locator("td").nth(2)).to_have_text("1")
             await page.click("nav a[data-nav=limits]")
             await expect(page.locator("#limits tbody tr[data-key]")).to_have_count(1, timeout=WAIT)
+            await _shot(page, "dashboard-limits.png")
 
             # pause the app from the overview, then resume it
             await page.click("nav a[data-nav=overview]")

@@ -545,7 +545,8 @@ function taskView(gen, id) {
       last = key;
       const open = !!$("#kws") && $("#kws").open;
       const kidsOpen = !!$("#children-links") && $("#children-links").open;
-      body.replaceChildren(...taskBody(task, attempts));
+      // replaceChildren would write a null (a section the task does not have) as the text "null"
+      body.replaceChildren(...taskBody(task, attempts).flat().filter((n) => n !== null && n !== undefined && n !== false));
       if (open) $("#kws").open = true;
       if (kidsOpen && $("#children-links")) $("#children-links").open = true;
       bar.update(task);
