@@ -161,6 +161,28 @@ local function put(...)
   for i = 1, #args do W[#W + 1] = args[i] end
 end
 
+-- The body of a script that takes many runs in one call (claim.lua, commit.lua): KEYS in groups
+-- of `nkeys` per run, ARGV[1] shared and then groups of `nargs`; `one(K, A)` decides each run on
+-- its own, with K and A laid out as for a call of one run.  A run that raises gets {err = ...}
+-- and none of its pending hash writes (W); the writes to shared keys go out once, at the end.
+local function many_runs(nkeys, nargs, one)
+  B.on = true
+  local out = {}
+  for i = 0, (#ARGV - 1) / nargs - 1 do
+    local K, A = {}, {ARGV[1]}
+    for j = 1, nkeys do K[j] = KEYS[i * nkeys + j] end
+    for j = 2, nargs + 1 do A[j] = ARGV[i * nargs + j] end
+    local ok, res = pcall(one, K, A)
+    if not ok then
+      W = {}
+      res = {err = type(res) == 'table' and res.err or tostring(res)}
+    end
+    out[#out + 1] = res
+  end
+  flush()
+  return out
+end
+
 -- The fields set_status needs, for scripts that have not read them already.
 local STATUS_FIELDS = {'tags', 'group', 'notify', 'job_id', 'error', 'cron', 'next_task', 'parent',
   'spawn_token'}

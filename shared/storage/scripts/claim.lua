@@ -101,18 +101,4 @@ set_status(tkey, id, app, S.QUEUED, S.RUNNING, ts, t)
 return reply()
 end
 
-B.on = true
-local out = {}
-for i = 0, (#ARGV - 1) / 7 - 1 do
-  local K = {KEYS[i * 5 + 1], KEYS[i * 5 + 2], KEYS[i * 5 + 3], KEYS[i * 5 + 4], KEYS[i * 5 + 5]}
-  local A = {ARGV[1]}
-  for j = 2, 8 do A[j] = ARGV[i * 7 + j] end
-  local ok, res = pcall(claim_one, K, A)
-  if not ok then
-    W = {}  -- a claim cut off by an error: none of its pending hash writes
-    res = {err = type(res) == 'table' and res.err or tostring(res)}
-  end
-  out[#out + 1] = res
-end
-flush()
-return out
+return many_runs(5, 7, claim_one)

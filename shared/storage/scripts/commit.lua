@@ -54,17 +54,4 @@ end
 return {verdict, stage}
 end
 
-B.on = true
-local out = {}
-for i = 0, (#ARGV - 1) / 7 - 1 do
-  local A = {ARGV[1]}
-  for j = 2, 8 do A[j] = ARGV[i * 7 + j] end
-  local ok, res = pcall(commit_one, {KEYS[i * 2 + 1], KEYS[i * 2 + 2]}, A)
-  if not ok then
-    W = {}  -- a commit cut off by an error: none of its pending hash writes
-    res = {err = type(res) == 'table' and res.err or tostring(res)}
-  end
-  out[#out + 1] = res
-end
-flush()
-return out
+return many_runs(2, 7, commit_one)
