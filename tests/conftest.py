@@ -8,7 +8,9 @@ test fails).  Wait for things with `tests.helpers.wait_for`, never with a bare s
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -87,3 +89,13 @@ async def daemons(
         finally:
             if d.procs and _failed(request.node):
                 print(f"\n----- daemon logs (namespace {namespace}) -----\n{d.log_tails()}")
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A temp dir for the Redis servers a test starts itself (removed after the test)."""
+    d = Path(tempfile.mkdtemp(prefix="stagewise-scratch-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,15 +50,6 @@ from tests.helpers import (
 from tests.test_redis_faults import BOUND, Sentinelled, admin, start_redis_on, stop_proc, timed
 
 NOT_MET = f"durability: 0 of 1 replicas acknowledged within {WAIT_TIMEOUT:g} s"
-
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="stagewise-durability-"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def redis_version() -> tuple[int, ...]:

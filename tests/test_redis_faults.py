@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -158,16 +157,6 @@ def own() -> Iterator[RedisServer]:
         finally:
             if server.proc.poll() is None:
                 server.proc.send_signal(signal.SIGCONT)
-
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    """A temp dir for the servers a test starts itself."""
-    d = Path(tempfile.mkdtemp(prefix="stagewise-faults-"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def no_internal_errors(m: ManagerProc) -> None:
