@@ -1,59 +1,150 @@
-"""structlog, configured once per process: JSON lines on stdout.
+"""The daemons' log: JSON lines on stdout, configured once per process.
 
-Call sites bind task id, job id, stage and app (``log.bind(task_id=..., job_id=...)``), so
-every line about a task can be found by grepping its id.
+Call sites bind task id, job id, stage and app (``log.get(task_id=...).info("event", key=value)``),
+so every line about a task can be found by grepping its id.  A line is one JSON object, its keys
+in this order: the bound fields, the call's keyword fields, ``event``, ``role`` (the daemon's, set
+by `configure`; a bound ``role`` wins), ``level``, ``timestamp`` (ISO 8601, UTC, ``Z``) and, for
+`Logger.exception` or ``exc_info=``, ``exception`` (the formatted traceback).  A value JSON cannot
+hold is written as its ``repr``.
+
+This is the whole logger, rather than structlog: structlog's package imports its console
+renderers, stdlib bridges and typing helpers (106 modules, ~5 MB of RSS and ~25 ms of start-up
+for the executor), and the one processor chain the daemons ever used fits in `_emit`.  The lines
+are the ones that chain wrote (merge the role, add the level, the timestamp, format exc_info,
+json.dumps with a repr fallback).
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import sys
-from typing import Any
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import IO, Any
 
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
-def _import_structlog() -> Any:
-    """structlog, imported with `rich` hidden.  structlog loads rich, when it is installed,
-    for console renderers and pretty tracebacks that these JSON lines never use; the CLI
-    needs rich for its tables, but in a daemon it cost ~5 MB of RSS and ~50 ms of start-up
-    (rich with pygments and attrs).  A None entry in sys.modules makes `import rich` fail
-    inside structlog, which then goes without it; the entry is removed right after, so
-    the CLI's own `import rich` works as usual."""
-    hide = "rich" not in sys.modules
-    if hide:
-        sys.modules["rich"] = None  # type: ignore[assignment]
-    try:
-        import structlog as module
-    finally:
-        if hide:
-            del sys.modules["rich"]
-    return module
-
-
-structlog = _import_structlog()
+# Before `configure` (a library user, a test driving manager parts in-process) nothing is filtered
+# and lines go to whatever sys.stdout is at the time, as an unconfigured logger always did.
+_min_level = 0
+_out: IO[str] | None = None
+_role: str | None = None
 _done = False
+# One line is one write: handlers run in threads too (sync stages), and their lines must not interleave.
+_lock = threading.Lock()
+# `capture` collects event dicts here instead of writing lines (tests).
+_captured: list[dict[str, Any]] | None = None
 
 
 def configure(level: str = "info", role: str = "") -> None:
-    global _done
+    """The level (an unknown name means info) and the daemon's role, for the whole process; the
+    first call wins (a daemon configures before it imports the app, which might call it again)."""
+    global _done, _min_level, _out, _role
     if _done:
         return
     _done = True
-    lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
-        cache_logger_on_first_use=True,
-    )
-    if role:
-        structlog.contextvars.bind_contextvars(role=role)
+    _min_level = LEVELS.get(level.lower(), LEVELS["info"])
+    _out = sys.stdout
+    _role = role or None
 
 
-def get(**bound: Any) -> Any:
-    return structlog.get_logger().bind(**bound)
+def get(**bound: Any) -> Logger:
+    return Logger(bound)
+
+
+def _fallback(obj: Any) -> Any:
+    return repr(obj)
+
+
+def _exc_info(v: Any) -> Any:
+    """``exc_info=`` as an (type, value, traceback) triple: an exception, a triple, or anything
+    true for the one being handled; None when there is none."""
+    if isinstance(v, BaseException):
+        return (type(v), v, v.__traceback__)
+    if isinstance(v, tuple) and len(v) == 3 and isinstance(v[1], BaseException):
+        return v
+    if v:
+        info = sys.exc_info()
+        return None if info[1] is None else info
+    return None
+
+
+def _emit(level: str, context: dict[str, Any], event: str, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
+    if args:  # printf-style arguments, a single mapping for %(name)s
+        event = event % (args[0] if len(args) == 1 and isinstance(args[0], dict) and args[0] else args)
+    d = {**context, **kw} if context else kw
+    d["event"] = event
+    if _captured is not None:
+        d["log_level"] = level
+        _captured.append(d)
+        return
+    if _role is not None:
+        d.setdefault("role", _role)
+    d["level"] = level
+    d["timestamp"] = datetime.now(tz=UTC).isoformat().replace("+00:00", "Z")
+    if "exc_info" in d:
+        info = _exc_info(d.pop("exc_info"))
+        if info is not None:
+            import traceback  # only when there is a traceback to write
+
+            d["exception"] = "".join(traceback.format_exception(*info)).removesuffix("\n")
+    line = json.dumps(d, default=_fallback) + "\n"
+    out = _out or sys.stdout
+    with _lock:
+        out.write(line)
+        out.flush()
+
+
+class Logger:
+    """Fields bound once (``bind``), a method per level; a call below the configured level returns
+    before building anything."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: dict[str, Any]) -> None:
+        self._context = context
+
+    def bind(self, **fields: Any) -> Logger:
+        return Logger({**self._context, **fields})
+
+    def debug(self, event: str, *args: Any, **kw: Any) -> None:
+        if _min_level <= 10 or _captured is not None:
+            _emit("debug", self._context, event, args, kw)
+
+    def info(self, event: str, *args: Any, **kw: Any) -> None:
+        if _min_level <= 20 or _captured is not None:
+            _emit("info", self._context, event, args, kw)
+
+    def warning(self, event: str, *args: Any, **kw: Any) -> None:
+        if _min_level <= 30 or _captured is not None:
+            _emit("warning", self._context, event, args, kw)
+
+    def error(self, event: str, *args: Any, **kw: Any) -> None:
+        if _min_level <= 40 or _captured is not None:
+            _emit("error", self._context, event, args, kw)
+
+    def critical(self, event: str, *args: Any, **kw: Any) -> None:
+        if _min_level <= 50 or _captured is not None:
+            _emit("critical", self._context, event, args, kw)
+
+    def exception(self, event: str, *args: Any, **kw: Any) -> None:
+        """An error line with the exception being handled (or ``exc_info=``) as ``exception``."""
+        kw.setdefault("exc_info", True)
+        self.error(event, *args, **kw)
+
+    warn = warning
+    msg = info
+
+
+@contextmanager
+def capture() -> Iterator[list[dict[str, Any]]]:
+    """Collect every event (any level) as a dict instead of writing it: the bound and keyword
+    fields, ``event``, ``log_level``, and ``exc_info`` as given.  For tests."""
+    global _captured
+    saved, _captured = _captured, []
+    try:
+        yield _captured
+    finally:
+        _captured = saved

@@ -7,7 +7,6 @@ import re
 import time
 import uuid
 from typing import Annotated, Any, Literal, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from msgspec import Meta, Struct, field
@@ -272,6 +271,10 @@ def parse_task(obj: Any, where: str = "task") -> Task:
             raise invalid_params(f"{where}.{name}", "managed field, set by stagewise")
     doc = convert(obj, TaskDoc, where)
     commands = [parse_command(c, f"{where}.commands[{i}]") for i, c in enumerate(doc.commands)]
+    # zoneinfo here, not at the top: the executor imports this module for Task and never
+    # parses a task, and zoneinfo loads sysconfig and the tz path search with it
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     try:
         ZoneInfo(doc.tz)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder of the tz database

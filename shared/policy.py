@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
 
 # croniter is imported where cron is used (the manager, validation), not at module load:
 # the executor needs only next_retry_delay, and croniter with dateutil costs it ~5 MB.
@@ -42,6 +41,8 @@ def cron_valid(expr: str) -> bool:
 def next_cron(expr: str, tz: str, after: float) -> float:
     """The first fire time of ``expr`` in zone ``tz`` strictly after ``after`` (UNIX s).
     Computed from the previous scheduled fire, not from the clock, so fires never drift."""
+    from zoneinfo import ZoneInfo  # here, like croniter: the executor imports this module, never calls it
+
     from croniter import croniter
 
     start = datetime.fromtimestamp(after, UTC).astimezone(ZoneInfo(tz))

@@ -5,6 +5,10 @@ starts a daemon, and `stagewise` itself names App lazily (for type checkers only
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,3 +57,41 @@ def test_nothing_imports_the_source_folders_by_their_own_names(folder: str) -> N
     are folder names, and a user's packages of those names must never be picked up."""
     for path in files(folder):
         assert not {m for m in imports(path) if m.split(".")[0] in ("shared", "manager", "executor")}, path
+
+
+# What `stagewise executor` must not load: the manager's and the CLI client's libraries (HTTP
+# server, metrics, tables, cron, the timeout regex engine), the manager itself, and structlog
+# (the log is shared/log.py).  Each costs the executor memory and start-up it has no use for.
+EXECUTOR_NEVER = (
+    "aiohttp",
+    "prometheus_client",
+    "rich",
+    "croniter",
+    "dateutil",
+    "regex",
+    "structlog",
+    "zoneinfo",
+    "jsonschema",
+    "stagewise.manager",
+    "stagewise.client",
+    "stagewise.cli.commands",
+)
+
+
+def test_the_executor_entry_loads_none_of_the_heavy_modules() -> None:
+    """The modules `stagewise executor` imports before it serves (the CLI's entry, the executor's
+    modules, and the logging configured), in a fresh interpreter: none of EXECUTOR_NEVER or
+    their submodules is among them."""
+    code = (
+        "import sys, json\n"
+        "from stagewise import cli, log\n"
+        "log.configure('info', role='executor')\n"
+        "import stagewise.executor.main, stagewise.executor.worker\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    loaded = json.loads(out.stdout)
+    assert "stagewise.executor.worker" in loaded  # the probe imported what it says
+    heavy = [m for m in loaded if m in EXECUTOR_NEVER or m.startswith(tuple(f"{h}." for h in EXECUTOR_NEVER))]
+    assert not heavy, heavy

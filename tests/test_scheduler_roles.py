@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aredis
-from structlog.testing import capture_logs
 
+from stagewise import log
 from stagewise.config import Settings
 from stagewise.manager.scheduler import Scheduler
 from stagewise.manager.store import Store
@@ -233,7 +233,7 @@ async def test_a_failing_role_does_not_stop_the_others(
     monkeypatch.setattr(Scheduler, "reap", lost)
     store = make_store(r, redis_url, namespace, clean_after=0.001, ping_interval=0.04)
     old = await old_canceled_tasks(store, 3, older_than=0.001)
-    with capture_logs() as logs:
+    with log.capture() as logs:
         sched = Scheduler(store)
         async with running(sched) as (_, task):
 
@@ -264,7 +264,7 @@ async def test_a_crashing_clean_does_not_stop_due_work(
         raise RuntimeError("clean bug")
 
     monkeypatch.setattr(store, "clean", broken)
-    with capture_logs() as logs:
+    with log.capture() as logs:
         sched = Scheduler(store)
         async with running(sched) as (_, task):
             await wait_for(lambda: calls >= 3, what="clean retries")
@@ -289,7 +289,7 @@ async def test_a_task_whose_follow_up_fails_does_not_block_the_others(
     await r.hset(k.task(first.id), "cron", "not a cron")
     await r.zadd(k.ended(), {f"a/{first.id}": 1, f"a/{second.id}": 2})
     sched = Scheduler(store)
-    with capture_logs() as logs:
+    with log.capture() as logs:
         assert await sched.ended(k, await sched.server_time()) == 2
     assert [e["member"] for e in logs if e["event"] == "follow_failed"] == [f"a/{first.id}"]
     assert [e["task_id"] for e in logs if e["event"] == "cron_rescheduled"] == [second.id]

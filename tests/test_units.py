@@ -8,10 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis.exceptions as rex
-import structlog
-from structlog.testing import capture_logs
 
-from stagewise import config, faults
+from stagewise import config, faults, log
 from stagewise.executor.app import App, ParamsError
 from stagewise.keys import Keys, family_root, member, partition_of, split_member
 from stagewise.policy import next_cron, next_retry_delay, retry_delay
@@ -203,8 +201,8 @@ def test_backoff_doubles_up_to_its_cap_and_resets() -> None:
 
 
 def test_warnings_once_per_kind_of_failure_then_recovered() -> None:
-    with capture_logs() as logs:
-        w = faults.Warnings(structlog.get_logger(), "ping_failed")
+    with log.capture() as logs:
+        w = faults.Warnings(log.get(), "ping_failed")
         for _ in range(5):
             w.failed(rex.ConnectionError("Error 111"), partition=0)
         w.failed(rex.OutOfMemoryError("command not allowed"), partition=0)

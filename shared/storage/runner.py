@@ -140,6 +140,23 @@ def pack_evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
     return b"".join(out)
 
 
+class _Registered(dict[str, AsyncScript]):
+    """Each script of NAMES registered on the client when first called, not all up front: a
+    script's text (prelude and _lib.lua included) is ~35 KB, held for as long as the client is,
+    and an executor calls a third of them; registering only hashes the text (nothing is sent
+    to Redis until a call), so doing it late changes nothing but the memory held."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        super().__init__()
+        self._client = client
+
+    def __missing__(self, name: str) -> AsyncScript:
+        if name not in NAMES:
+            raise KeyError(name)
+        script = self[name] = self._client.register_script(source(name))
+        return script
+
+
 class Scripts:
     """The scripts registered on one client; ``await scripts.run(calls.claim(...))``."""
 
@@ -147,9 +164,7 @@ class Scripts:
         self._client = client
         self.durability = durability or Durability()
         self._single = not is_cluster(client)  # a cluster gets a cluster pipeline
-        self._scripts: dict[str, AsyncScript] = {}
-        for name in NAMES:
-            self._scripts[name] = client.register_script(source(name))
+        self._scripts = _Registered(client)
 
     async def run(self, call: Call[R], durable: Sequence[Keys] = ()) -> R:
         """One script call, its reply decoded; raises what the script (or the decoder) raised.
