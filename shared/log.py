@@ -24,7 +24,17 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import IO, Any
 
-LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+# STAGEWISE_LOG_LEVEL's names, any case (those of the logging module; an unknown name means info)
+LEVELS = {
+    "notset": 0,
+    "debug": 10,
+    "info": 20,
+    "warn": 30,
+    "warning": 30,
+    "error": 40,
+    "fatal": 50,
+    "critical": 50,
+}
 
 # Before `configure` (a library user, a test driving manager parts in-process) nothing is filtered
 # and lines go to whatever sys.stdout is at the time, as an unconfigured logger always did.
