@@ -20,9 +20,14 @@
 --            still holds the task at `stage`; the executor hands it back (handback.lua)
 local function commit_one(K, A)
 local tkey, id = K[1], A[2]
-local t = prefetch(tkey, {'status', 'job_id', 'lease', 'stage', 'app', 'plan', 'executor_id',
+-- one constructor, not a table filled field by field (see claim.lua)
+local v = redis.call('HMGET', tkey, 'status', 'job_id', 'lease', 'stage', 'app', 'plan', 'executor_id',
   'stage_started', 'run_started', 'exec_used', 'tags', 'group', 'notify', 'error', 'cron', 'next_task',
-  'parent', 'spawn_token', 'limits'})
+  'parent', 'spawn_token', 'limits')
+local t = {status = v[1], job_id = v[2], lease = v[3], stage = v[4], app = v[5], plan = v[6],
+  executor_id = v[7], stage_started = v[8], run_started = v[9], exec_used = v[10], tags = v[11],
+  group = v[12], notify = v[13], error = v[14], cron = v[15], next_task = v[16], parent = v[17],
+  spawn_token = v[18], limits = v[19]}
 if t.status ~= S.RUNNING or t.job_id ~= A[3] or t.lease ~= A[4] then
   return {'STALE'}
 end
