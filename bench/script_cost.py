@@ -50,6 +50,7 @@ async def measure(port: int, n: int, batch: int, perf: str | None, pid: int, gri
     from stagewise.manager.store import Store
     from stagewise.models import parse_task
     from stagewise.storage import calls
+    from stagewise.storage.runner import source
 
     r = aredis.Redis(port=port, decode_responses=True)
     await r.flushall()
@@ -59,6 +60,8 @@ async def measure(port: int, n: int, batch: int, perf: str | None, pid: int, gri
         await store.create(parse_task({"app": "bench", "commands": [{"method": "bench.noop"}]}))
     ex = "ex1"
     assert await store.scripts.run(calls.ping(k, ex, ["app", "bench", "host", "h", "pid", 1]))
+    for name in ("claim", "commit"):  # loaded before the measure, not by its first call
+        await r.script_load(source(name))
     rec = None
     if perf:
         rec = subprocess.Popen(["perf", "record", "-q", "-F", "4000", "-g", "-p", str(pid), "-o", perf])

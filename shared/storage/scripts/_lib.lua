@@ -370,11 +370,16 @@ end
 -- figures exact whichever process dies.
 
 -- One stage attempt of `method` that took `dur` seconds and ended with `outcome`.
+local BUCKET_BOUNDS  -- BUCKETS as numbers, made at the first observe of the script
 local function observe(app, method, outcome, dur)
   if not method or method == '' then return end
+  if not BUCKET_BOUNDS then
+    BUCKET_BOUNDS = {}
+    for i, b in ipairs(BUCKETS) do BUCKET_BOUNDS[i] = tonumber(b) end
+  end
   local le = '+Inf'
-  for _, b in ipairs(BUCKETS) do
-    if dur <= tonumber(b) then le = b break end
+  for i = 1, #BUCKET_BOUNDS do
+    if dur <= BUCKET_BOUNDS[i] then le = BUCKETS[i] break end
   end
   local k = k_metrics(app)
   hincr(k, 'd|' .. le .. '|' .. outcome .. '|' .. method, 1)
@@ -390,8 +395,8 @@ end
 
 -- One attempt record (tasks.attempts; SPEC §7): {job_id, stage, executor_id, started, ended,
 -- outcome, error}, built as text rather than through cjson.encode of a table (a third of the
--- cost, on every commit).  Times have microseconds (fmt); a value absent is null.  `error` is a
--- table (encoded here) or cjson.null.
+-- cost, on every commit).  Times have microseconds (fmt); a value absent is null.  `stage` is a
+-- number or its text; `error` is a table (encoded here) or cjson.null.
 local function record_attempt(id, e)
   local function str(v) if type(v) == 'string' then return json_string(v) end return 'null' end
   local function time(v) if type(v) == 'number' then return fmt(v) end return 'null' end
@@ -476,7 +481,7 @@ local function wait_reply(status, w, ts, outcome)
 end
 
 local function finish(tkey, id, app, old, ts, t)
-  put('exit_code', 0, 'error', '', 'next_run', '', 'wait_deadline', '')
+  put('exit_code', '0', 'error', '', 'next_run', '', 'wait_deadline', '')
   if t then t.error = '' end
   set_status(tkey, id, app, old, S.FINISHED, ts, t)
 end
