@@ -210,9 +210,9 @@ local function many_runs(nkeys, nargs, one)
   B.on = true
   local out = {}
   for i = 0, (#ARGV - 1) / nargs - 1 do
-    local K, A = {}, {ARGV[1]}
-    for j = 1, nkeys do K[j] = KEYS[i * nkeys + j] end
-    for j = 2, nargs + 1 do A[j] = ARGV[i * nargs + j] end
+    -- made by constructors (sized once) rather than grown element by element
+    local K = {unpack(KEYS, i * nkeys + 1, (i + 1) * nkeys)}
+    local A = {ARGV[1], unpack(ARGV, i * nargs + 2, (i + 1) * nargs + 1)}
     local ok, res = pcall(one, K, A)
     if not ok then
       W = {}
