@@ -35,6 +35,11 @@ sys.path[:0] = [str(BENCH)]
 import run as benchrun  # noqa: E402
 
 
+def grind_control(on_off: str, pid: int) -> None:
+    """Turns callgrind's counting on or off in the server."""
+    subprocess.run(["callgrind_control", "-i", on_off, str(pid)], check=True, capture_output=True)
+
+
 async def stats(r: Any) -> Counter[str]:
     out: Counter[str] = Counter()
     for name, st in (await r.info("commandstats")).items():
@@ -64,10 +69,10 @@ async def measure(port: int, n: int, batch: int, perf: str | None, pid: int, gri
         await r.script_load(source(name))
     rec = None
     if perf:
-        rec = subprocess.Popen(["perf", "record", "-q", "-F", "4000", "-g", "-p", str(pid), "-o", perf])
+        rec = await asyncio.create_subprocess_exec("perf", "record", "-q", "-F", "4000", "-g", "-p", str(pid), "-o", perf)
         await asyncio.sleep(1)  # perf is attached
     if grind:
-        subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True)
+        await asyncio.to_thread(grind_control, "on", pid)
     cpu0 = await r.info("cpu")
     usec: dict[str, Counter[str]] = {"claim": Counter(), "commit": Counter()}
     done = 0
@@ -93,10 +98,10 @@ async def measure(port: int, n: int, batch: int, perf: str | None, pid: int, gri
         done += len(entries)
     cpu1 = await r.info("cpu")
     if grind:
-        subprocess.run(["callgrind_control", "-i", "off", str(pid)], check=True, capture_output=True)
+        await asyncio.to_thread(grind_control, "off", pid)
     if rec:
         rec.send_signal(signal.SIGINT)
-        rec.wait(30)
+        await asyncio.wait_for(rec.wait(), 30)
     used = sum(cpu1[f] - cpu0[f] for f in ("used_cpu_user", "used_cpu_sys"))
     print(f"{n} tasks, {batch} runs per call; Redis CPU over the loop {used * 1e6 / n:.1f} us per task "
           "(with this script's INFO calls)")

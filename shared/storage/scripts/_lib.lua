@@ -138,6 +138,8 @@ end
 -- Index maintenance: every task is in i:s:<status>, i:as:<app>:<status>, i:t:<tag> for each
 -- tag, i:g:<group> and (a child) i:p:<parent>, each scored by `updated`, so every filter of
 -- tasks.list starts from a range read (lists without a status filter merge the status indexes).
+-- The statuses of UNINDEXED (RUNNING) have no status index: their tasks are the members of the
+-- deadlines zset, which the manager reads instead (stagewise.status.UNINDEXED says why).
 local function extra_indexes(tags, group, parent)
   local keys = {}
   if tags and tags ~= '' and tags ~= '[]' then
@@ -175,21 +177,25 @@ end
 
 -- h: the task's tags, group, parent (HMGET) as read by the caller
 local function reindex(id, app, old, new, ts, tags, group, parent)
-  if old and old ~= '' and old ~= new then
+  if old and old ~= '' and old ~= new and not UNINDEXED[old] then
     wr('ZREM', idx_status(old), id)
     wr('ZREM', idx_app_status(app, old), id)
   end
   local score = fmt(ts)
-  wr('ZADD', idx_status(new), score, id)
-  wr('ZADD', idx_app_status(app, new), score, id)
+  if not UNINDEXED[new] then
+    wr('ZADD', idx_status(new), score, id)
+    wr('ZADD', idx_app_status(app, new), score, id)
+  end
   if (tags and tags ~= '' and tags ~= '[]') or (group and group ~= '') or (parent and parent ~= '') then
     for _, k in ipairs(extra_indexes(tags, group, parent)) do wr('ZADD', k, score, id) end
   end
 end
 
 local function unindex(tkey, id, app, status)
-  redis.call('ZREM', k_idx_status(status), id)
-  redis.call('ZREM', k_idx_app_status(app, status), id)
+  if not UNINDEXED[status] then
+    redis.call('ZREM', k_idx_status(status), id)
+    redis.call('ZREM', k_idx_app_status(app, status), id)
+  end
   local h = redis.call('HMGET', tkey, 'tags', 'group', 'parent')
   for _, k in ipairs(extra_indexes(h[1], h[2], h[3])) do redis.call('ZREM', k, id) end
 end
