@@ -80,8 +80,8 @@ class Filters:
     def options(self, k: Keys) -> list[tuple[list[Source], bool]]:
         """The ways to serve this query from one partition's indexes: (index keys to merge,
         True when they alone answer every filter but `since`).  Without a status filter the
-        eight status indexes are merged: a task sits in exactly one of them, so no index has
-        to be kept for "all tasks"."""
+        status indexes (and the RUNNING lane) are merged: a task sits in exactly one of them, so no
+        index has to be kept for "all tasks"."""
         out: list[tuple[list[Source], bool]] = []
         only_tags = not (self.status or self.app or self.group or self.parent or self.cleaned is not None)
         for tag in self.tags:
