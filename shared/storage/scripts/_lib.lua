@@ -403,14 +403,21 @@ end
 -- outcome, error}, built as text rather than through cjson.encode of a table (a third of the
 -- cost, on every commit).  Times have microseconds (fmt); a value absent is null.  `stage` is a
 -- number or its text; `error` is a table (encoded here) or cjson.null.
+local function json_string_or_null(v)
+  if type(v) == 'string' then return json_string(v) end
+  return 'null'
+end
+local function json_time_or_null(v)
+  if type(v) == 'number' then return fmt(v) end
+  return 'null'
+end
 local function record_attempt(id, e)
-  local function str(v) if type(v) == 'string' then return json_string(v) end return 'null' end
-  local function time(v) if type(v) == 'number' then return fmt(v) end return 'null' end
   local err = 'null'
   if type(e.error) == 'table' and e.error ~= cjson.null then err = cjson.encode(e.error) end
-  local text = '{"job_id":' .. str(e.job_id) .. ',"stage":' .. (e.stage and tostring(e.stage) or 'null') ..
-    ',"executor_id":' .. str(e.executor_id) .. ',"started":' .. time(e.started) .. ',"ended":' ..
-    time(e.ended) .. ',"outcome":' .. str(e.outcome) .. ',"error":' .. err .. '}'
+  local text = '{"job_id":' .. json_string_or_null(e.job_id) .. ',"stage":' ..
+    (e.stage and tostring(e.stage) or 'null') .. ',"executor_id":' .. json_string_or_null(e.executor_id) ..
+    ',"started":' .. json_time_or_null(e.started) .. ',"ended":' .. json_time_or_null(e.ended) ..
+    ',"outcome":' .. json_string_or_null(e.outcome) .. ',"error":' .. err .. '}'
   local k = k_attempts(id)
   if redis.call('RPUSH', k, text) > 1000 then redis.call('LTRIM', k, -1000, -1) end
 end
