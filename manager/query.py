@@ -49,16 +49,6 @@ def status_source(k: Keys, status: str, app: str | None = None) -> Source:
     return k.idx_app_status(app, status) if app else k.idx_status(status)
 
 
-async def running_ids(r: Any, k: Keys, app: str | None = None) -> list[str]:
-    """The ids of the RUNNING tasks of a partition (of one app), from its deadlines zset."""
-    out = []
-    for m in await r.zrange(k.deadlines(), 0, -1):
-        a, tid = split_member(m)
-        if app is None or a == app:
-            out.append(tid)
-    return out
-
-
 async def running_by_app(r: Any, parts: list[Keys]) -> list[Counter[str]]:
     """Per partition, how many tasks of each app are RUNNING (apps.list, /metrics)."""
     pipe = r.pipeline(transaction=False)
@@ -270,7 +260,13 @@ async def _running_rows(r: Any, lanes: list[_Lane]) -> dict[int, list[tuple[str,
     out: dict[int, list[tuple[str, float]]] = {}
     if not lanes:
         return out
-    ids = [await running_ids(r, ln.k, ln.key.app) for ln in lanes if isinstance(ln.key, Running)]
+    pipe = r.pipeline(transaction=False)
+    for ln in lanes:
+        pipe.zrange(ln.k.deadlines(), 0, -1)
+    ids: list[list[str]] = []
+    for ln, members in zip(lanes, await pipe.execute(), strict=True):
+        app = ln.key.app if isinstance(ln.key, Running) else None
+        ids.append([tid for a, tid in map(split_member, members) if app is None or a == app])
     pipe = r.pipeline(transaction=False)
     for ln, tids in zip(lanes, ids, strict=True):
         for tid in tids:

@@ -29,7 +29,7 @@ end
 -- script does.  A number given to redis.call is formatted too (%.17g), so scores are passed
 -- as this text.
 local function fmt(x)
-  if x == NOW then return NOW_TEXT end
+  if NOW and x == NOW then return NOW_TEXT end
   return string.format('%.6f', x)
 end
 
