@@ -97,6 +97,7 @@ async def test_running_tasks_are_listed_and_counted_without_a_status_index(
         (Filters(status="RUNNING", app="a"), [t for t in running if app_of[t] == "a"]),
         (Filters(status="RUNNING", tags=("x",)), [t for t in running if views[t]["tags"]]),
         (Filters(status="RUNNING", since=since), [t for t in running if views[t]["updated"] >= since]),
+        (Filters(status="RUNNING", cleaned=False), running),  # the lane, with the fields checked
         (Filters(), ids),  # every status merged: the RUNNING lane among the indexes
         (Filters(app="b"), [t for t in ids if app_of[t] == "b"]),
     ]
