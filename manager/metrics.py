@@ -39,6 +39,7 @@ on Redis's clock.  Attempts cut short by a dead executor or a hand-back are not 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,9 +58,9 @@ from prometheus_client.registry import Collector
 import stagewise
 from stagewise import log as slog
 from stagewise.faults import describe, unavailable_reason
-from stagewise.keys import DURATION_BUCKETS, GROUP, Keys, parse_stream_name
+from stagewise.keys import DURATION_BUCKETS, GROUP, Keys, parse_stream_name, split_member
 from stagewise.manager.store import Store
-from stagewise.status import Status
+from stagewise.status import UNINDEXED, Status
 
 BUCKETS = DURATION_BUCKETS  # defined once, in stagewise.keys, and given to the scripts from there
 INF = "+Inf"
@@ -125,12 +126,15 @@ async def gather(store: Store) -> Snapshot:
         pipe.zcard(k.due())
         pipe.zcount(k.due(), "-inf", now)
         pipe.zrangebyscore(k.due(), "-inf", now, start=0, num=1, withscores=True)
+        pipe.zrange(k.deadlines(), 0, -1)  # the RUNNING tasks (they have no status index)
     got = await pipe.execute()
     streams: list[tuple[Keys, str]] = []
     live: list[tuple[Keys, str]] = []
     apps: list[tuple[Keys, str]] = []
+    running: dict[str, Counter[str]] = {}
     for i, k in enumerate(parts):
-        names, eids, entries, overdue, oldest = got[5 * i : 5 * i + 5]
+        names, eids, entries, overdue, oldest, run = got[6 * i : 6 * i + 6]
+        running[k.prefix] = Counter(split_member(m)[0] for m in run)
         streams += [(k, n) for n in sorted(names)]
         apps += [(k, a) for a in sorted({parse_stream_name(n)[0] for n in names})]
         live += [(k, e) for e in eids]
@@ -143,7 +147,8 @@ async def gather(store: Store) -> Snapshot:
     pipe = r.pipeline(transaction=False)
     for k, app in apps:
         for st in Status:
-            pipe.zcard(k.idx_app_status(app, st))
+            if st not in UNINDEXED:
+                pipe.zcard(k.idx_app_status(app, st))
         pipe.hgetall(k.metrics(app))
     for k, name in streams:
         pipe.xinfo_groups(k.stream_of(name))
@@ -151,8 +156,11 @@ async def gather(store: Store) -> Snapshot:
         pipe.hget(k.executor(eid), "app")
     got = await pipe.execute(raise_on_error=False)
     pos = 0
-    for _, app in apps:
+    for k, app in apps:
         for st in Status:
+            if st in UNINDEXED:
+                _add(snap.tasks, (app, st.value), running[k.prefix][app])
+                continue
             _add(snap.tasks, (app, st.value), _int(got[pos]))
             pos += 1
         h = got[pos]

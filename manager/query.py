@@ -7,6 +7,11 @@ the cursor on, and checks the remaining filters on the few fields it fetches per
 Pagination is keyset: per index read (a lane), the cursor keeps the last score consumed and how many
 members at exactly that score were consumed (members with equal scores come in a fixed
 order), so pages never repeat or skip an item, across partitions too.
+
+RUNNING has no status index (stagewise.status.UNINDEXED): its lane is the partition's deadlines
+zset, which holds exactly the RUNNING tasks, read whole, with each task's `updated`, and ordered
+here as a status index would be (by `updated`, then id).  It holds at most as many tasks as the
+executors run at once.
 """
 
 from __future__ import annotations
@@ -14,15 +19,42 @@ from __future__ import annotations
 import base64
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from stagewise import errors
-from stagewise.keys import Keys
-from stagewise.status import Status
+from stagewise.keys import Keys, split_member
+from stagewise.status import UNINDEXED, Status
 
 CHUNK = 200  # candidates read per index per round trip
 SCAN_BUDGET = 20_000  # candidates looked at per page before answering with what was found
+
+
+@dataclass(frozen=True)
+class Running:
+    """The lane of the RUNNING tasks of one partition (of one app, or all): in place of a status
+    index key."""
+
+    deadlines: str
+    app: str | None = None
+
+
+Source = str | Running  # what a lane reads: an index key, or the RUNNING tasks
+
+
+def status_source(k: Keys, status: str, app: str | None = None) -> Source:
+    if status in UNINDEXED:
+        return Running(k.deadlines(), app)
+    return k.idx_app_status(app, status) if app else k.idx_status(status)
+
+
+async def running_by_app(r: Any, parts: list[Keys]) -> list[Counter[str]]:
+    """Per partition, how many tasks of each app are RUNNING (apps.list, /metrics)."""
+    pipe = r.pipeline(transaction=False)
+    for k in parts:
+        pipe.zrange(k.deadlines(), 0, -1)
+    return [Counter(split_member(m)[0] for m in got) for got in await pipe.execute()]
 
 
 @dataclass(frozen=True)
@@ -35,12 +67,12 @@ class Filters:
     cleaned: bool | None = None
     parent: str | None = None  # fan-out (SPEC §3a): children of this task
 
-    def options(self, k: Keys) -> list[tuple[list[str], bool]]:
+    def options(self, k: Keys) -> list[tuple[list[Source], bool]]:
         """The ways to serve this query from one partition's indexes: (index keys to merge,
         True when they alone answer every filter but `since`).  Without a status filter the
-        eight status indexes are merged: a task sits in exactly one of them, so no index has
-        to be kept for "all tasks"."""
-        out: list[tuple[list[str], bool]] = []
+        status indexes (and the RUNNING lane) are merged: a task sits in exactly one of them, so no
+        index has to be kept for "all tasks"."""
+        out: list[tuple[list[Source], bool]] = []
         only_tags = not (self.status or self.app or self.group or self.parent or self.cleaned is not None)
         for tag in self.tags:
             out.append(([k.idx_tag(tag)], only_tags and len(self.tags) == 1))
@@ -60,10 +92,7 @@ class Filters:
             )
         statuses = [self.status] if self.status else list(Status)
         exact = not (self.tags or self.group or self.parent) and self.cleaned is None
-        if self.app:
-            out.append(([k.idx_app_status(self.app, s) for s in statuses], exact))
-        else:
-            out.append(([k.idx_status(s) for s in statuses], exact))
+        out.append(([status_source(k, s, self.app) for s in statuses], exact))
         return out
 
     def accepts(self, h: dict[str, Any]) -> bool:
@@ -104,7 +133,7 @@ class Position:
 @dataclass
 class _Lane:
     k: Keys
-    key: str
+    key: Source
     pos: Position
     buf: list[tuple[str, float, bool]] = field(default_factory=list)  # member, score, matches
     done: bool = False
@@ -163,7 +192,7 @@ async def _choose(r: Any, parts: list[Keys], f: Filters) -> int:
     for opts in options:
         for keys, _ in opts:
             for key in keys:
-                pipe.zcard(key)
+                pipe.zcard(key.deadlines if isinstance(key, Running) else key)
     sizes = iter(await pipe.execute())
     totals = [0] * len(options[0])
     for opts in options:
@@ -178,23 +207,36 @@ async def _fill(r: Any, lanes: list[_Lane], desc: bool, f: Filters, exact: bool)
     need = [ln for ln in lanes if not ln.buf and not ln.done]
     if not need:
         return
-    pipe = r.pipeline(transaction=False)
+    bounds = []
     for ln in need:
-        lo = "-inf" if f.since is None else repr(f.since)
-        hi = "+inf"
+        lo = -math.inf if f.since is None else f.since
+        hi = math.inf
         start = 0
         if ln.pos.score is not None:
             start = ln.pos.skip
             if desc:
-                hi = repr(ln.pos.score)
+                hi = ln.pos.score
             else:
-                lo = repr(ln.pos.score)
+                lo = ln.pos.score
+        bounds.append((lo, hi, start))
+    running = await _running_rows(r, [ln for ln in need if isinstance(ln.key, Running)])
+    pipe = r.pipeline(transaction=False)
+    for ln, (lo, hi, start) in zip(need, bounds, strict=True):
+        if isinstance(ln.key, Running):
+            continue
         if desc:
-            pipe.zrevrangebyscore(ln.key, hi, lo, start=start, num=CHUNK, withscores=True)
+            pipe.zrevrangebyscore(ln.key, _bound(hi), _bound(lo), start=start, num=CHUNK, withscores=True)
         else:
-            pipe.zrangebyscore(ln.key, lo, hi, start=start, num=CHUNK, withscores=True)
-    got = await pipe.execute()
-    for ln, rows in zip(need, got, strict=True):
+            pipe.zrangebyscore(ln.key, _bound(lo), _bound(hi), start=start, num=CHUNK, withscores=True)
+    got = iter(await pipe.execute())
+    for ln, (lo, hi, start) in zip(need, bounds, strict=True):
+        if isinstance(ln.key, Running):
+            # what ZRANGEBYSCORE lo hi LIMIT start CHUNK would answer on an index of them
+            rows = [(m, s) for m, s in running[id(ln)] if lo <= s <= hi]
+            rows.sort(key=lambda x: (x[1], x[0]), reverse=desc)
+            rows = rows[start : start + CHUNK]
+        else:
+            rows = next(got)
         ln.done = len(rows) < CHUNK
         ln.buf = [(m, float(s), True) for m, s in rows]
     if exact:
@@ -206,6 +248,38 @@ async def _fill(r: Any, lanes: list[_Lane], desc: bool, f: Filters, exact: bool)
     fields = iter(await pipe.execute())
     for ln in need:
         ln.buf = [(m, s, f.accepts(dict(zip(FIELDS, next(fields), strict=True)))) for m, s, _ in ln.buf]
+
+
+def _bound(x: float) -> str:
+    return "-inf" if x == -math.inf else "+inf" if x == math.inf else repr(x)
+
+
+async def _running_rows(r: Any, lanes: list[_Lane]) -> dict[int, list[tuple[str, float]]]:
+    """For each lane of RUNNING tasks: (id, updated) of every task of its deadlines zset (of its
+    app) that is RUNNING still."""
+    out: dict[int, list[tuple[str, float]]] = {}
+    if not lanes:
+        return out
+    pipe = r.pipeline(transaction=False)
+    for ln in lanes:
+        pipe.zrange(ln.k.deadlines(), 0, -1)
+    ids: list[list[str]] = []
+    for ln, members in zip(lanes, await pipe.execute(), strict=True):
+        app = ln.key.app if isinstance(ln.key, Running) else None
+        ids.append([tid for a, tid in map(split_member, members) if app is None or a == app])
+    pipe = r.pipeline(transaction=False)
+    for ln, tids in zip(lanes, ids, strict=True):
+        for tid in tids:
+            pipe.hmget(ln.k.task(tid), "status", "updated")
+    got = iter(await pipe.execute())
+    for ln, tids in zip(lanes, ids, strict=True):
+        rows = []
+        for tid in tids:
+            status, updated = next(got)
+            if status == Status.RUNNING and updated:
+                rows.append((tid, float(updated)))
+        out[id(ln)] = rows
+    return out
 
 
 def encode_cursor(choice: int, positions: list[Position]) -> str:

@@ -20,7 +20,7 @@ from stagewise import log as slog
 from stagewise.config import Settings
 from stagewise.faults import unavailable_reason
 from stagewise.keys import HEALTH_TTL_MS, Keys, parse_stream_name, partition_of
-from stagewise.manager.query import Filters, scan
+from stagewise.manager.query import Filters, running_by_app, scan
 from stagewise.models import Task, place
 from stagewise.status import Status
 from stagewise.storage import calls
@@ -430,11 +430,12 @@ class Store:
                 rows[a]["paused_until"] = until
         oldest: dict[str, float] = {}
         live: dict[str, set[str]] = {a: set() for a in names}
-        for k in self.parts:
+        # RUNNING has no status index (stagewise.status.UNINDEXED): counted from the deadlines zset
+        running = await running_by_app(self.r, self.parts)
+        for k, run in zip(self.parts, running, strict=True):
             pipe = self.r.pipeline(transaction=False)
             for a in names:
                 pipe.zcard(k.idx_app_status(a, Status.QUEUED))
-                pipe.zcard(k.idx_app_status(a, Status.RUNNING))
                 pipe.zcard(k.idx_app_status(a, Status.WAITING))
                 pipe.zcount(k.idx_app_status(a, Status.FAILED), now - 3600, "+inf")
                 pipe.zrange(k.idx_app_status(a, Status.QUEUED), 0, 0, withscores=True)
@@ -442,10 +443,10 @@ class Store:
             got = await pipe.execute()
             eids = got.pop()
             for i, a in enumerate(names):
-                queued, running, waiting, failed, first = got[i * 5 : i * 5 + 5]
+                queued, waiting, failed, first = got[i * 4 : i * 4 + 4]
                 row = rows[a]
                 row["queued"] += queued
-                row["running"] += running
+                row["running"] += run[a]
                 row["waiting"] += waiting
                 row["failed_last_hour"] += failed
                 if first:

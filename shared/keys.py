@@ -171,7 +171,8 @@ class Keys:
         """List of control messages to an executor (cancel requests)."""
         return f"{self.prefix}:ctl:{executor_id}"
 
-    # --- indexes (ZSET task id -> updated)
+    # --- indexes (ZSET task id -> updated); none for the statuses of status.UNINDEXED (RUNNING:
+    # the deadlines zset holds exactly those tasks)
     def idx_status(self, status: str) -> str:
         return f"{self.prefix}:i:s:{status}"
 

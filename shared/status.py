@@ -23,6 +23,13 @@ class Status(StrEnum):
 TERMINAL: frozenset[Status] = frozenset({Status.FINISHED, Status.FAILED, Status.CANCELED})
 ACTIVE: frozenset[Status] = frozenset(Status) - TERMINAL
 
+# Statuses without a status index (Keys.idx_status, Keys.idx_app_status).  The RUNNING tasks of
+# a partition are exactly the members of its deadlines zset, which claim.lua and commit.lua write
+# anyway; an index of them as well cost every run two inserts into small sorted sets, whose
+# compact encoding parses every score on an insert, and two removals: about a sixth of Redis's
+# work per task (bench/PROFILE.md).  tasks.list, apps.list and /metrics read them from there.
+UNINDEXED: frozenset[Status] = frozenset({Status.RUNNING})
+
 # (from, to) -> what causes it.  Anything not listed is refused with INVALID_TRANSITION.
 TRANSITIONS: dict[tuple[Status, Status], str] = {
     (Status.IDLE, Status.QUEUED): "due (now >= run_at / next cron fire)",

@@ -21,11 +21,12 @@ import pytest
 from stagewise.config import Settings
 from stagewise.errors import INVALID_TRANSITION, NOT_WAITING_FOR_MESSAGE, TASK_EXISTS, RpcError
 from stagewise.keys import GROUP, Keys, member
+from stagewise.manager.query import Filters
 from stagewise.manager.scheduler import Scheduler
 from stagewise.manager.store import Store
 from stagewise.models import parse_task
 from stagewise.policy import retry_delay
-from stagewise.status import Status
+from stagewise.status import UNINDEXED, Status
 from stagewise.storage import calls
 from stagewise.storage.calls import Call, Claim, Code, Commit, Fail, Wake
 from tests.helpers import wait_for
@@ -194,14 +195,17 @@ async def reap(store: Store, k: Keys, tid: str, executor: str, max_interruptions
 
 async def check(store: Store, r: Any, k: Keys, tid: str, status: str, **expected: Any) -> dict[str, Any]:
     """The TaskView has `status` (and the `expected` fields); the task is in that status's
-    indexes (global and per app) and in no other status's."""
+    indexes (global and per app) and in no other status's; a RUNNING task (no status index) is
+    in the deadlines zset, and only then."""
     v = await store.get(tid)
     assert v["status"] == status, v
     for name, value in expected.items():
         assert v[name] == value, (name, v[name], value)
     for s in Status:
-        assert (await r.zscore(k.idx_status(s), tid) is not None) == (s == status), s
-        assert (await r.zscore(k.idx_app_status(APP, s), tid) is not None) == (s == status), s
+        indexed = s == status and s not in UNINDEXED
+        assert (await r.zscore(k.idx_status(s), tid) is not None) == indexed, s
+        assert (await r.zscore(k.idx_app_status(APP, s), tid) is not None) == indexed, s
+    assert (await r.zscore(k.deadlines(), member(APP, tid)) is not None) == (status == "RUNNING")
     return v
 
 
@@ -1463,14 +1467,23 @@ async def test_old_executor_is_fenced_off(store: Store, r: Any, k: Keys, after: 
 
 
 async def test_index_scores_follow_updated(store: Store, r: Any, k: Keys) -> None:
-    tid = await create(store, commands=[call(), call()])
+    tid = await create(store, commands=[call(), call(), call()], tags=["t1"], group="g1")
     run = await take(store, r, k, tid)
     h0 = await r.hgetall(k.task(tid))
     await wait_for(lambda: time.time() > float(h0["updated"]) + 0.01, timeout=1, what="clock to move on")
     assert await commit(store, k, tid, run, 0, "a") == Commit("RUN", 1, [])
     updated = float((await r.hgetall(k.task(tid)))["updated"])
     assert updated > float(h0["updated"])
-    for key in (k.idx_status("RUNNING"), k.idx_app_status(APP, "RUNNING")):
+    # RUNNING has no status index; the other indexes of a RUNNING task follow its updated, and a
+    # list of the RUNNING tasks orders by it (stagewise.manager.query.Running)
+    for key in (k.idx_tag("t1"), k.idx_group("g1")):
+        assert await r.zscore(key, tid) == pytest.approx(updated, abs=1e-6), key
+    [view] = (await store.list_tasks(Filters(status="RUNNING"), "desc", 10, None, False))["items"]
+    assert view["id"] == tid and view["updated"] == pytest.approx(updated, abs=1e-6)
+    assert await commit(store, k, tid, run, 1, "b") == Commit("RUN", 2, [])
+    assert await commit(store, k, tid, run, 2, "c") == Commit("FINISHED", 3, [])
+    updated = float((await r.hgetall(k.task(tid)))["updated"])
+    for key in (k.idx_status("FINISHED"), k.idx_app_status(APP, "FINISHED"), k.idx_tag("t1")):
         assert await r.zscore(key, tid) == pytest.approx(updated, abs=1e-6), key
 
 
@@ -1525,8 +1538,7 @@ async def test_claims_and_commits_sent_together_each_get_their_own_answer(store:
     assert [x.code for x in res] == ["OK", "OK", "OK", "STALE"]
     assert await r.xpending(k.stream(APP), GROUP) == {"pending": 0, "min": None, "max": None, "consumers": []}
     assert sorted(await r.smembers(k.running("ex1"))) == sorted(member(APP, t) for t in ids)
-    assert await r.zcard(k.deadlines()) == 3
-    assert sorted(await r.zrange(k.idx_app_status(APP, "RUNNING"), 0, -1)) == sorted(ids)
+    assert sorted(await r.zrange(k.deadlines(), 0, -1)) == sorted(member(APP, t) for t in ids)
     assert await r.zcard(k.idx_status("QUEUED")) == 0
     commits = [
         calls.commit(k, f["t"], f["j"], f"lease-{i}", 0, json.dumps(i), "ok", "demo.echo")
@@ -1539,7 +1551,7 @@ async def test_claims_and_commits_sent_together_each_get_their_own_answer(store:
         assert (h["status"], h["r.0"]) == ("FINISHED", json.dumps(i))
         assert len(await r.lrange(k.attempts(t), 0, -1)) == 1
     assert sorted(await r.zrange(k.idx_status("FINISHED"), 0, -1)) == sorted(ids)
-    assert await r.zcard(k.idx_status("RUNNING")) == 0 and await r.zcard(k.deadlines()) == 0
+    assert await r.zcard(k.deadlines()) == 0
     assert await r.scard(k.running("ex1")) == 0
     after = await r.hgetall(k.metrics(APP))
     assert int(after["e|FINISHED"]) - int(before.get("e|FINISHED", 0)) == 3

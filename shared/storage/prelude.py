@@ -9,6 +9,7 @@ themselves; they use what is defined here, which is made from the one definition
   S           the statuses of stagewise.status.Status: S.QUEUED == 'QUEUED'; an unknown name
               raises (a typo is an error, not a nil that compares unequal to everything)
   TERMINAL    stagewise.status.TERMINAL as a set: TERMINAL[status] is true or nil
+  UNINDEXED   stagewise.status.UNINDEXED as a set: statuses without a status index
   BUCKETS     stagewise.keys.DURATION_BUCKETS, as the strings the metrics hash fields carry
   LIMIT_WOKEN_GRACE  stagewise.keys.LIMIT_WOKEN_GRACE (flow control)
   LIMIT_KEYS_KEPT    stagewise.keys.LIMIT_KEYS_KEPT (the dashboard's list of limit keys)
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from functools import cache
 
 from stagewise.keys import DURATION_BUCKETS, GROUP, LIMIT_KEYS_KEPT, LIMIT_WOKEN_GRACE, Keys
-from stagewise.status import TERMINAL, Status
+from stagewise.status import TERMINAL, UNINDEXED, Status
 
 # Lua function name -> (Keys method, names of its Lua parameters)
 KEY_FUNCTIONS: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
@@ -108,6 +109,7 @@ def _bucket(b: float) -> str:
 def prelude() -> str:
     statuses = ", ".join(f"{s.name} = '{s.value}'" for s in Status)
     terminal = ", ".join(f"{s.value} = true" for s in sorted(TERMINAL))
+    unindexed = ", ".join(f"{s.value} = true" for s in sorted(UNINDEXED))
     buckets = ", ".join(f"'{_bucket(b)}'" for b in DURATION_BUCKETS)
     lines = [
         "-- generated from stagewise.keys and stagewise.status (stagewise/storage/prelude.py)",
@@ -116,6 +118,7 @@ def prelude() -> str:
         f"local S = setmetatable({{{statuses}}}, "
         "{__index = function(_, name) error('unknown status ' .. tostring(name)) end})",
         f"local TERMINAL = {{{terminal}}}",
+        f"local UNINDEXED = {{{unindexed}}}",
         f"local BUCKETS = {{{buckets}}}",
         f"local LIMIT_WOKEN_GRACE = {LIMIT_WOKEN_GRACE!r}",
         f"local LIMIT_KEYS_KEPT = {LIMIT_KEYS_KEPT!r}",

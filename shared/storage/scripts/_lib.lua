@@ -13,16 +13,23 @@
 --   earlier writes (Redis has no rollback), so nothing after the first write may fail.
 -- One TIME per script: a script is one atomic step, so all it does happens at one instant
 -- (claim.lua and commit.lua handle many runs per call and would otherwise ask once per run).
-local NOW
+local NOW, NOW_TEXT
 local function now()
   if not NOW then
     local t = redis.call('TIME')
     NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000
+    NOW_TEXT = string.format('%.6f', NOW)
   end
   return NOW
 end
 
+-- A time as the text the hashes and the sorted sets are given.  The script's instant is
+-- formatted once: a batch of claims or commits writes it a few times per run (updated,
+-- run_started, the index scores), and formatting a float is among the costliest things a
+-- script does.  A number given to redis.call is formatted too (%.17g), so scores are passed
+-- as this text.
 local function fmt(x)
+  if NOW and x == NOW then return NOW_TEXT end
   return string.format('%.6f', x)
 end
 
@@ -43,29 +50,35 @@ local function member(app, id) return app .. '/' .. id end
 -- per run.  Same result: the ops on a key keep their order (only neighbours of one kind are
 -- joined), and nothing in those scripts reads these keys after writing them.  Off (every other
 -- script): each write is sent at once.
+-- One or two arguments after the key (every write of this kind has at most two: a member, a
+-- score and a member, the group and an entry id), so no table is made per call.
 local B = {on = false, keys = {}, ops = {}, incr = {}, incr_keys = {}}
-local function wr(cmd, key, ...)
-  if not B.on then return redis.call(cmd, key, ...) end
+local function wr(cmd, key, a, b)
+  if not B.on then
+    if b == nil then return redis.call(cmd, key, a) end
+    return redis.call(cmd, key, a, b)
+  end
   local ops = B.ops[key]
   if not ops then
     ops = {}
     B.ops[key] = ops
     B.keys[#B.keys + 1] = key
   end
-  local last, args = ops[#ops], {...}
+  local last = ops[#ops]
   if last and last[1] == cmd then
     -- XACK's first argument is the group, given once
-    for i = (cmd == 'XACK' and 2 or 1), #args do last[#last + 1] = args[i] end
+    if cmd ~= 'XACK' then last[#last + 1] = a end
+    if b ~= nil then last[#last + 1] = b end
   else
-    local op = {cmd, key}
-    for i = 1, #args do op[#op + 1] = args[i] end
-    ops[#ops + 1] = op
+    ops[#ops + 1] = {cmd, key, a, b}  -- b nil: the list ends at a
   end
 end
 
--- HINCRBY (n an integer) or HINCRBYFLOAT (a float, as text): summed per field while B.on.
-local function hincr(key, field, n)
+-- HINCRBY (n an integer) or HINCRBYFLOAT (a float: as text, or a number with `float` true):
+-- summed per field while B.on.
+local function hincr(key, field, n, float)
   if not B.on then
+    if float then return redis.call('HINCRBYFLOAT', key, field, fmt(n)) end
     if type(n) == 'string' then return redis.call('HINCRBYFLOAT', key, field, n) end
     return redis.call('HINCRBY', key, field, n)
   end
@@ -77,7 +90,7 @@ local function hincr(key, field, n)
   end
   if h.n[field] == nil then h.fields[#h.fields + 1] = field end
   h.n[field] = (h.n[field] or 0) + tonumber(n)
-  if type(n) == 'string' then h.float = h.float or {} h.float[field] = true end
+  if float or type(n) == 'string' then h.float = h.float or {} h.float[field] = true end
 end
 
 -- Sends what B gathered (at most 1000 arguments per command, within Lua's unpack limit).
@@ -125,6 +138,8 @@ end
 -- Index maintenance: every task is in i:s:<status>, i:as:<app>:<status>, i:t:<tag> for each
 -- tag, i:g:<group> and (a child) i:p:<parent>, each scored by `updated`, so every filter of
 -- tasks.list starts from a range read (lists without a status filter merge the status indexes).
+-- The statuses of UNINDEXED (RUNNING) have no status index: their tasks are the members of the
+-- deadlines zset, which the manager reads instead (stagewise.status.UNINDEXED says why).
 local function extra_indexes(tags, group, parent)
   local keys = {}
   if tags and tags ~= '' and tags ~= '[]' then
@@ -135,20 +150,52 @@ local function extra_indexes(tags, group, parent)
   return keys
 end
 
+-- The status index keys, made once per script: a batch of claims or commits names the same
+-- few keys for every run, and building a key string is a good part of a run's Lua work.
+local IDX_S, IDX_AS = {}, {}
+local function idx_status(status)
+  local k = IDX_S[status]
+  if not k then
+    k = k_idx_status(status)
+    IDX_S[status] = k
+  end
+  return k
+end
+local function idx_app_status(app, status)
+  local by = IDX_AS[app]
+  if not by then
+    by = {}
+    IDX_AS[app] = by
+  end
+  local k = by[status]
+  if not k then
+    k = k_idx_app_status(app, status)
+    by[status] = k
+  end
+  return k
+end
+
 -- h: the task's tags, group, parent (HMGET) as read by the caller
 local function reindex(id, app, old, new, ts, tags, group, parent)
-  if old and old ~= '' and old ~= new then
-    wr('ZREM', k_idx_status(old), id)
-    wr('ZREM', k_idx_app_status(app, old), id)
+  if old and old ~= '' and old ~= new and not UNINDEXED[old] then
+    wr('ZREM', idx_status(old), id)
+    wr('ZREM', idx_app_status(app, old), id)
   end
-  wr('ZADD', k_idx_status(new), ts, id)
-  wr('ZADD', k_idx_app_status(app, new), ts, id)
-  for _, k in ipairs(extra_indexes(tags, group, parent)) do wr('ZADD', k, ts, id) end
+  local score = fmt(ts)
+  if not UNINDEXED[new] then
+    wr('ZADD', idx_status(new), score, id)
+    wr('ZADD', idx_app_status(app, new), score, id)
+  end
+  if (tags and tags ~= '' and tags ~= '[]') or (group and group ~= '') or (parent and parent ~= '') then
+    for _, k in ipairs(extra_indexes(tags, group, parent)) do wr('ZADD', k, score, id) end
+  end
 end
 
 local function unindex(tkey, id, app, status)
-  redis.call('ZREM', k_idx_status(status), id)
-  redis.call('ZREM', k_idx_app_status(app, status), id)
+  if not UNINDEXED[status] then
+    redis.call('ZREM', k_idx_status(status), id)
+    redis.call('ZREM', k_idx_app_status(app, status), id)
+  end
   local h = redis.call('HMGET', tkey, 'tags', 'group', 'parent')
   for _, k in ipairs(extra_indexes(h[1], h[2], h[3])) do redis.call('ZREM', k, id) end
 end
@@ -169,9 +216,9 @@ local function many_runs(nkeys, nargs, one)
   B.on = true
   local out = {}
   for i = 0, (#ARGV - 1) / nargs - 1 do
-    local K, A = {}, {ARGV[1]}
-    for j = 1, nkeys do K[j] = KEYS[i * nkeys + j] end
-    for j = 2, nargs + 1 do A[j] = ARGV[i * nargs + j] end
+    -- made by constructors (sized once) rather than grown element by element
+    local K = {unpack(KEYS, i * nkeys + 1, (i + 1) * nkeys)}
+    local A = {ARGV[1], unpack(ARGV, i * nargs + 2, (i + 1) * nargs + 1)}
     local ok, res = pcall(one, K, A)
     if not ok then
       W = {}
@@ -218,8 +265,14 @@ local function set_status(tkey, id, app, old, new, ts, t)
   redis.call('HSET', tkey, unpack(W))
   W = {}
   t = t or prefetch(tkey, STATUS_FIELDS)
-  -- nil: a caller's own prefetch without it (false: read, and the task has no parent)
+  -- nil: a caller's own prefetch without it (false: read, and the task has no parent).  A
+  -- prefetch may leave out what only some changes need (claim.lua: error, cron, next_task).
   if t.parent == nil then t.parent = redis.call('HGET', tkey, 'parent') end
+  if t.notify == '1' and t.error == nil then t.error = redis.call('HGET', tkey, 'error') end
+  if (new == S.FINISHED or new == S.FAILED) and t.cron == nil then
+    local h = redis.call('HMGET', tkey, 'cron', 'next_task')
+    t.cron, t.next_task = h[1], h[2]
+  end
   reindex(id, app, old, new, ts, t.tags, t.group, t.parent)
   if old == new then return end
   if old == S.IDLE then
@@ -323,20 +376,50 @@ end
 -- figures exact whichever process dies.
 
 -- One stage attempt of `method` that took `dur` seconds and ended with `outcome`.
+local BUCKET_BOUNDS  -- BUCKETS as numbers, made at the first observe of the script
 local function observe(app, method, outcome, dur)
   if not method or method == '' then return end
+  if not BUCKET_BOUNDS then
+    BUCKET_BOUNDS = {}
+    for i, b in ipairs(BUCKETS) do BUCKET_BOUNDS[i] = tonumber(b) end
+  end
   local le = '+Inf'
-  for _, b in ipairs(BUCKETS) do
-    if dur <= tonumber(b) then le = b break end
+  for i = 1, #BUCKET_BOUNDS do
+    if dur <= BUCKET_BOUNDS[i] then le = BUCKETS[i] break end
   end
   local k = k_metrics(app)
   hincr(k, 'd|' .. le .. '|' .. outcome .. '|' .. method, 1)
-  hincr(k, 's|' .. outcome .. '|' .. method, fmt(dur))
+  hincr(k, 's|' .. outcome .. '|' .. method, dur, true)
 end
 
-local function record_attempt(id, entry)
+-- A JSON string: the text itself in quotes when nothing in it needs escaping (ids, outcomes),
+-- which is cheaper than cjson.
+local function json_string(v)
+  if string.find(v, '[%c"\\/\128-\255]') then return cjson.encode(v) end
+  return '"' .. v .. '"'
+end
+
+-- One attempt record (tasks.attempts; SPEC §7): {job_id, stage, executor_id, started, ended,
+-- outcome, error}, built as text rather than through cjson.encode of a table (a third of the
+-- cost, on every commit).  Times have microseconds (fmt); a value absent is null.  `stage` is a
+-- number or its text; `error` is a table (encoded here) or cjson.null.
+local function json_string_or_null(v)
+  if type(v) == 'string' then return json_string(v) end
+  return 'null'
+end
+local function json_time_or_null(v)
+  if type(v) == 'number' then return fmt(v) end
+  return 'null'
+end
+local function record_attempt(id, e)
+  local err = 'null'
+  if type(e.error) == 'table' and e.error ~= cjson.null then err = cjson.encode(e.error) end
+  local text = '{"job_id":' .. json_string_or_null(e.job_id) .. ',"stage":' ..
+    (e.stage and tostring(e.stage) or 'null') .. ',"executor_id":' .. json_string_or_null(e.executor_id) ..
+    ',"started":' .. json_time_or_null(e.started) .. ',"ended":' .. json_time_or_null(e.ended) ..
+    ',"outcome":' .. json_string_or_null(e.outcome) .. ',"error":' .. err .. '}'
   local k = k_attempts(id)
-  if redis.call('RPUSH', k, cjson.encode(entry)) > 1000 then redis.call('LTRIM', k, -1000, -1) end
+  if redis.call('RPUSH', k, text) > 1000 then redis.call('LTRIM', k, -1000, -1) end
 end
 
 -- Walks forward from stage s over the stages that need no executor: a message already in
@@ -411,7 +494,7 @@ local function wait_reply(status, w, ts, outcome)
 end
 
 local function finish(tkey, id, app, old, ts, t)
-  put('exit_code', 0, 'error', '', 'next_run', '', 'wait_deadline', '')
+  put('exit_code', '0', 'error', '', 'next_run', '', 'wait_deadline', '')
   if t then t.error = '' end
   set_status(tkey, id, app, old, S.FINISHED, ts, t)
 end

@@ -43,9 +43,16 @@ if live[A[5]] == nil then live[A[5]] = redis.call('ZSCORE', K[3], A[5]) ~= false
 if not live[A[5]] then
   return {'DEAD'}
 end
-local t = prefetch(tkey, {'status', 'lease', 'job_id', 'app', 'max_exec', 'exec_used', 'attempt',
-  'exec_deadline', 'stage', 'stages', 'retries', 'doc', 'kws', 'plan',
-  'tags', 'group', 'notify', 'error', 'cron', 'next_task', 'limits', 'priority', 'created', 'parent'})
+-- The fields as a table made by one constructor (a table filled field by field is rebuilt as
+-- it grows: a microsecond per run).  Not read: error, cron, next_task (set_status reads them
+-- itself in the rare case it needs them: a notify task, a stale entry that finishes).
+local v = redis.call('HMGET', tkey, 'status', 'lease', 'job_id', 'app', 'max_exec', 'exec_used',
+  'attempt', 'exec_deadline', 'stage', 'stages', 'retries', 'doc', 'kws', 'plan', 'tags', 'group',
+  'notify', 'limits', 'priority', 'created', 'parent')
+local t = {status = v[1], lease = v[2], job_id = v[3], app = v[4], max_exec = v[5], exec_used = v[6],
+  attempt = v[7], exec_deadline = v[8], stage = v[9], stages = v[10], retries = v[11], doc = v[12],
+  kws = v[13], plan = v[14], tags = v[15], group = v[16], notify = v[17], limits = v[18],
+  priority = v[19], created = v[20], parent = v[21]}
 
 local function reply()
   local out = {'OK', 'doc', t.doc, 'kws', t.kws or '', 'job_id', t.job_id, 'stage', t.stage,
@@ -95,8 +102,9 @@ t.exec_deadline = fmt(deadline)
 put('executor_id', A[5], 'lease', A[6], 'run_started', fmt(ts), 'stage_started', fmt(ts),
   'exec_deadline', t.exec_deadline, 'attempt', t.attempt)
 if t.limits and t.limits ~= '' then put('blocked_by', '', 'woke', '') end
-wr('SADD', K[4], member(app, id))
-wr('ZADD', K[5], deadline, member(app, id))
+local m = member(app, id)
+wr('SADD', K[4], m)
+wr('ZADD', K[5], t.exec_deadline, m)
 set_status(tkey, id, app, S.QUEUED, S.RUNNING, ts, t)
 return reply()
 end

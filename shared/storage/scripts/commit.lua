@@ -20,9 +20,15 @@
 --            still holds the task at `stage`; the executor hands it back (handback.lua)
 local function commit_one(K, A)
 local tkey, id = K[1], A[2]
-local t = prefetch(tkey, {'status', 'job_id', 'lease', 'stage', 'app', 'plan', 'executor_id',
-  'stage_started', 'run_started', 'exec_used', 'tags', 'group', 'notify', 'error', 'cron', 'next_task',
-  'parent', 'spawn_token', 'limits'})
+-- One constructor, not a table filled field by field (see claim.lua).  `error` is not read:
+-- finish() clears it, and set_status reads it for a task with notify.
+local v = redis.call('HMGET', tkey, 'status', 'job_id', 'lease', 'stage', 'app', 'plan', 'executor_id',
+  'stage_started', 'run_started', 'exec_used', 'tags', 'group', 'notify', 'cron', 'next_task',
+  'parent', 'spawn_token', 'limits')
+local t = {status = v[1], job_id = v[2], lease = v[3], stage = v[4], app = v[5], plan = v[6],
+  executor_id = v[7], stage_started = v[8], run_started = v[9], exec_used = v[10], tags = v[11],
+  group = v[12], notify = v[13], cron = v[14], next_task = v[15], parent = v[16],
+  spawn_token = v[17], limits = v[18]}
 if t.status ~= S.RUNNING or t.job_id ~= A[3] or t.lease ~= A[4] then
   return {'STALE'}
 end
@@ -34,10 +40,11 @@ if t.stage ~= A[5] then
 end
 local ts = now()
 local app, s = t.app, tonumber(A[5])
-put('r.' .. s, A[6])
-record_attempt(id, {job_id = A[3], stage = s, executor_id = t.executor_id,
-  started = tonumber(t.stage_started), ended = ts, outcome = A[7], error = cjson.null})
-observe(app, A[8], A[7], ts - (tonumber(t.stage_started) or ts))
+local started = tonumber(t.stage_started)
+put('r.' .. A[5], A[6])  -- A[5] is the stage as stored (checked above)
+record_attempt(id, {job_id = A[3], stage = A[5], executor_id = t.executor_id,
+  started = started, ended = ts, outcome = A[7], error = cjson.null})
+observe(app, A[8], A[7], ts - (started or ts))
 local verdict, stage, taken = advance(tkey, id, app, s + 1, decode_plan(t.plan), ts)
 if verdict == 'RUN' then
   set_status(tkey, id, app, S.RUNNING, S.RUNNING, ts, t)  -- `updated` and the index scores
