@@ -47,22 +47,8 @@ local t = prefetch(tkey, {'status', 'lease', 'job_id', 'app', 'max_exec', 'exec_
   'exec_deadline', 'stage', 'stages', 'retries', 'doc', 'kws', 'plan',
   'tags', 'group', 'notify', 'error', 'cron', 'next_task', 'limits', 'priority', 'created', 'parent'})
 
-local function reply()
-  local out = {'OK', 'doc', t.doc, 'kws', t.kws or '', 'job_id', t.job_id, 'stage', t.stage,
-    'stages', t.stages, 'retries', t.retries or '0', 'attempt', t.attempt,
-    'exec_deadline', t.exec_deadline}
-  local s = tonumber(t.stage) or 0
-  local names = {}
-  for i = 0, s - 1 do names[#names + 1] = 'r.' .. i end
-  if A[8] == '1' then names[#names + 1] = 'trace' end
-  -- flow control: the keys filled at create, against which a RetryLater's pause_key is checked
-  if t.limits and t.limits ~= '' then out[#out + 1] = 'limits' out[#out + 1] = t.limits end
-  if #names > 0 then append_fields(out, tkey, names) end
-  return out
-end
-
 if t.status == S.RUNNING and t.lease == A[6] then
-  return reply()  -- a replay of a claim whose reply was lost: same answer, nothing written twice
+  return claim_reply(tkey, t, A)  -- a replay of a claim whose reply was lost: same answer, nothing written twice
 end
 -- flow control: checked before anything is written (the entry stays pending on us)
 local ts = now()
@@ -82,23 +68,7 @@ wr('XACK', K[2], GROUP, A[3])
 if t.status ~= S.QUEUED or t.job_id ~= A[4] then
   return {'STALE'}
 end
-local app = t.app
-local plan = decode_plan(t.plan)
-local s = tonumber(t.stage) or 0
-if plan[s + 1] ~= 'c' then
-  settle(tkey, id, app, S.QUEUED, advance(tkey, id, app, s, plan, ts), ts)
-  return {'STALE'}
-end
-local deadline = ts + tonumber(t.max_exec) - (tonumber(t.exec_used or '0') or 0)
-t.attempt = tostring((tonumber(t.attempt or '0') or 0) + 1)
-t.exec_deadline = fmt(deadline)
-put('executor_id', A[5], 'lease', A[6], 'run_started', fmt(ts), 'stage_started', fmt(ts),
-  'exec_deadline', t.exec_deadline, 'attempt', t.attempt)
-if t.limits and t.limits ~= '' then put('blocked_by', '', 'woke', '') end
-wr('SADD', K[4], member(app, id))
-wr('ZADD', K[5], deadline, member(app, id))
-set_status(tkey, id, app, S.QUEUED, S.RUNNING, ts, t)
-return reply()
+return claim_run(K, A, t, ts)
 end
 
 return many_runs(5, 7, claim_one)
