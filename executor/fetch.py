@@ -231,7 +231,7 @@ class Fetcher:
             n = 0
             for k in self.parts:
                 n += await redeliver_pending(self.r, self.scripts, k, self.app, self.executor_id)
-            if self.offers:
+            if self.offers:  # none in doubt: withdrawn above
                 # a pushed run delivered to us in a read whose reply was lost: read it again
                 got = await self.r.xreadgroup(
                     GROUP, self.executor_id, {self.parts[p].pushed(self.executor_id): "0" for p in self.offers}
@@ -270,11 +270,12 @@ class Fetcher:
     # ------------------------------------------------------------------ push delivery
     async def offer(self, free: int) -> int:
         """Offers a slot in each partition without an offer of ours, if the last read came back
-        short (nothing waits on the streams) and `free` leaves at least one slot for the read
-        besides; returns the slots left for the read.  An offer whose reply is lost is in doubt:
+        short (nothing waits on the streams) and the offers would take at most half of the
+        `free` slots (so an executor of concurrency 1 never offers: its one slot is for reads);
+        returns the slots left for the read.  An offer whose reply is lost is in doubt:
         withdrawn before the next read."""
         need = [k for k in self.parts if k.partition not in self.offers]
-        if self.split or not self.want_offer or not need or free <= len(need) or self.quiet.is_set():
+        if self.split or not self.want_offer or not need or free < 2 * len(need) or self.quiet.is_set():
             return free
         made = []
         for k in need:
@@ -379,8 +380,9 @@ class Fetcher:
         if self.split:
             return await self.read_cluster(streams, free)
         entries_of = self._entries
-        # our pushed streams too, where we have an offer out: a pushed run ends the wait
-        mine = {self.parts[p].pushed(self.executor_id): ">" for p in self.offers}
+        # our pushed streams too, where we have an offer out (one in doubt may not have made
+        # the stream's group: it is withdrawn first): a pushed run ends the wait
+        mine = {self.parts[p].pushed(self.executor_id): ">" for p in self.offers if p not in self.doubt}
         if streams[0][0] == streams[-1][0]:  # one priority in use: one blocking read
             got = await self.r.xreadgroup(
                 GROUP, self.executor_id, {key: ">" for _, key, _ in streams} | mine, count=free, block=1000

@@ -220,3 +220,33 @@ async def test_concurrency_is_never_exceeded_with_offers_and_reads_racing(
     assert int(await r.get(max_key(namespace, "all"))) == 2
     assert int(await r.get(running_key(namespace, "all"))) == 0
     assert ex.alive
+
+
+async def test_a_pushed_run_whose_read_reply_was_lost_is_read_again(daemons: Any, r: Any, namespace: str) -> None:
+    """A pushed run delivered to the executor's consumer whose reply never reached it (here: read
+    under its consumer name by the test, as a reply lost with a connection would leave it): the
+    run is pending on the executor in its pushed stream, RUNNING in its name, and the executor
+    reads it again from there (its sweep of what is pending on it) and runs it."""
+    m = await daemons.manager()
+    ex = await daemons.executor(concurrency=4)
+    eid, lease = (await an_offer(r, namespace)).split(" ")
+    pushed = Keys(namespace, 0).pushed(eid)
+    os.kill(ex.pid, signal.SIGSTOP)  # well within its 3 s dead-after
+    try:
+        # its blocking read (1 s at most) over, so that the push is not served to it
+        await wait_for(lambda: _no_blocked_read(r), timeout=3, interval=0.02, what="its read to time out")
+        created = await m.rpc("tasks.create", {"task": sleeper("lost-1", 0.1)})
+        assert created["status"] == "RUNNING" and created["executor_id"] == eid
+        got = await r.xreadgroup("executors", eid, {pushed: ">"})
+        assert got and got[0][1][0][1]["lease"] == lease  # delivered to it, the reply "lost"
+    finally:
+        os.kill(ex.pid, signal.SIGCONT)
+    v = await task_until(m, "lost-1", lambda v: v["status"] in TERMINAL, within=15)
+    assert v["status"] == "FINISHED" and v["results"] == [0.1]
+    attempts = await m.rpc("tasks.attempts", {"id": "lost-1"})
+    assert [(a["outcome"], a["executor_id"]) for a in attempts] == [("ok", eid)]
+    assert ex.alive
+
+
+async def _no_blocked_read(r: Any) -> bool:
+    return not [c for c in await r.client_list() if c["cmd"] == "xreadgroup" and "b" in c["flags"]]
