@@ -74,13 +74,19 @@ async def test_tasks_one_at_a_time_are_each_pushed_and_never_read_from_the_app_s
     await daemons.executor(concurrency=2)
     for i in range(20):
         _, lease = (await an_offer(r, namespace)).split(" ")
-        task = {"id": f"c{i}", "app": "demo", "commands": [{"method": "demo.add", "params": {"a": i, "b": 1}}]}
+        task = {
+            "id": f"c{i}",
+            "app": "demo",
+            "commands": [{"method": "demo.add", "params": {"a": i, "b": 1}}],
+        }
         got = await m.rpc("tasks.create", {"task": task})
         assert got["status"] == "RUNNING", got
         v = await task_until(m, f"c{i}", lambda v: v["status"] in TERMINAL, within=10)
         assert v["status"] == "FINISHED" and v["results"] == [i + 1]
         # the executor offers afresh (a new lease) once the pushed run has started
-        await wait_for(lambda lease=lease: _offer_other_than(r, namespace, lease), timeout=10, what="a new offer")
+        await wait_for(
+            lambda lease=lease: _offer_other_than(r, namespace, lease), timeout=10, what="a new offer"
+        )
     # nothing was ever put on, read from or claimed off the app stream
     stream = Keys(namespace, 0).stream("demo")
     assert await r.xlen(stream) == 0
@@ -208,7 +214,13 @@ async def test_concurrency_is_never_exceeded_with_offers_and_reads_racing(
             *(
                 m.rpc(
                     "tasks.create",
-                    {"task": {"id": t, "app": "lim", "commands": [{"method": "lim.work", "params": {"key": "all", "ms": 100}}]}},
+                    {
+                        "task": {
+                            "id": t,
+                            "app": "lim",
+                            "commands": [{"method": "lim.work", "params": {"key": "all", "ms": 100}}],
+                        }
+                    },
                 )
                 for t in batch
             )
@@ -222,7 +234,9 @@ async def test_concurrency_is_never_exceeded_with_offers_and_reads_racing(
     assert ex.alive
 
 
-async def test_a_pushed_run_whose_read_reply_was_lost_is_read_again(daemons: Any, r: Any, namespace: str) -> None:
+async def test_a_pushed_run_whose_read_reply_was_lost_is_read_again(
+    daemons: Any, r: Any, namespace: str
+) -> None:
     """A pushed run delivered to the executor's consumer whose reply never reached it (here: read
     under its consumer name by the test, as a reply lost with a connection would leave it): the
     run is pending on the executor in its pushed stream, RUNNING in its name, and the executor
