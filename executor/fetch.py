@@ -184,7 +184,11 @@ class Fetcher:
                 failed = True
             for _ in range(free - len(entries)):
                 self.slots.release()
-            self.start_pushed()
+            if self._pushed:
+                self.start_pushed()
+                # the pushed runs go first, up to their handler's first wait, before the loop
+                # writes its next offer: a task handed over waits for nothing of ours
+                await asyncio.sleep(0)
             if entries:
                 await self.claim(entries)
             if not failed:
