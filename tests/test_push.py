@@ -255,6 +255,12 @@ async def test_a_pushed_run_whose_read_reply_was_lost_is_read_again(
         assert got and got[0][1][0][1]["lease"] == lease  # delivered to it, the reply "lost"
     finally:
         os.kill(ex.pid, signal.SIGCONT)
+    # a claim after the offer (a task with limits is never pushed) takes a later lease counter,
+    # and its reply is settled: the heartbeat's reports must still keep `settled` below the
+    # offer, or the manager's reconcile (orphan.lua) would take the unread run back as not held
+    limited = {**sleeper("lost-2", 0), "limits": [{"key": "x", "concurrency": 5}]}
+    assert (await m.rpc("tasks.create", {"task": limited}))["status"] == "QUEUED"
+    await task_until(m, "lost-2", lambda v: v["status"] in TERMINAL, within=15)
     v = await task_until(m, "lost-1", lambda v: v["status"] in TERMINAL, within=15)
     assert v["status"] == "FINISHED" and v["results"] == [0.1]
     attempts = await m.rpc("tasks.attempts", {"id": "lost-1"})
