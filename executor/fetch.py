@@ -27,10 +27,12 @@ replay like the original).  A read that finds a consumer group gone (Redis lost 
 executor make the groups again (`rejoin`).  Any failure of the loop is waited out with a capped
 backoff and logged once per kind, never the end of the loop.
 
-Push delivery (create.lua; `offer`, `withdraw`): with a slot to spare, the executor offers one
-free slot per partition (offer.lua: `<executor> <lease>` on the app's idle list there, the lease
-taken from the sequence below) and holds that slot back; the read then asks for the other free
-slots' worth of entries, and names the executor's pushed streams too.  A create that finds the
+Push delivery (create.lua; `offer`, `withdraw`): with slots to spare, the executor offers up to
+PUSH_OFFERS free slots per partition (offer.lua: `<executor> <lease>` on the app's idle list
+there, each lease taken from the sequence below) and holds them back; the read then asks for the
+other free slots' worth of entries, and names the executor's pushed streams too.  Two rather
+than one, so that a task created right after a push (a client that creates the next task when
+the last one's handler ran) still finds an offer before the executor has made its next one.  A create that finds the
 offer claims the run in our name under that lease and puts it on our pushed stream, so the read
 returns a run already claimed: it starts at once, with no claim round trip.  An offer is
 withdrawn (withdraw.lua) when a read fills every other slot (a backlog: the held slot is
@@ -76,6 +78,7 @@ from stagewise.storage.streams import app_streams, give_back, redeliver_pending
 Entry = tuple[Keys, str, str, dict[str, str], int]
 
 CLUSTER_BLOCK_MS = 100  # Redis Cluster: how long an idle read blocks on one partition (read_cluster)
+PUSH_OFFERS = 2  # offers of push delivery an executor keeps out per partition, slots allowing (offer)
 
 
 class Fetcher:
@@ -129,9 +132,9 @@ class Fetcher:
         self.settled = 0  # the highest lease counter whose claim reply was fully processed
         self.limits = limits  # flow control (SPEC §2a)
         self.paused = False  # apps.pause: a claim answered PAUSED, the next read waits a second
-        # Push delivery: partition -> lease of our offer there, outstanding (each holds a slot)
-        self.offers: dict[int, str] = {}
-        self.doubt: set[int] = set()  # offers whose landing is unknown: withdrawn before a read
+        # Push delivery: lease of each offer of ours outstanding -> its partition (each holds a slot)
+        self.offers: dict[str, int] = {}
+        self.doubt: set[str] = set()  # offers whose landing is unknown: withdrawn before a read
         self.acks: dict[int, list[str]] = {}  # pushed entries started, acknowledged with the next offer
         self.want_offer = True  # the last read left slots unfilled: the streams are drained
         self._pushed: list[tuple[Keys, str, dict[str, str]]] = []  # pushed entries the read returned
@@ -142,7 +145,7 @@ class Fetcher:
         create.lua may have claimed a run under it that we have not started yet."""
         if not self.offers:
             return self.settled
-        return min(self.settled, *(int(lease.rpartition(".")[2]) - 1 for lease in self.offers.values()))
+        return min(self.settled, *(int(lease.rpartition(".")[2]) - 1 for lease in self.offers))
 
     def new_lease(self) -> str:
         """A token unique to one claim: this process's random prefix and a counter."""
@@ -225,7 +228,7 @@ class Fetcher:
         if self.lost_group:
             await self.rejoin()
             self.lost_group = False
-            self.forget_offers(list(self.offers))  # Redis lost data: the offers with it
+            self.forget_offers([k.partition for k in self.parts])  # Redis lost data: the offers with it
         if self.doubt:
             await self.withdraw(sorted(self.doubt))
         if time.monotonic() - self._swept > self.sweep_every:
@@ -238,7 +241,9 @@ class Fetcher:
             if self.offers:  # none in doubt: withdrawn above
                 # a pushed run delivered to us in a read whose reply was lost: read it again
                 got = await self.r.xreadgroup(
-                    GROUP, self.executor_id, {self.parts[p].pushed(self.executor_id): "0" for p in self.offers}
+                    GROUP,
+                    self.executor_id,
+                    {self.parts[p].pushed(self.executor_id): "0" for p in set(self.offers.values())},
                 )
                 self._entries(got)
             self.owe_pending = False
@@ -273,63 +278,75 @@ class Fetcher:
 
     # ------------------------------------------------------------------ push delivery
     async def offer(self, free: int) -> int:
-        """Offers a slot in each partition without an offer of ours, if the last read came back
-        short (nothing waits on the streams) and the offers would take at most half of the
-        `free` slots (so an executor of concurrency 1 never offers: its one slot is for reads);
-        returns the slots left for the read.  An offer whose reply is lost is in doubt:
-        withdrawn before the next read."""
-        need = [k for k in self.parts if k.partition not in self.offers]
-        if self.split or not self.want_offer or not need or free < 2 * len(need) or self.quiet.is_set():
+        """Offers slots in each partition, up to PUSH_OFFERS outstanding there, if the last read
+        came back short (nothing waits on the streams) and the offers outstanding would hold at
+        most half of our free slots (so an executor of concurrency 1 never offers: its one slot
+        is for reads); returns the slots left for the read.  An offer whose reply is lost is in
+        doubt: withdrawn before the next read."""
+        if self.split or not self.want_offer or self.quiet.is_set():
+            return free
+        per = min(PUSH_OFFERS, (free + len(self.offers)) // (2 * len(self.parts)))
+        have = {k.partition: 0 for k in self.parts}
+        for p in self.offers.values():
+            have[p] += 1
+        need = [k for k in self.parts for _ in range(per - have[k.partition])]
+        if not need:
             return free
         made = []
         for k in need:
             lease = self.new_lease()
-            self.offers[k.partition] = lease  # outstanding from now: `settled` stays below it
-            made.append(calls.offer(k, self.executor_id, self.app, lease, self.acks.pop(k.partition, [])))
+            self.offers[lease] = k.partition  # outstanding from now: `settled` stays below it
+            made.append(
+                (lease, calls.offer(k, self.executor_id, self.app, lease, self.acks.pop(k.partition, [])))
+            )
         try:
-            got = await self.scripts.run_many(made)
+            got = await self.scripts.run_many([c for _, c in made])
         except Exception as e:  # noqa: BLE001 - the offers hold their slots until withdrawn
-            self.doubt.update(k.partition for k in need)
+            self.doubt.update(lease for lease, _ in made)
             self._failed(e)
-            return free - len(need)
-        for k, res in zip(need, got, strict=True):
+            return free - len(made)
+        for (lease, _), res in zip(made, got, strict=True):
             if res.code != "OK":  # DEAD: the heartbeat finds out and registers us again
-                del self.offers[k.partition]
+                del self.offers[lease]
                 free += 1
-        return free - len(need)
+        return free - len(made)
 
-    async def withdraw(self, parts: list[int]) -> None:
-        """withdraw.lua for our offers in `parts`: a slot withdrawn (or never offered) is free
-        again; an offer taken hands over its run, which starts.  Failed: the offers stay in
+    async def withdraw(self, leases: list[str]) -> None:
+        """withdraw.lua for our offers under `leases`: a slot withdrawn (or never offered) is
+        free again; an offer taken hands over its run, which starts.  Failed: the offers stay in
         doubt, withdrawn again before the next read."""
-        parts = [p for p in parts if p in self.offers]
-        if not parts:
+        leases = [lease for lease in leases if lease in self.offers]
+        if not leases:
             return
         try:
             got = await self.scripts.run_many(
                 [
-                    calls.withdraw(self.parts[p], self.executor_id, self.app, self.offers[p], self.acks.pop(p, []))
-                    for p in parts
+                    calls.withdraw(self.parts[p], self.executor_id, self.app, lease, self.acks.pop(p, []))
+                    for lease in leases
+                    for p in [self.offers[lease]]
                 ]
             )
         except Exception:
-            self.doubt.update(parts)
+            self.doubt.update(leases)
             raise
-        for p, res in zip(parts, got, strict=True):
-            self.doubt.discard(p)
+        for lease, res in zip(leases, got, strict=True):
+            self.doubt.discard(lease)
             if res.code == "TAKEN":
-                self._pushed.append((self.parts[p], res.entry_id, res.fields))
+                self._pushed.append((self.parts[self.offers[lease]], res.entry_id, res.fields))
             else:
-                self.forget_offers([p])
+                self._forget(lease)
         self.start_pushed()
 
     def forget_offers(self, parts: list[int]) -> None:
-        """Our offers in `parts` are gone (withdrawn, dropped with our registration, or with
-        Redis's data): their slots are free."""
-        for p in parts:
-            if self.offers.pop(p, None) is not None:
-                self.doubt.discard(p)
-                self.slots.release()
+        """Our offers in `parts` are gone (dropped with our registration, or with Redis's
+        data): their slots are free."""
+        for lease in [lease for lease, p in self.offers.items() if p in parts]:
+            self._forget(lease)
+
+    def _forget(self, lease: str) -> None:
+        if self.offers.pop(lease, None) is not None:
+            self.doubt.discard(lease)
+            self.slots.release()
 
     def start_pushed(self) -> None:
         """Starts the runs create.lua pushed to us (read from our pushed streams, or handed over
@@ -343,9 +360,9 @@ class Fetcher:
                 continue
             p, lease, tid = k.partition, f.get("lease", ""), f.get("t", "")
             acks.append(eid)
-            if self.offers.get(p) == lease:
-                del self.offers[p]
-                self.doubt.discard(p)
+            if self.offers.get(lease) == p:
+                del self.offers[lease]
+                self.doubt.discard(lease)
                 self.runner.start(k, tid, f, lease)
             elif not any(run.lease == lease for run in self.runner.runs.values()):
                 self.log.warning("push_unexpected", task_id=tid, lease=lease)
@@ -386,7 +403,11 @@ class Fetcher:
         entries_of = self._entries
         # our pushed streams too, where we have an offer out (one in doubt may not have made
         # the stream's group: it is withdrawn first): a pushed run ends the wait
-        mine = {self.parts[p].pushed(self.executor_id): ">" for p in self.offers if p not in self.doubt}
+        mine = {
+            self.parts[p].pushed(self.executor_id): ">"
+            for lease, p in self.offers.items()
+            if lease not in self.doubt
+        }
         if streams[0][0] == streams[-1][0]:  # one priority in use: one blocking read
             got = await self.r.xreadgroup(
                 GROUP, self.executor_id, {key: ">" for _, key, _ in streams} | mine, count=free, block=1000

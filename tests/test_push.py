@@ -58,9 +58,30 @@ async def test_a_task_created_for_an_idle_executor_runs_under_its_offered_lease(
     await wait_for(lambda: _xlen_is(r, pushed, 0), timeout=5, what="the pushed entry acknowledged")
 
 
+async def _offers_n(r: Any, ns: str, n: int) -> list[str] | None:
+    got = await offers(r, ns)
+    return got if len(got) == n else None
+
+
+async def test_two_tasks_created_back_to_back_are_both_pushed(daemons: Any, r: Any, namespace: str) -> None:
+    """An idle executor keeps two offers out (slots allowing), so the task created right after a
+    push still finds one before the executor has made its next offer."""
+    m = await daemons.manager()
+    await daemons.executor(concurrency=4)
+    out = await wait_for(lambda: _offers_n(r, namespace, 2), timeout=15, what="two offers")
+    first = await m.rpc("tasks.create", {"task": sleeper("bb-1", 0.5)})
+    second = await m.rpc("tasks.create", {"task": sleeper("bb-2", 0.5)})
+    assert [first["status"], second["status"]] == ["RUNNING", "RUNNING"]
+    leases = await asyncio.gather(*(r.hget(Keys(namespace, 0).task(t), "lease") for t in ("bb-1", "bb-2")))
+    assert [o.split(" ")[1] for o in out] == leases  # in the order offered
+    for t in ("bb-1", "bb-2"):
+        v = await task_until(m, t, lambda v: v["status"] in TERMINAL, within=15)
+        assert v["status"] == "FINISHED"
+
+
 async def _offer_other_than(r: Any, ns: str, lease: str) -> bool:
     got = await offers(r, ns)
-    return len(got) == 1 and not got[0].endswith(" " + lease)
+    return bool(got) and not any(o.endswith(" " + lease) for o in got)
 
 
 async def _xlen_is(r: Any, key: str, n: int) -> bool:
@@ -115,11 +136,11 @@ async def test_a_task_with_limits_is_not_pushed(daemons: Any, r: Any, namespace:
 async def test_a_paused_app_is_not_pushed(daemons: Any, r: Any, namespace: str) -> None:
     m = await daemons.manager()
     await daemons.executor(concurrency=4)
-    offer = await an_offer(r, namespace)
+    before = await wait_for(lambda: _offers_n(r, namespace, 2), timeout=15, what="two offers")
     await m.rpc("apps.pause", {"app": "demo"})
     created = await m.rpc("tasks.create", {"task": sleeper("paused-1", 0.1)})
     assert created["status"] == "QUEUED"
-    assert await offers(r, namespace) == [offer]  # the offer stands
+    assert await offers(r, namespace) == before  # the offers stand
     await m.rpc("apps.resume", {"app": "demo"})
     v = await task_until(m, "paused-1", lambda v: v["status"] in TERMINAL, within=15)
     assert v["status"] == "FINISHED"
