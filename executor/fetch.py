@@ -123,6 +123,9 @@ class Fetcher:
         self._swept = time.monotonic()
         self.warnings = Warnings(log, "fetch_failed")
         self.claim_warnings = Warnings(log, "claim_failed")
+        # offers and withdrawals fail on their own: the read goes on (an offer in doubt only
+        # holds its slot until a withdrawal settles it)
+        self.offer_warnings = Warnings(log, "offer_failed")
         self._streams: list[tuple[int, str, Keys]] = []
         self._where: dict[str, tuple[int, Keys]] = {}  # stream key -> (priority, partition)
         self._streams_at = 0.0
@@ -199,10 +202,7 @@ class Fetcher:
                 # offers are wanted for claims, and no offer is made until a read comes back short
                 self.want_offer = len(entries) < free
                 if not self.want_offer and self.offers:
-                    try:
-                        await self.withdraw(list(self.offers))
-                    except Exception as e:  # noqa: BLE001 - in doubt: withdrawn before the next read
-                        self._failed(e)
+                    await self.withdraw(list(self.offers))
             self.reading = False
             if failed:  # nothing read: wait before the next try (at most BACKOFF_CAP)
                 raise_if_stop_requested()
@@ -303,8 +303,9 @@ class Fetcher:
             got = await self.scripts.run_many([c for _, c in made])
         except Exception as e:  # noqa: BLE001 - the offers hold their slots until withdrawn
             self.doubt.update(lease for lease, _ in made)
-            self._failed(e)
+            self.offer_warnings.failed(e, offers=len(made))
             return free - len(made)
+        self.offer_warnings.ok()
         for (lease, _), res in zip(made, got, strict=True):
             if res.code != "OK":  # DEAD: the heartbeat finds out and registers us again
                 del self.offers[lease]
@@ -314,7 +315,7 @@ class Fetcher:
     async def withdraw(self, leases: list[str]) -> None:
         """withdraw.lua for our offers under `leases`: a slot withdrawn (or never offered) is
         free again; an offer taken hands over its run, which starts.  Failed: the offers stay in
-        doubt, withdrawn again before the next read."""
+        doubt, withdrawn again before the next read (their slots held meanwhile)."""
         leases = [lease for lease in leases if lease in self.offers]
         if not leases:
             return
@@ -326,9 +327,11 @@ class Fetcher:
                     for p in [self.offers[lease]]
                 ]
             )
-        except Exception:
+        except Exception as e:  # noqa: BLE001 - a withdrawal failing is no reason to stop reading
             self.doubt.update(leases)
-            raise
+            self.offer_warnings.failed(e, offers=len(leases))
+            return
+        self.offer_warnings.ok()
         for lease, res in zip(leases, got, strict=True):
             self.doubt.discard(lease)
             if res.code == "TAKEN":
@@ -364,7 +367,7 @@ class Fetcher:
                 del self.offers[lease]
                 self.doubt.discard(lease)
                 self.runner.start(k, tid, f, lease)
-            elif not any(run.lease == lease for run in self.runner.runs.values()):
+            elif not any(run.lease == lease and run.task_id == tid for run in self.runner.runs.values()):
                 self.log.warning("push_unexpected", task_id=tid, lease=lease)
                 asyncio.create_task(self._hand_back(k, tid, f.get("job_id", ""), lease))
 

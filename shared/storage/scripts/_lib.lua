@@ -504,7 +504,9 @@ local function push(tkey, id, app, ts, t)
   -- no hint on the app stream: the run never waits there
   put('entry', '', 'queued_at', fmt(ts), 'next_run', '', 'wait_deadline', '')
   set_status(tkey, id, app, nil, S.QUEUED, ts, t)
-  local A = {ARGV[1], id, '', t.job_id, eid, lease, '', '1'}  -- as claim.lua's ARGV
+  -- as claim.lua's ARGV; the trace field goes along when the task has one (the executor's
+  -- tracing decides whether to use it)
+  local A = {ARGV[1], id, '', t.job_id, eid, lease, '', (t.trace and t.trace ~= '') and '1' or ''}
   local out = claim_run({tkey, '', k_executors(), k_running(eid), k_deadlines()}, A, t, ts)
   out[1] = lease
   redis.call('XADD', k_pushed(eid), '*', 't', id, 'lease', unpack(out))

@@ -7,6 +7,8 @@
 -- writes to shared keys (indexes, running set, deadlines, XACK) go out once per batch (B, in
 -- _lib.lua), so 64 claims cost about 2 commands each instead of 13.  A claim that raises an
 -- error (a bug) has {err = message} as its reply and the others stand.
+-- The writes of a claim (claim_run) and its reply (claim_reply) are in _lib.lua: create.lua makes
+-- the same claim for an executor that offered a free slot (push delivery, _lib.lua push).
 -- KEYS[1] task hash   KEYS[2] app stream   KEYS[3] executors zset
 -- KEYS[4] running set of this executor     KEYS[5] deadlines zset
 -- ARGV[1] prefix  ARGV[2] task id  ARGV[3] stream entry id  ARGV[4] job id of the entry
