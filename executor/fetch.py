@@ -293,15 +293,16 @@ class Fetcher:
         if not need:
             return free
         made = []
+        acks = {k.partition: self.acks.pop(k.partition, []) for k in need}
+        left = dict(acks)  # each partition's acknowledgements go with its first call
         for k in need:
             lease = self.new_lease()
             self.offers[lease] = k.partition  # outstanding from now: `settled` stays below it
-            made.append(
-                (lease, calls.offer(k, self.executor_id, self.app, lease, self.acks.pop(k.partition, [])))
-            )
+            made.append((lease, calls.offer(k, self.executor_id, self.app, lease, left.pop(k.partition, []))))
         try:
             got = await self.scripts.run_many([c for _, c in made])
         except Exception as e:  # noqa: BLE001 - the offers hold their slots until withdrawn
+            self._unacked(acks)
             self.doubt.update(lease for lease, _ in made)
             self.offer_warnings.failed(e, offers=len(made))
             return free - len(made)
@@ -319,15 +320,19 @@ class Fetcher:
         leases = [lease for lease in leases if lease in self.offers]
         if not leases:
             return
+        where = {lease: self.offers[lease] for lease in leases}  # a refusal may forget them meanwhile
+        acks = {p: self.acks.pop(p, []) for p in set(where.values())}
+        left = dict(acks)  # each partition's acknowledgements go with its first call
         try:
             got = await self.scripts.run_many(
                 [
-                    calls.withdraw(self.parts[p], self.executor_id, self.app, lease, self.acks.pop(p, []))
+                    calls.withdraw(self.parts[p], self.executor_id, self.app, lease, left.pop(p, []))
                     for lease in leases
-                    for p in [self.offers[lease]]
+                    for p in [where[lease]]
                 ]
             )
         except Exception as e:  # noqa: BLE001 - a withdrawal failing is no reason to stop reading
+            self._unacked(acks)
             self.doubt.update(leases)
             self.offer_warnings.failed(e, offers=len(leases))
             return
@@ -335,10 +340,15 @@ class Fetcher:
         for lease, res in zip(leases, got, strict=True):
             self.doubt.discard(lease)
             if res.code == "TAKEN":
-                self._pushed.append((self.parts[self.offers[lease]], res.entry_id, res.fields))
+                self._pushed.append((self.parts[where[lease]], res.entry_id, res.fields))
             else:
                 self._forget(lease)
         self.start_pushed()
+
+    def _unacked(self, acks: dict[int, list[str]]) -> None:
+        """Acknowledgements whose call failed: sent again with the next offer or withdrawal."""
+        for p, ids in acks.items():
+            self.acks.setdefault(p, []).extend(ids)
 
     def forget_offers(self, parts: list[int]) -> None:
         """Our offers in `parts` are gone (dropped with our registration, or with Redis's
