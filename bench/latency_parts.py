@@ -21,6 +21,12 @@ point to a file; this module installs the probes when the executor imports it):
   claim round trip    claim.lua sent -> its reply decoded
   claim -> handler    the reply in hand -> the handler started (run start, templates, params)
 
+and, for a task pushed to the executor (create.lua claimed it under the executor's offer: push
+delivery, executor/fetch.py), instead of the claim's parts:
+
+  created -> pushed   create called -> the executor's read returned the pushed run
+  pushed -> handler   the run in hand -> the handler started
+
 All clocks are `time.time()` on one machine.  STAGEWISE_LOG_LEVEL is passed on (default info).
 """
 
@@ -53,7 +59,10 @@ def _install_probes(path: str) -> None:
         got = await read(self, free)
         if got:
             out.write(f"read {time.time()!r}\n")
+        elif self._pushed:
+            out.write(f"pushed {time.time()!r}\n")
         return got
+
 
     async def timed_claim_all(self: Fetcher, claims: Any) -> Any:
         out.write(f"claim_sent {time.time()!r}\n")
@@ -143,7 +152,10 @@ async def main(n: int) -> None:
         print(
             f"  {name:20s} p50 {statistics.median(xs):6.3f}   p10 {xs[len(xs) // 10]:6.3f}   p90 {xs[9 * len(xs) // 10]:6.3f}"
         )
-    print(f"the executor's side ({len(parts['claim round trip'])} tasks with all points seen)")
+    print(
+        f"the executor's side ({len(parts['claim round trip'])} tasks claimed, "
+        f"{len(parts['created -> pushed'])} pushed, with all points seen)"
+    )
     for name, xs in parts.items():
         xs = sorted(x * 1000 for x in xs)
         if xs:
@@ -161,9 +173,15 @@ def executor_parts(probe: Path, spans: list[tuple[float, float, float]]) -> dict
         "read -> claim sent": [],
         "claim round trip": [],
         "claim -> handler": [],
+        "created -> pushed": [],
+        "pushed -> handler": [],
     }
     for t0, started, _ in spans:
         seen = {name: t for name, t in points if t0 <= t <= started}
+        if "pushed" in seen:
+            out["created -> pushed"].append(seen["pushed"] - t0)
+            out["pushed -> handler"].append(started - seen["pushed"])
+            continue
         if len(seen) < 3:
             continue
         out["created -> read"].append(seen["read"] - t0)

@@ -27,13 +27,30 @@ replay like the original).  A read that finds a consumer group gone (Redis lost 
 executor make the groups again (`rejoin`).  Any failure of the loop is waited out with a capped
 backoff and logged once per kind, never the end of the loop.
 
+Push delivery (create.lua; `offer`, `withdraw`): with slots to spare, the executor offers up to
+PUSH_OFFERS free slots per partition (offer.lua: `<executor> <lease>` on the app's idle list
+there, each lease taken from the sequence below) and holds them back; the read then asks for the
+other free slots' worth of entries, and names the executor's pushed streams too.  Two rather
+than one, so that a task created right after a push (a client that creates the next task when
+the last one's handler ran) still finds an offer before the executor has made its next one.  A create that finds the
+offer claims the run in our name under that lease and puts it on our pushed stream, so the read
+returns a run already claimed: it starts at once, with no claim round trip.  An offer is
+withdrawn (withdraw.lua) when a read fills every other slot (a backlog: the held slot is
+wanted), when its landing is in doubt, and when the executor stops; a withdrawal that finds the
+offer taken hands over the run, which starts like any other.  A pushed run whose offer we no
+longer hold (one made before we were declared dead) is handed back.  No offers on a Redis
+Cluster read partition by partition (`split`): there the blocking read names one partition at
+a time, so a push to another would wait for the rotation; claims serve it as before.
+
 Leases are `<prefix>.<counter>`: a random prefix of this process, and a counter in the order of
 the claims.  `settled` is the highest counter whose claim reply has been fully processed (each
 claimed task's run started, in `runner.runs`): claims go out one batch at a time, and `settled`
 moves past a batch in the same step as the last run of it starts, so every lease at or below
 it is either a run this executor has started or one it never will.  The heartbeat reports it
 with the leases of the runs held (ping.lua), which is how the manager tells a task RUNNING in
-our name that we do not run (orphan.lua) from a claim still in flight.
+our name that we do not run (orphan.lua) from a claim still in flight.  An outstanding offer is
+a claim that may be in flight (create.lua may have made it, and its run may not be in hand
+yet): while one is, the report says `settled` is below its counter (`reported_settled`).
 """
 
 from __future__ import annotations
@@ -61,6 +78,7 @@ from stagewise.storage.streams import app_streams, give_back, redeliver_pending
 Entry = tuple[Keys, str, str, dict[str, str], int]
 
 CLUSTER_BLOCK_MS = 100  # Redis Cluster: how long an idle read blocks on one partition (read_cluster)
+PUSH_OFFERS = 2  # offers of push delivery an executor keeps out per partition, slots allowing (offer)
 
 
 class Fetcher:
@@ -105,6 +123,9 @@ class Fetcher:
         self._swept = time.monotonic()
         self.warnings = Warnings(log, "fetch_failed")
         self.claim_warnings = Warnings(log, "claim_failed")
+        # offers and withdrawals fail on their own: the read goes on (an offer in doubt only
+        # holds its slot until a withdrawal settles it)
+        self.offer_warnings = Warnings(log, "offer_failed")
         self._streams: list[tuple[int, str, Keys]] = []
         self._where: dict[str, tuple[int, Keys]] = {}  # stream key -> (priority, partition)
         self._streams_at = 0.0
@@ -114,6 +135,20 @@ class Fetcher:
         self.settled = 0  # the highest lease counter whose claim reply was fully processed
         self.limits = limits  # flow control (SPEC §2a)
         self.paused = False  # apps.pause: a claim answered PAUSED, the next read waits a second
+        # Push delivery: lease of each offer of ours outstanding -> its partition (each holds a slot)
+        self.offers: dict[str, int] = {}
+        self.doubt: set[str] = set()  # offers whose landing is unknown: withdrawn before a read
+        self.acks: dict[int, list[str]] = {}  # pushed entries started, acknowledged with the next offer
+        self.want_offer = True  # the last read left slots unfilled: the streams are drained
+        self._pushed: list[tuple[Keys, str, dict[str, str]]] = []  # pushed entries the read returned
+        self._pushed_keys = {k.pushed(executor_id): k for k in parts}
+
+    def reported_settled(self) -> int:
+        """`settled` for the heartbeat's report: below every outstanding offer's counter, since
+        create.lua may have claimed a run under it that we have not started yet."""
+        if not self.offers:
+            return self.settled
+        return min(self.settled, *(int(lease.rpartition(".")[2]) - 1 for lease in self.offers))
 
     def new_lease(self) -> str:
         """A token unique to one claim: this process's random prefix and a counter."""
@@ -148,14 +183,26 @@ class Fetcher:
             failed = False
             try:
                 await self._recover()
+                free = await self.offer(free)
                 entries = await self.read(free)
             except Exception as e:  # noqa: BLE001 - a fetch loop that dies would strand the executor
                 self._failed(e)
                 failed = True
             for _ in range(free - len(entries)):
                 self.slots.release()
+            if self._pushed:
+                self.start_pushed()
+                # the pushed runs go first, up to their handler's first wait, before the loop
+                # writes its next offer: a task handed over waits for nothing of ours
+                await asyncio.sleep(0)
             if entries:
                 await self.claim(entries)
+            if not failed:
+                # a read that filled every slot it asked for: a backlog, so the slots held for
+                # offers are wanted for claims, and no offer is made until a read comes back short
+                self.want_offer = len(entries) < free
+                if not self.want_offer and self.offers:
+                    await self.withdraw(list(self.offers))
             self.reading = False
             if failed:  # nothing read: wait before the next try (at most BACKOFF_CAP)
                 raise_if_stop_requested()
@@ -181,6 +228,9 @@ class Fetcher:
         if self.lost_group:
             await self.rejoin()
             self.lost_group = False
+            self.forget_offers([k.partition for k in self.parts])  # Redis lost data: the offers with it
+        if self.doubt:
+            await self.withdraw(sorted(self.doubt))
         if time.monotonic() - self._swept > self.sweep_every:
             self.owe_pending = True
         if self.owe_pending:
@@ -188,6 +238,14 @@ class Fetcher:
             n = 0
             for k in self.parts:
                 n += await redeliver_pending(self.r, self.scripts, k, self.app, self.executor_id)
+            if self.offers:  # none in doubt: withdrawn above
+                # a pushed run delivered to us in a read whose reply was lost: read it again
+                got = await self.r.xreadgroup(
+                    GROUP,
+                    self.executor_id,
+                    {self.parts[p].pushed(self.executor_id): "0" for p in set(self.offers.values())},
+                )
+                self._entries(got)
             self.owe_pending = False
             if n:
                 self.log.info("pending_given_back", entries=n)
@@ -207,10 +265,127 @@ class Fetcher:
         return self._streams
 
     def _entries(self, got: Any) -> list[Entry]:
-        """XREADGROUP's reply as entries, highest priority first."""
-        where = self._where
-        out = [(where[s][1], s, eid, f, where[s][0]) for s, items in got for eid, f in items]
+        """XREADGROUP's reply as entries, highest priority first; pushed runs are kept aside
+        for `start_pushed`."""
+        where, pushed = self._where, self._pushed_keys
+        out = []
+        for s, items in got:
+            if s in pushed:
+                self._pushed += [(pushed[s], eid, f) for eid, f in items]
+            else:
+                out += [(where[s][1], s, eid, f, where[s][0]) for eid, f in items]
         return sorted(out, key=lambda e: -e[4])
+
+    # ------------------------------------------------------------------ push delivery
+    async def offer(self, free: int) -> int:
+        """Offers slots in each partition, up to PUSH_OFFERS outstanding there, if the last read
+        came back short (nothing waits on the streams) and the offers outstanding would hold at
+        most half of our free slots (so an executor of concurrency 1 never offers: its one slot
+        is for reads); returns the slots left for the read.  An offer whose reply is lost is in
+        doubt: withdrawn before the next read."""
+        if self.split or not self.want_offer or self.quiet.is_set():
+            return free
+        per = min(PUSH_OFFERS, (free + len(self.offers)) // (2 * len(self.parts)))
+        have = {k.partition: 0 for k in self.parts}
+        for p in self.offers.values():
+            have[p] += 1
+        need = [k for k in self.parts for _ in range(per - have[k.partition])]
+        if not need:
+            return free
+        made = []
+        acks = {k.partition: self.acks.pop(k.partition, []) for k in need}
+        left = dict(acks)  # each partition's acknowledgements go with its first call
+        for k in need:
+            lease = self.new_lease()
+            self.offers[lease] = k.partition  # outstanding from now: `settled` stays below it
+            made.append((lease, calls.offer(k, self.executor_id, self.app, lease, left.pop(k.partition, []))))
+        try:
+            got = await self.scripts.run_many([c for _, c in made])
+        except Exception as e:  # noqa: BLE001 - the offers hold their slots until withdrawn
+            self._unacked(acks)
+            self.doubt.update(lease for lease, _ in made)
+            self.offer_warnings.failed(e, offers=len(made))
+            return free - len(made)
+        self.offer_warnings.ok()
+        for (lease, _), res in zip(made, got, strict=True):
+            if res.code != "OK":  # DEAD: the heartbeat finds out and registers us again
+                del self.offers[lease]
+                free += 1
+        return free - len(made)
+
+    async def withdraw(self, leases: list[str]) -> None:
+        """withdraw.lua for our offers under `leases`: a slot withdrawn (or never offered) is
+        free again; an offer taken hands over its run, which starts.  Failed: the offers stay in
+        doubt, withdrawn again before the next read (their slots held meanwhile)."""
+        leases = [lease for lease in leases if lease in self.offers]
+        if not leases:
+            return
+        where = {lease: self.offers[lease] for lease in leases}  # a refusal may forget them meanwhile
+        acks = {p: self.acks.pop(p, []) for p in set(where.values())}
+        left = dict(acks)  # each partition's acknowledgements go with its first call
+        try:
+            got = await self.scripts.run_many(
+                [
+                    calls.withdraw(self.parts[p], self.executor_id, self.app, lease, left.pop(p, []))
+                    for lease in leases
+                    for p in [where[lease]]
+                ]
+            )
+        except Exception as e:  # noqa: BLE001 - a withdrawal failing is no reason to stop reading
+            self._unacked(acks)
+            self.doubt.update(leases)
+            self.offer_warnings.failed(e, offers=len(leases))
+            return
+        self.offer_warnings.ok()
+        for lease, res in zip(leases, got, strict=True):
+            self.doubt.discard(lease)
+            if res.code == "TAKEN":
+                self._pushed.append((self.parts[where[lease]], res.entry_id, res.fields))
+            else:
+                self._forget(lease)
+        self.start_pushed()
+
+    def _unacked(self, acks: dict[int, list[str]]) -> None:
+        """Acknowledgements whose call failed: sent again with the next offer or withdrawal."""
+        for p, ids in acks.items():
+            self.acks.setdefault(p, []).extend(ids)
+
+    def forget_offers(self, parts: list[int]) -> None:
+        """Our offers in `parts` are gone (dropped with our registration, or with Redis's
+        data): their slots are free."""
+        for lease in [lease for lease, p in self.offers.items() if p in parts]:
+            self._forget(lease)
+
+    def _forget(self, lease: str) -> None:
+        if self.offers.pop(lease, None) is not None:
+            self.doubt.discard(lease)
+            self.slots.release()
+
+    def start_pushed(self) -> None:
+        """Starts the runs create.lua pushed to us (read from our pushed streams, or handed over
+        by a withdrawal), each in the slot its offer held.  A run under a lease we do not offer
+        (an offer made before we were declared dead, or read twice) is handed back, or left to
+        the run that has it."""
+        pushed, self._pushed = self._pushed, []
+        for k, eid, f in pushed:
+            acks = self.acks.setdefault(k.partition, [])
+            if not f or eid in acks:  # read again from the pending list: started already
+                continue
+            p, lease, tid = k.partition, f.get("lease", ""), f.get("t", "")
+            acks.append(eid)
+            if self.offers.get(lease) == p:
+                del self.offers[lease]
+                self.doubt.discard(lease)
+                self.runner.start(k, tid, f, lease)
+            elif not any(run.lease == lease and run.task_id == tid for run in self.runner.runs.values()):
+                self.log.warning("push_unexpected", task_id=tid, lease=lease)
+                asyncio.create_task(self._hand_back(k, tid, f.get("job_id", ""), lease))
+
+    async def _hand_back(self, k: Keys, task_id: str, job_id: str, lease: str) -> None:
+        try:
+            await self.scripts.run(calls.handback(k, task_id, job_id, lease))
+        except Exception as e:  # noqa: BLE001 - still RUNNING in our name: the reconcile takes it back
+            self.claim_warnings.failed(e, entries=1)
 
     async def _at_most(self, out: list[Entry], free: int) -> list[Entry]:
         """A blocking read over several streams may return one entry from each: the surplus
@@ -239,16 +414,23 @@ class Fetcher:
         if self.split:
             return await self.read_cluster(streams, free)
         entries_of = self._entries
+        # our pushed streams too, where we have an offer out (one in doubt may not have made
+        # the stream's group: it is withdrawn first): a pushed run ends the wait
+        mine = {
+            self.parts[p].pushed(self.executor_id): ">"
+            for lease, p in self.offers.items()
+            if lease not in self.doubt
+        }
         if streams[0][0] == streams[-1][0]:  # one priority in use: one blocking read
             got = await self.r.xreadgroup(
-                GROUP, self.executor_id, {key: ">" for _, key, _ in streams}, count=free, block=1000
+                GROUP, self.executor_id, {key: ">" for _, key, _ in streams} | mine, count=free, block=1000
             )
             return entries_of(got)
         out = await self._each([key for _, key, _ in streams], free)  # highest priority first
         if out:
             return out
         got = await self.r.xreadgroup(
-            GROUP, self.executor_id, {key: ">" for _, key, _ in streams}, count=1, block=1000
+            GROUP, self.executor_id, {key: ">" for _, key, _ in streams} | mine, count=1, block=1000
         )
         return await self._at_most(entries_of(got), free)
 

@@ -120,7 +120,7 @@ class Executor:
         listed is a run we have let go and never run again."""
         runs = [*self.runs.values(), *self.runner.owed]
         held = sorted({run.lease for run in runs if run.keys.partition == k.partition})
-        return calls.Report(self.fetcher.lease_prefix, self.fetcher.settled, held)
+        return calls.Report(self.fetcher.lease_prefix, self.fetcher.reported_settled(), held)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -221,6 +221,15 @@ class Executor:
         if not self.fetcher.reading:  # waiting for a free slot: safe to stop right there
             roles.fetch.cancel()
         await asyncio.wait([roles.fetch], timeout=5)
+        # Our offers of push delivery taken back: a run pushed meanwhile starts, and is waited
+        # for (and handed back past the grace period) like the others.
+        # One try: an offer left behind is dropped by the first create that finds us gone from the
+        # registry, and a run pushed meanwhile is taken back by the reconcile (orphan.lua).
+        try:
+            async with asyncio.timeout(ROLE_STOP_TIMEOUT):
+                await self.fetcher.withdraw(list(self.fetcher.offers))
+        except TimeoutError as e:  # a Redis that stopped answering
+            self.log.warning("withdraw_failed", error=str(e))
         pending = [r.aio for r in self.runs.values() if r.aio]
         if pending:
             await asyncio.wait(pending, timeout=self.settings.grace)
@@ -253,7 +262,7 @@ class Executor:
                     await redeliver_pending(self.r, self.scripts, k, self.app.name, self.id)
                     pipe = self.r.pipeline(transaction=False)
                     pipe.zrem(k.executors(), self.id)
-                    pipe.delete(k.executor(self.id), k.running(self.id))
+                    pipe.delete(k.executor(self.id), k.running(self.id), k.pushed(self.id))
                     await pipe.execute()
             except FAULTS as e:  # still registered: the manager reaps us once our pings stop
                 self.log.warning("leave_failed", partition=k.partition, error=str(e))
@@ -316,6 +325,9 @@ class Executor:
             return
         runs = [run for run in self.runs.values() if run.keys.partition == k.partition]
         self.log.warning("declared_dead", partition=k.partition, running=len(runs))
+        # our offer there was dropped with us (mark_dead.lua); a run pushed under it is the
+        # reap's, and is handed back if it reaches us (start_pushed)
+        self.fetcher.forget_offers([k.partition])
         await self.runner.give_up(runs, "declared dead")
         await self.register(k)
 

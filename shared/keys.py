@@ -171,6 +171,18 @@ class Keys:
         """List of control messages to an executor (cancel requests)."""
         return f"{self.prefix}:ctl:{executor_id}"
 
+    # --- push delivery to idle executors (offer.lua, create.lua, withdraw.lua)
+    def idle(self, app: str) -> str:
+        """List of offers '<executor id> <lease>': an executor of `app` with a run slot held
+        free for a task of this partition, and the lease that run will have (offer.lua).
+        create.lua pops one for a task due now and claims the run in that executor's name."""
+        return f"{self.prefix}:idle:{app}"
+
+    def pushed(self, executor_id: str) -> str:
+        """Stream (consumer group GROUP) of runs create.lua claimed for an executor under one of
+        its offers: the executor reads it with its app streams, in the same XREADGROUP."""
+        return f"{self.prefix}:push:{executor_id}"
+
     # --- indexes (ZSET task id -> updated); none for the statuses of status.UNINDEXED (RUNNING:
     # the deadlines zset holds exactly those tasks)
     def idx_status(self, status: str) -> str:

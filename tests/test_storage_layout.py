@@ -125,6 +125,8 @@ def _sample_calls() -> list[calls.Call[Any]]:
         calls.commit(k, "t", "j", "l", 0, "null", "ok", "m"),
         calls.fail(k, "t", "j", "l", 0, {"code": "X"}, None, "error", "m"),
         calls.handback(k, "t", "j", "l"),
+        calls.offer(k, "e", "a", "l"),  # ARGV[4..]: pushed entries to acknowledge, none here
+        calls.withdraw(k, "e", "a", "l"),
         # flow control
         calls.limit_acquire(k, "key", "0|a/t|j", "0|a/t|l", ["key", 2, 0, 1.0], "1", 5.0),
         calls.limit_release(k, "key", ["0|a/t|l"], ["0|a/t|j"]),

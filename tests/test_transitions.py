@@ -303,6 +303,7 @@ async def test_create_replies_with_the_stored_hash(
 
 
 async def test_create_due_now_is_queued_with_a_stream_entry(store: Store, r: Any, k: Keys) -> None:
+    """No executor offers a slot (push delivery): the task waits on its app stream."""
     tid = await create(store, commands=[call(), call()])
     v = await check(store, r, k, tid, "QUEUED", stage=0, results=[], attempt=0, retries=0)
     assert v["queued_at"] is not None and v["next_run"] is None
@@ -314,6 +315,80 @@ async def test_create_due_now_is_queued_with_a_stream_entry(store: Store, r: Any
     assert await r.hget(k.task(tid), "entry") == entries[0][0]  # the hint's id, kept with the task
     assert await read_entry(r, k) == (entries[0][0], {"t": tid, "j": v["job_id"]})
     assert await r.zscore(k.due(), member(APP, tid)) is None
+
+
+async def test_create_due_now_with_an_offer_is_claimed_for_the_offering_executor(
+    store: Store, r: Any, k: Keys
+) -> None:
+    """Push delivery: an executor's offer (offer.lua) is taken by the create, which claims the
+    run in its name under the offered lease (QUEUED -> RUNNING in the create's step) and puts
+    the claim's answer on the executor's pushed stream, not a hint on the app stream."""
+    await register(store, k, "ex1")
+    assert await store.scripts.run(calls.offer(k, "ex1", APP, "p.7")) == Code("OK")
+    assert await r.lrange(k.idle(APP), 0, -1) == ["ex1 p.7"]
+    tid = await create(store, commands=[call(), call()])
+    v = await check(store, r, k, tid, "RUNNING", stage=0, attempt=1, executor_id="ex1")
+    assert await r.hmget(k.task(tid), "lease", "entry") == ["p.7", ""]
+    assert await r.lrange(k.idle(APP), 0, -1) == []  # taken
+    assert await r.sismember(k.running("ex1"), member(APP, tid))
+    assert await r.zscore(k.deadlines(), member(APP, tid)) is not None
+    assert await r.xlen(k.stream(APP)) == 0
+    got = await r.xreadgroup(GROUP, "ex1", {k.pushed("ex1"): ">"})
+    [(_, [(eid, f)])] = got
+    assert f["t"] == tid and f["lease"] == "p.7" and f["job_id"] == v["job_id"]
+    assert f["stage"] == "0" and f["attempt"] == "1" and json.loads(f["doc"])["app"] == APP
+    # fenced like a claimed run: the offered lease commits, another does not
+    run = Lease(v["job_id"], "p.7", "ex1")
+    assert (await commit(store, k, tid, Lease(v["job_id"], "p.8", "ex1"), 0, 1)).code == "STALE"
+    assert (await commit(store, k, tid, run, 0, 1)).code == "RUN"
+    # the next offer acknowledges and deletes the pushed entry the executor has started
+    assert await store.scripts.run(calls.offer(k, "ex1", APP, "p.9", [eid])) == Code("OK")
+    assert await r.xlen(k.pushed("ex1")) == 0
+    assert [g["pending"] for g in await r.xinfo_groups(k.pushed("ex1"))] == [0]
+
+
+async def test_an_offer_is_not_taken_by_a_task_with_limits_a_paused_app_or_a_dead_executor(
+    store: Store, r: Any, k: Keys
+) -> None:
+    await register(store, k, "ex1")
+    assert await store.scripts.run(calls.offer(k, "ex1", APP, "p.1")) == Code("OK")
+    tid = await create(store, limits=[{"key": "k", "concurrency": 1}])
+    await check(store, r, k, tid, "QUEUED")
+    await r.hset(k.paused_apps(), APP, time.time() + 3600)
+    tid = await create(store)
+    await check(store, r, k, tid, "QUEUED")
+    assert await r.lrange(k.idle(APP), 0, -1) == ["ex1 p.1"]  # still offered
+    await r.hdel(k.paused_apps(), APP)
+    # declared dead: its offers go with the mark, and a create queues the task
+    assert (await mark_dead(store, k, "ex1")).code == "DEAD"
+    assert await r.lrange(k.idle(APP), 0, -1) == []
+    tid = await create(store)
+    await check(store, r, k, tid, "QUEUED")
+    # not registered: no offer at all; an offer left by an executor that is gone is dropped
+    assert await store.scripts.run(calls.offer(k, "ex1", APP, "p.2")) == Code("DEAD")
+    await r.rpush(k.idle(APP), "ex9 q.1")
+    tid = await create(store)
+    await check(store, r, k, tid, "QUEUED")
+    assert await r.lrange(k.idle(APP), 0, -1) == []
+
+
+async def test_withdraw_frees_an_offer_or_hands_over_the_run_taken_under_it(
+    store: Store, r: Any, k: Keys
+) -> None:
+    await register(store, k, "ex1")
+    assert await store.scripts.run(calls.offer(k, "ex1", APP, "p.1")) == Code("OK")
+    w = await store.scripts.run(calls.withdraw(k, "ex1", APP, "p.1"))
+    assert w.code == "WITHDRAWN" and await r.lrange(k.idle(APP), 0, -1) == []
+    assert (await store.scripts.run(calls.withdraw(k, "ex1", APP, "p.1"))).code == "GONE"
+    assert await store.scripts.run(calls.offer(k, "ex1", APP, "p.2")) == Code("OK")
+    tid = await create(store)
+    w = await store.scripts.run(calls.withdraw(k, "ex1", APP, "p.2"))
+    assert w.code == "TAKEN" and w.fields["t"] == tid and w.fields["lease"] == "p.2"
+    assert await r.xlen(k.pushed("ex1")) == 0  # handed over: not read again from the stream
+    # the run is ours under p.2: a hand-back puts it back on its stream, fenced as ever
+    v = await store.get(tid)
+    assert await store.scripts.run(calls.handback(k, tid, v["job_id"], "p.2")) == Code("QUEUED")
+    await check(store, r, k, tid, "QUEUED")
 
 
 async def test_create_in_the_future_is_idle_with_a_due_entry(store: Store, r: Any, k: Keys) -> None:

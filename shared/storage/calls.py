@@ -571,6 +571,44 @@ def claim(
     )
 
 
+class Withdrawal(NamedTuple):
+    """withdraw.lua: WITHDRAWN (the slot is free), GONE (no offer, no run), or TAKEN: create.lua
+    claimed a run under the offer, `entry_id` and `fields` its pushed entry (as read from the
+    pushed stream: t, lease and what claim.lua answers)."""
+
+    code: str
+    entry_id: str
+    fields: dict[str, str]
+
+
+def _withdrawal(res: Any) -> Withdrawal:
+    if res[0] == "TAKEN":
+        return Withdrawal(res[0], res[1], dict(zip(res[2::2], res[3::2], strict=True)))
+    return Withdrawal(res[0], "", {})
+
+
+def offer(k: Keys, executor_id: str, app: str, lease: str, acks: Sequence[str] = ()) -> Call[Code]:
+    """Push delivery: a free run slot of the executor offered for a task of `app` created in this
+    partition, the run to be claimed under `lease`; `acks`: pushed entries already started.
+    OK, or DEAD (not registered)."""
+    return Call(
+        "offer",
+        [k.executors(), k.idle(app), k.pushed(executor_id)],
+        [k.prefix, executor_id, lease, *acks],
+        _code,
+    )
+
+
+def withdraw(k: Keys, executor_id: str, app: str, lease: str, acks: Sequence[str] = ()) -> Call[Withdrawal]:
+    """The offer under `lease` taken back: WITHDRAWN, TAKEN (with the run pushed under it) or GONE."""
+    return Call(
+        "withdraw",
+        [k.idle(app), k.pushed(executor_id)],
+        [k.prefix, executor_id, lease, *acks],
+        _withdrawal,
+    )
+
+
 def _commit(res: Any) -> Commit:
     res = _one(res)
     stage = int(res[1]) if len(res) > 1 else None

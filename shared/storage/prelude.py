@@ -42,6 +42,8 @@ KEY_FUNCTIONS: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "k_dead_executors": (Keys.dead_executors, ()),
     "k_reaping": (Keys.reaping, ("eid",)),
     "k_control": (Keys.control, ("eid",)),
+    "k_idle": (Keys.idle, ("app",)),
+    "k_pushed": (Keys.pushed, ("eid",)),
     "k_idx_status": (Keys.idx_status, ("status",)),
     "k_idx_app_status": (Keys.idx_app_status, ("app", "status")),
     "k_idx_tag": (Keys.idx_tag, ("tag",)),

@@ -64,6 +64,9 @@ NAMES = (
     "clean",
     "handback",
     "orphan",
+    # push delivery (executor/fetch.py)
+    "offer",
+    "withdraw",
     "requeue_lost",
     # flow control (stagewise/storage/limits.py)
     "limit_acquire",

@@ -520,11 +520,90 @@ local function settle(tkey, id, app, old, verdict, ts, t)
   end
 end
 
+-- ===== a claim's writes: claim.lua's per-run body, and create.lua's push =====
+-- claim.lua's reply for a run it claimed (`t` the task's fields as read or just written; A as
+-- claim.lua's ARGV): what the executor runs the task with.
+local function claim_reply(tkey, t, A)
+  local out = {'OK', 'doc', t.doc, 'kws', t.kws or '', 'job_id', t.job_id, 'stage', t.stage,
+    'stages', t.stages, 'retries', t.retries or '0', 'attempt', t.attempt,
+    'exec_deadline', t.exec_deadline}
+  local s = tonumber(t.stage) or 0
+  local names = {}
+  for i = 0, s - 1 do names[#names + 1] = 'r.' .. i end
+  if A[8] == '1' then names[#names + 1] = 'trace' end
+  -- flow control: the keys filled at create, against which a RetryLater's pause_key is checked
+  if t.limits and t.limits ~= '' then out[#out + 1] = 'limits' out[#out + 1] = t.limits end
+  if #names > 0 then append_fields(out, tkey, names) end
+  return out
+end
+
+-- QUEUED -> RUNNING for executor A[5] under lease A[6], once the caller has validated the claim
+-- (K and A laid out as claim.lua's KEYS and ARGV; `t` the task's fields).  Shared by claim.lua
+-- and by create.lua's push delivery (push below), so that a pushed run is written exactly as a
+-- claimed one.  Returns the claim's reply, or {'STALE'} for a stage that needs no executor.
+local function claim_run(K, A, t, ts)
+local tkey, id = K[1], A[2]
+local app = t.app
+local plan = decode_plan(t.plan)
+local s = tonumber(t.stage) or 0
+if plan[s + 1] ~= 'c' then
+  settle(tkey, id, app, S.QUEUED, advance(tkey, id, app, s, plan, ts), ts)
+  return {'STALE'}
+end
+local deadline = ts + tonumber(t.max_exec) - (tonumber(t.exec_used or '0') or 0)
+t.attempt = tostring((tonumber(t.attempt or '0') or 0) + 1)
+t.exec_deadline = fmt(deadline)
+put('executor_id', A[5], 'lease', A[6], 'run_started', fmt(ts), 'stage_started', fmt(ts),
+  'exec_deadline', t.exec_deadline, 'attempt', t.attempt)
+if t.limits and t.limits ~= '' then put('blocked_by', '', 'woke', '') end
+local m = member(app, id)
+wr('SADD', K[4], m)
+wr('ZADD', K[5], t.exec_deadline, m)
+set_status(tkey, id, app, S.QUEUED, S.RUNNING, ts, t)
+return claim_reply(tkey, t, A)
+end
+
+-- Push delivery (create.lua; the executor side is stagewise/executor/fetch.py): a new task due
+-- now whose app has an executor with a run slot held free (an offer on Keys.idle, offer.lua) is
+-- claimed here in that executor's name, under the lease it offered, and the claim's reply goes
+-- to the executor's own stream (Keys.pushed) instead of a hint to the app stream: the executor
+-- starts the run when its read returns, with no claim round trip.  The same checks as a claim
+-- and the same writes (claim_run); what a claim would refuse is not pushed: a task with limits
+-- (it must get permits first), an app paused.  An offer of an executor no longer registered
+-- (declared dead) is dropped.  Returns true when the task was pushed (it is then RUNNING).
+local function push(tkey, id, app, ts, t)
+  if t.limits and t.limits ~= '' then return false end
+  local idle = k_idle(app)
+  local offer, eid, lease
+  repeat
+    offer = redis.call('LPOP', idle)
+    if not offer then return false end
+    eid, lease = string.match(offer, '^(%S+) (%S+)$')
+  until eid and redis.call('ZSCORE', k_executors(), eid)
+  if (tonumber(redis.call('HGET', k_paused_apps(), app) or '') or 0) > ts then
+    redis.call('LPUSH', idle, offer)  -- the offer stands: the pause is the claim's refusal, not the executor's
+    return false
+  end
+  -- QUEUED first, as for any new task due now (indexes, status notes), then the claim's step;
+  -- no hint on the app stream: the run never waits there
+  put('entry', '', 'queued_at', fmt(ts), 'next_run', '', 'wait_deadline', '')
+  set_status(tkey, id, app, nil, S.QUEUED, ts, t)
+  -- as claim.lua's ARGV; the trace field goes along when the task has one (the executor's
+  -- tracing decides whether to use it)
+  local A = {ARGV[1], id, '', t.job_id, eid, lease, '', (t.trace and t.trace ~= '') and '1' or ''}
+  local out = claim_run({tkey, '', k_executors(), k_running(eid), k_deadlines()}, A, t, ts)
+  out[1] = lease
+  redis.call('XADD', k_pushed(eid), '*', 't', id, 'lease', unpack(out))
+  return true
+end
+
 -- Stores one new task: create.lua, and create_many.lua for each task of a batch.
 -- k: its keys {task, stream (of its priority), due, apps, attempts, inbox}
 -- a: {id, app, on_conflict ('error'|'ignore'|'replace'), due_at (UNIX s; '' = now),
---     enabled ('1'|'0'), stream_name (apps member), fields (JSON array of field, value strings)}
--- A task due now is put on its app stream in this same step, not at the next manager tick.
+--     enabled ('1'|'0'), stream_name (apps member), fields (JSON array of field, value strings),
+--     push (true: a task due now may be pushed to an idle executor, see push)}
+-- A task due now is put on its app stream in this same step, not at the next manager tick, or
+-- (a.push) claimed for an executor that offered a free slot.
 -- Returns 'CREATED' | 'IGNORED' (it exists, on_conflict ignore) | 'EXISTS' |
 --         'INVALID_TRANSITION', status (replace of a task that has not ended)
 local function store_new(k, a, ts)
@@ -570,7 +649,9 @@ local function store_new(k, a, ts)
     set_status(tkey, id, app, nil, S.IDLE, ts, t)
   else
     local verdict = advance(tkey, id, app, 0, decode_plan(t.plan), ts)
-    settle(tkey, id, app, nil, verdict, ts, t)
+    if not (verdict == 'RUN' and a.push and push(tkey, id, app, ts, t)) then
+      settle(tkey, id, app, nil, verdict, ts, t)
+    end
   end
   return 'CREATED'
 end

@@ -7,6 +7,8 @@
 -- writes to shared keys (indexes, running set, deadlines, XACK) go out once per batch (B, in
 -- _lib.lua), so 64 claims cost about 2 commands each instead of 13.  A claim that raises an
 -- error (a bug) has {err = message} as its reply and the others stand.
+-- The writes of a claim (claim_run) and its reply (claim_reply) are in _lib.lua: create.lua makes
+-- the same claim for an executor that offered a free slot (push delivery, _lib.lua push).
 -- KEYS[1] task hash   KEYS[2] app stream   KEYS[3] executors zset
 -- KEYS[4] running set of this executor     KEYS[5] deadlines zset
 -- ARGV[1] prefix  ARGV[2] task id  ARGV[3] stream entry id  ARGV[4] job id of the entry
@@ -54,22 +56,8 @@ local t = {status = v[1], lease = v[2], job_id = v[3], app = v[4], max_exec = v[
   kws = v[13], plan = v[14], tags = v[15], group = v[16], notify = v[17], limits = v[18],
   priority = v[19], created = v[20], parent = v[21]}
 
-local function reply()
-  local out = {'OK', 'doc', t.doc, 'kws', t.kws or '', 'job_id', t.job_id, 'stage', t.stage,
-    'stages', t.stages, 'retries', t.retries or '0', 'attempt', t.attempt,
-    'exec_deadline', t.exec_deadline}
-  local s = tonumber(t.stage) or 0
-  local names = {}
-  for i = 0, s - 1 do names[#names + 1] = 'r.' .. i end
-  if A[8] == '1' then names[#names + 1] = 'trace' end
-  -- flow control: the keys filled at create, against which a RetryLater's pause_key is checked
-  if t.limits and t.limits ~= '' then out[#out + 1] = 'limits' out[#out + 1] = t.limits end
-  if #names > 0 then append_fields(out, tkey, names) end
-  return out
-end
-
 if t.status == S.RUNNING and t.lease == A[6] then
-  return reply()  -- a replay of a claim whose reply was lost: same answer, nothing written twice
+  return claim_reply(tkey, t, A)  -- a replay of a claim whose reply was lost: same answer, nothing written twice
 end
 -- flow control: checked before anything is written (the entry stays pending on us)
 local ts = now()
@@ -89,24 +77,7 @@ wr('XACK', K[2], GROUP, A[3])
 if t.status ~= S.QUEUED or t.job_id ~= A[4] then
   return {'STALE'}
 end
-local app = t.app
-local plan = decode_plan(t.plan)
-local s = tonumber(t.stage) or 0
-if plan[s + 1] ~= 'c' then
-  settle(tkey, id, app, S.QUEUED, advance(tkey, id, app, s, plan, ts), ts)
-  return {'STALE'}
-end
-local deadline = ts + tonumber(t.max_exec) - (tonumber(t.exec_used or '0') or 0)
-t.attempt = tostring((tonumber(t.attempt or '0') or 0) + 1)
-t.exec_deadline = fmt(deadline)
-put('executor_id', A[5], 'lease', A[6], 'run_started', fmt(ts), 'stage_started', fmt(ts),
-  'exec_deadline', t.exec_deadline, 'attempt', t.attempt)
-if t.limits and t.limits ~= '' then put('blocked_by', '', 'woke', '') end
-local m = member(app, id)
-wr('SADD', K[4], m)
-wr('ZADD', K[5], t.exec_deadline, m)
-set_status(tkey, id, app, S.QUEUED, S.RUNNING, ts, t)
-return reply()
+return claim_run(K, A, t, ts)
 end
 
 return many_runs(5, 7, claim_one)

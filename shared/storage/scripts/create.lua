@@ -1,5 +1,9 @@
 -- create.lua: tasks.create.  (none) -> QUEUED | WAITING | IDLE, or replace a terminal task.
--- A task due now is put on its app stream in this same step, not at the next manager tick.
+-- A task due now is put on its app stream in this same step, not at the next manager tick; or,
+-- when an executor of its app offers a free run slot (offer.lua; _lib.lua push), it is claimed
+-- for that executor in this same step (QUEUED -> RUNNING, as claim.lua writes it) and the run
+-- goes to the executor's own stream instead.  Not pushed: a task with limits, of a paused app,
+-- debounced, not due now or not enabled.
 -- Debounce (SPEC §2a): a create whose debounce key holds an IDLE task replaces that task's
 -- document instead (the id, `created` and the time of the key's first create stay) and moves
 -- it to now + period, at most max_wait after the first create.  The key's mapping (Keys.debounce)
@@ -12,7 +16,7 @@
 -- ARGV[8] JSON array of the new hash's field, value strings (doc, kws, plan, job_id, settings)
 -- ARGV[9] debounce key ('' none)  ARGV[10] its period (s)  ARGV[11] its max_wait (s; '' none)
 -- Returns {'CREATED', field, value, ...} the fields set here (status, times, stage, wait fields;
---         the rest is ARGV[8]) | {'IGNORED', field, value, ...} the
+--         the rest is ARGV[8]; status RUNNING, with executor_id, lease and attempt, when pushed) | {'IGNORED', field, value, ...} the
 --         existing one (on_conflict ignore) | {'DEBOUNCED', field, value, ...} the whole hash
 --         of the key's task, replaced | {'EXISTS'} | {'INVALID_TRANSITION', from}
 local dkey = ARGV[9]
@@ -68,7 +72,7 @@ end
 local code, from = store_new(
   {task = KEYS[1], stream = KEYS[2], due = KEYS[3], apps = KEYS[4], attempts = KEYS[5], inbox = KEYS[6]},
   {id = ARGV[2], app = ARGV[3], on_conflict = ARGV[4], due_at = due_at, enabled = ARGV[6],
-   stream_name = ARGV[7], fields = ARGV[8]},
+   stream_name = ARGV[7], fields = ARGV[8], push = dkey == ''},
   ts)
 if code == 'IGNORED' then
   local out = redis.call('HGETALL', KEYS[1])
@@ -84,5 +88,6 @@ if dkey ~= '' then
 end
 -- What this script set on top of ARGV[8] (the caller has the rest): no HGETALL of ~45 fields.
 local SET_HERE = {'id', 'app', 'created', 'stage', 'stage_started', 'status', 'updated', 'next_run',
-  'queued_at', 'entry', 'wait_deadline', 'exit_code', 'error', 'debounce_first'}
+  'queued_at', 'entry', 'wait_deadline', 'exit_code', 'error', 'debounce_first',
+  'executor_id', 'lease', 'run_started', 'exec_deadline', 'attempt'}
 return append_fields({'CREATED'}, KEYS[1], SET_HERE)

@@ -16,5 +16,5 @@ local eid = ARGV[2]
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'BUSY'} end
 redis.call('ZREM', KEYS[2], eid)
 if redis.call('ZSCORE', KEYS[1], eid) then return {'LIVE'} end
-redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
+redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], k_pushed(eid))  -- its pushed stream (offer.lua) too
 return {'GONE'}

@@ -11,6 +11,8 @@
 --   GONE     in neither: left the registry (forget.lua, or its own graceful stop)
 -- The mark applies only while the last ping is at least `dead after` old, all in this one step:
 -- a ping that landed since the manager read the zset wins, and the executor stays LIVE.
+-- Marking also drops its offers of push delivery (offer.lua); a run pushed to it before the mark
+-- is in its running set like any claimed run.
 -- Marking moves the running set into the reaping hash, so a run the executor held is always in
 -- one of the two, and an executor marked again (LIVE and DEAD, then silent) adds its new runs.
 -- KEYS[1] executors zset   KEYS[2] dead-executors zset   KEYS[3] running set of the executor
@@ -32,6 +34,14 @@ if last and ts - last >= tonumber(ARGV[3]) then
     if h[1] == S.RUNNING and h[2] == eid then redis.call('HSET', KEYS[4], m, h[3]) end
   end
   redis.call('DEL', KEYS[3])
+  -- its offers of push delivery (offer.lua): no create may claim a run for it any more
+  local app = redis.call('HGET', KEYS[5], 'app')
+  if app then
+    local prefix = eid .. ' '
+    for _, o in ipairs(redis.call('LRANGE', k_idle(app), 0, -1)) do
+      if string.sub(o, 1, #prefix) == prefix then redis.call('LREM', k_idle(app), 0, o) end
+    end
+  end
   redis.call('ZREM', KEYS[1], eid)
   redis.call('ZADD', KEYS[2], ts, eid)
   last = nil
