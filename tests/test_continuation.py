@@ -30,7 +30,11 @@ async def test_a_three_stage_task_runs_its_later_stages_in_the_run_that_claimed_
 ) -> None:
     m = await daemons.manager()
     await daemons.executor(APP, concurrency=4)
-    task = {"id": "c1", "app": "cont", "commands": [step(0), step("{{ results.0 }}"), step("{{ results.-1 }}")]}
+    task = {
+        "id": "c1",
+        "app": "cont",
+        "commands": [step(0), step("{{ results.0 }}"), step("{{ results.-1 }}")],
+    }
     await m.rpc("tasks.create", {"task": task})
     v = await task_until(m, "c1", lambda v: v["status"] in TERMINAL, within=15)
     assert v["status"] == "FINISHED" and v["results"] == [1, 2, 3]  # templates fed by the earlier stages
@@ -48,7 +52,9 @@ async def test_a_three_stage_task_runs_its_later_stages_in_the_run_that_claimed_
     ]
 
 
-async def test_many_claimed_three_stage_tasks_each_run_in_one_run(daemons: Any, r: Any, namespace: str) -> None:
+async def test_many_claimed_three_stage_tasks_each_run_in_one_run(
+    daemons: Any, r: Any, namespace: str
+) -> None:
     """Created before any executor runs, so none is pushed: every one is claimed off the app
     stream, by claims batched with the commits of the others' stages; each task's three stages
     still share one run (lease, start, attempt), and no two tasks share a lease."""
