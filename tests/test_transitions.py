@@ -651,6 +651,33 @@ async def test_a_stage_result_is_committed_once(store: Store, r: Any, k: Keys, l
     assert [a["stage"] for a in await store.attempts(tid)] == [0]
 
 
+async def test_a_continued_run_whose_commit_reply_was_lost_is_handed_back_at_the_next_stage(
+    store: Store, r: Any, k: Keys
+) -> None:
+    """A commit that moved the run on to its next call stage (RUN) and whose reply was lost: the
+    executor's replay is answered REPLAY, it hands the run back (executor/run.py), and the next
+    stage is claimed anew with the committed result kept; nothing of stage 0 runs again."""
+    tid = await create(store, commands=[call(), call(), call()])
+    run = await take(store, r, k, tid)
+    assert await commit(store, k, tid, run, 0, "a") == Commit("RUN", 1, [])
+    assert await commit(store, k, tid, run, 0, "a") == Commit("REPLAY", 1, [])  # the resend
+    assert await handback(store, k, tid, run) == Code("QUEUED")
+    await check(store, r, k, tid, "QUEUED", stage=1, results=["a"], executor_id=None)
+    run2 = await take(store, r, k, tid, executor="ex2")
+    assert run2.job == run.job and run2.lease != run.lease
+    assert await commit(store, k, tid, run, 1, "stale") == Commit("STALE", None, [])  # the old lease
+    assert await commit(store, k, tid, run2, 1, "b") == Commit("RUN", 2, [])
+    assert await commit(store, k, tid, run2, 2, "c") == Commit("FINISHED", 3, [])
+    await check(store, r, k, tid, "FINISHED", results=["a", "b", "c"])
+    attempts = await store.attempts(tid)
+    assert [(a["stage"], a["outcome"]) for a in attempts] == [
+        (0, "ok"),
+        (1, "handed_back"),
+        (1, "ok"),
+        (2, "ok"),
+    ]
+
+
 # =========================================================================== WAITING -> ...
 
 
@@ -1597,7 +1624,9 @@ def test_run_many_joins_neighbouring_claims_and_commits_of_one_partition() -> No
     assert (len(c[0].keys), len(c[0].args)) == (5, 8)  # the callers' own calls are left as they were
 
 
-async def test_claims_and_commits_sent_together_each_get_their_own_answer(store: Store, r: Any, k: Keys) -> None:
+async def test_claims_and_commits_sent_together_each_get_their_own_answer(
+    store: Store, r: Any, k: Keys
+) -> None:
     """Three claims (and a replay of one with a stale job id) in one run_many: each is decided on its
     own; then their commits in one run_many.  The shared keys written once per batch (indexes, running
     set, deadlines, metric counters) end as after one call per run."""
@@ -1607,7 +1636,10 @@ async def test_claims_and_commits_sent_together_each_get_their_own_answer(store:
     entries = got[0][1]
     assert [f["t"] for _, f in entries] == ids
     before = await r.hgetall(k.metrics(APP))
-    claims = [calls.claim(k, k.stream(APP), eid, f["t"], f["j"], "ex1", f"lease-{i}") for i, (eid, f) in enumerate(entries)]
+    claims = [
+        calls.claim(k, k.stream(APP), eid, f["t"], f["j"], "ex1", f"lease-{i}")
+        for i, (eid, f) in enumerate(entries)
+    ]
     stale = calls.claim(k, k.stream(APP), entries[0][0], ids[0], "not-the-job", "ex1", "lease-x")
     res = await store.scripts.run_many([*claims, stale])
     assert [x.code for x in res] == ["OK", "OK", "OK", "STALE"]
@@ -1631,7 +1663,10 @@ async def test_claims_and_commits_sent_together_each_get_their_own_answer(store:
     after = await r.hgetall(k.metrics(APP))
     assert int(after["e|FINISHED"]) - int(before.get("e|FINISHED", 0)) == 3
     hist = sum(int(v) for f, v in after.items() if f.startswith("d|") and f.endswith("|ok|demo.echo"))
-    assert hist - sum(int(v) for f, v in before.items() if f.startswith("d|") and f.endswith("|ok|demo.echo")) == 3
+    assert (
+        hist - sum(int(v) for f, v in before.items() if f.startswith("d|") and f.endswith("|ok|demo.echo"))
+        == 3
+    )
     # a replay of the batch (its reply lost): the same answers, nothing written twice
     res = await store.scripts.run_many(commits)
     assert [x.code for x in res] == ["STALE"] * 3
