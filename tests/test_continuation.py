@@ -93,9 +93,9 @@ async def test_a_stage_after_a_timer_is_claimed_again(daemons: Any, r: Any, name
 async def test_a_message_stage_with_its_message_waiting_is_passed_in_the_same_run(
     daemons: Any, r: Any, namespace: str
 ) -> None:
-    """A message stage whose message is already in the task's inbox is resolved inside the
-    commit (its result is the message) and the next call stage goes on in the same run; without
-    the message the task goes WAITING and the stage after it is claimed anew."""
+    """A message stage whose message is already in the task's inbox (sent while stage 0 ran) is
+    resolved inside the commit (its result is the message) and the next call stage goes on in
+    the same run."""
     m = await daemons.manager()
     await daemons.executor(APP, concurrency=4)
     gate = {"method": "cont.gate", "params": {"i": 0}}
