@@ -25,9 +25,10 @@ a clean of tens of thousands of tasks runs while due work keeps flowing every ti
                                               entries an executor left (permits of ended runs),
                                               limit keys due (rate window, pause end, lapsed
                                               reservation), permits due for a check against their run
-  spawn       tick                            runs that reached a children stage: their children's
-                                              documents filled (stagewise.fanout) and started with
-                                              the parent's join -> spawn.lua (SPEC §3a)
+  spawn       tick, or woken by the API's create  runs that reached a children stage: their children's
+              of a task opening with children  documents filled (stagewise.fanout) and started with
+                                              the parent's join -> spawn.lua (SPEC §3a); a backlog
+                                              in rounds of SPAWN_BATCH within one step
   cascade     tick                            live children of parents that no longer wait for
                                               them -> cancel_children.lua, CASCADE_BATCH a call
   trim        TRIM_EVERY                      app streams lose the entries every consumer is done
@@ -79,6 +80,7 @@ SPAWN_BATCH = 50  # parents whose children the spawn role starts per partition a
 # children built per partition and step, at most (the first parent's all, however many): filling and
 # checking a child's document is Python work in the manager's event loop, which serves the API too
 SPAWN_CHILDREN = 2000
+SPAWN_ROUNDS = 10  # batches of a backlog the spawn role works through in one step (see spawn)
 CASCADE_BATCH = 200  # children one cancel_children.lua cancels (a bounded script)
 
 
@@ -179,6 +181,8 @@ class Role:
     name: str
     every: float
     step: Callable[[float], Awaitable[object]]
+    # set by whoever knows there is work for the role now: its rest ends early
+    wake: asyncio.Event | None = None
 
 
 class Scheduler:
@@ -193,6 +197,9 @@ class Scheduler:
         self.stats: dict[str, int] = {}
         # spans older than an hour are forgotten: an executor silent since then is reaped by now
         self.outages = {k.partition: Outages(keep=3600.0) for k in self.parts}
+        # the API's creates of tasks that open with a children stage (Store.children_waiting)
+        self.spawn_wake = asyncio.Event()
+        store.children_waiting = self.spawn_wake.set
         # due, deadlines and ended share the tick but not a task: ended makes a round trip or
         # two per task it chains, and a job that keeps crashing (a bad entry) must not keep
         # the others from their work.
@@ -201,7 +208,7 @@ class Scheduler:
             Role("deadlines", settings.tick, self._each(self.deadlines)),
             Role("ended", settings.tick, self._each(self.ended)),
             # fan-out (SPEC §3a)
-            Role("spawn", settings.tick, self._each(self.spawn)),
+            Role("spawn", settings.tick, self._each(self.spawn), wake=self.spawn_wake),
             Role("cascade", settings.tick, self._each(self.cascade)),
             Role("reap", max(settings.ping_interval / 2, settings.tick), self._reap_step),
             Role("reconcile", settings.ping_interval, self._each(self.reconcile)),
@@ -258,6 +265,8 @@ class Scheduler:
         warnings = Warnings(self.log, "tick_failed")
         while not stop.is_set():
             self.busy.add(role.name)
+            if role.wake is not None:
+                role.wake.clear()  # a wake-up from now on is for work this step may not see
             try:
                 await role.step(await self.server_time())
                 warnings.ok(scheduler_role=role.name)
@@ -273,10 +282,19 @@ class Scheduler:
                 self.steps[role.name] += 1
             # The rest is counted from the end of the step, so a step that overruns its
             # interval (a long clean) is not run again back to back.
-            try:
-                await asyncio.wait_for(stop.wait(), role.every)
-            except TimeoutError:
-                pass
+            await self._rest(role, stop)
+
+    @staticmethod
+    async def _rest(role: Role, stop: asyncio.Event) -> None:
+        """`role.every` seconds, or less: until stop, or the role's wake-up."""
+        waits = [asyncio.ensure_future(stop.wait())]
+        if role.wake is not None:
+            waits.append(asyncio.ensure_future(role.wake.wait()))
+        try:
+            await asyncio.wait(waits, timeout=role.every, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def clean(self, now: float) -> None:
         """Retention: terminal tasks last updated more than clean_after ago lose their results
@@ -587,20 +605,37 @@ class Scheduler:
         """Parents whose run reached a children stage: their children's documents are filled
         here (templates are Python) and spawn.lua starts them with the parent's join, one
         script per parent (up to 1,000 children in one round trip).  The entry stays until
-        spawn.lua removes it, so a manager that dies midway leaves it to the next step."""
+        spawn.lua removes it, so a manager that dies midway leaves it to the next step.
+
+        A backlog (a bulk create of parents) is worked through in rounds of one batch within
+        the step, up to SPAWN_ROUNDS, rather than a batch per tick: each tick waited for would
+        hold the parents behind it that long before their children even exist."""
+        done = 0
+        for _ in range(SPAWN_ROUNDS):
+            n, more = await self._spawn_batch(k)
+            done += n
+            if not more:
+                break
+        return done
+
+    async def _spawn_batch(self, k: Keys) -> tuple[int, bool]:
+        """One batch of `spawn`: the parents it handled, and whether more may be waiting (the
+        batch was full, or cut at SPAWN_CHILDREN)."""
         entries = await self.r.zrangebyscore(
             k.spawns(), "-inf", "+inf", start=0, num=SPAWN_BATCH, withscores=True
         )
         if not entries:
-            return 0
+            return 0, False
         pipe = self.r.pipeline(transaction=False)
         for m, _ in entries:
             pipe.hgetall(k.task(split_member(m)[1]))
         batch: list[calls.Call[calls.Code]] = []
         built = 0
+        cut = False
         for (m, score), h in zip(entries, await pipe.execute(), strict=True):
             if built >= SPAWN_CHILDREN:
-                break  # the others stay on the spawns zset for the next step
+                cut = True
+                break  # the others stay on the spawns zset for the next round
             await asyncio.sleep(0)  # let the API in between two parents' documents
             pid = split_member(m)[1]
             if not h or h.get("status") != Status.WAITING:
@@ -627,7 +662,9 @@ class Scheduler:
             elif res.code != "STALE":
                 self._count("spawned")
                 self.log.debug("spawned", parent=call.args[1], result=res.code)
-        return len(batch)
+        # a parent whose build failed (a bug, logged) stays on the zset: a batch of nothing but
+        # those must not spin the rounds, so "more" needs a batch that started something
+        return len(batch), bool(batch) and (cut or len(entries) == SPAWN_BATCH)
 
     async def cascade(self, k: Keys, now: float) -> int:
         """Parents that no longer wait for their live children (cancelled, failed, restarted):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aredis
@@ -21,7 +21,7 @@ from stagewise.config import Settings
 from stagewise.faults import unavailable_reason
 from stagewise.keys import HEALTH_TTL_MS, Keys, parse_stream_name, partition_of
 from stagewise.manager.query import Filters, running_by_app, scan
-from stagewise.models import Task, place
+from stagewise.models import ChildrenCommand, Task, place
 from stagewise.status import Status
 from stagewise.storage import calls
 from stagewise.storage.calls import results_of
@@ -59,6 +59,17 @@ class Store:
         # flow control (SPEC §2a)
         self.limits = Limits(self.scripts, client, settings.namespace, settings.partitions)
         self.log = slog.get(role="store")
+        # Fan-out: set by the scheduler (its spawn role's wake-up).  A task created here that
+        # opens with a children stage is WAITING on the spawns zset the moment its create
+        # returns; telling the spawn role saves it the rest of its tick.  Stages reached later
+        # (after an executor's commit) are found by the tick.
+        self.children_waiting: Callable[[], None] | None = None
+
+    def _wake_spawn(self, tasks: Iterable[Task]) -> None:
+        if self.children_waiting is not None and any(
+            t.commands and isinstance(t.commands[0], ChildrenCommand) for t in tasks
+        ):
+            self.children_waiting()
 
     async def server_time(self) -> float:
         """Redis's clock (TIME), the one the scripts stamp tasks and indexes with."""
@@ -80,7 +91,9 @@ class Store:
         await self.check_backlog({task.doc.app})
         task = place(task, len(self.parts))  # a debounced task lives in its key's partition
         k = self.keys(task.id)
-        return await self.scripts.run(calls.create(k, task, on_conflict, now, trace), durable=[k])
+        out = await self.scripts.run(calls.create(k, task, on_conflict, now, trace), durable=[k])
+        self._wake_spawn([task])  # one for later is not on the zset yet: a step that finds nothing
+        return out
 
     # ------------------------------------------------------------------ flow control (SPEC §2a)
     async def check_backlog(self, apps: set[str]) -> None:
@@ -342,6 +355,7 @@ class Store:
             [calls.create_many(self.parts[p], part, on_conflict, trace) for p, part in by_part.items()],
             durable=[self.parts[p] for p in by_part],
         )
+        self._wake_spawn(tasks)
         return [t.id for t in tasks]
 
     async def group(self, group: str) -> dict[str, Any]:

@@ -294,3 +294,35 @@ async def test_a_task_whose_follow_up_fails_does_not_block_the_others(
     assert [e["member"] for e in logs if e["event"] == "follow_failed"] == [f"a/{first.id}"]
     assert [e["task_id"] for e in logs if e["event"] == "cron_rescheduled"] == [second.id]
     assert await r.zcard(k.ended()) == 0
+
+
+async def test_a_bulk_create_of_parents_is_spawned_at_once_not_a_batch_per_tick(
+    r: Any, redis_url: str, namespace: str
+) -> None:
+    """The spawn role with a tick of an hour: after its first step (at start, with nothing to
+    do) it only steps again when woken.  A create_many of 3 batches of parents (SPAWN_BATCH
+    each) that open with a children stage wakes it, and it starts every parent's children in
+    that one step.  Without the wake-up nothing is spawned within the wait; with one batch per
+    step only the first SPAWN_BATCH parents are."""
+    from stagewise.manager.scheduler import SPAWN_BATCH
+
+    store = make_store(r, redis_url, namespace, tick=3600.0)
+    sched = Scheduler(store)
+    n = 3 * SPAWN_BATCH
+    child = {"app": APP, "commands": [{"method": "demo.echo", "params": {}}]}
+    parents = [
+        parse_task({"id": f"par-{i}", "app": APP, "commands": [{"children": {"tasks": [child, child]}}]})
+        for i in range(n)
+    ]
+    async with running(sched):
+        await wait_for(lambda: sched.steps["spawn"] >= 1, what="the spawn role's first step")
+        await store.create_many(parents, "")
+
+        async def spawned() -> bool:
+            pipe = r.pipeline(transaction=False)
+            for p in parents:
+                pipe.exists(store.keys(f"{p.id}.0.1").task(f"{p.id}.0.1"))
+            return all(await pipe.execute())
+
+        await wait_for(spawned, timeout=20, what=f"the children of all {n} parents")
+        assert sched.steps["spawn"] <= 3  # the first step, the woken one, and at most one more
