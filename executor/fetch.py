@@ -293,7 +293,9 @@ class Fetcher:
         if not need:
             return free
         made = []
-        acks = {k.partition: self.acks.pop(k.partition, []) for k in need}
+        # per partition, not per offer: two offers in one partition must not pop its list twice
+        # (the second pop, empty, would replace the first and its acknowledgements be lost)
+        acks = {p: self.acks.pop(p, []) for p in {k.partition for k in need}}
         left = dict(acks)  # each partition's acknowledgements go with its first call
         for k in need:
             lease = self.new_lease()
@@ -326,9 +328,10 @@ class Fetcher:
         try:
             got = await self.scripts.run_many(
                 [
-                    calls.withdraw(self.parts[p], self.executor_id, self.app, lease, left.pop(p, []))
+                    calls.withdraw(
+                        self.parts[where[lease]], self.executor_id, self.app, lease, left.pop(where[lease], [])
+                    )
                     for lease in leases
-                    for p in [where[lease]]
                 ]
             )
         except Exception as e:  # noqa: BLE001 - a withdrawal failing is no reason to stop reading

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from typing import Any
 
 from stagewise.keys import Keys
@@ -291,3 +292,47 @@ async def test_a_pushed_run_whose_read_reply_was_lost_is_read_again(
 
 async def _no_blocked_read(r: Any) -> bool:
     return not [c for c in await r.client_list() if c["cmd"] == "xreadgroup" and "b" in c["flags"]]
+
+
+async def test_acknowledgements_go_with_offers_made_two_in_one_partition(r: Any, namespace: str) -> None:
+    """The fetch role's `offer`, in-process on a real Redis: two pushed runs started (their
+    entries owed an acknowledgement) and no offer out, so it makes two offers in the one
+    partition.  The acknowledgements go with the first of them: the pushed stream ends empty,
+    nothing pending.  (Taking the owed list once per offer rather than once per partition lost
+    it at the second offer, and the entries stayed pending.)"""
+    from stagewise import log as slog
+    from stagewise.executor.fetch import Fetcher
+    from stagewise.keys import GROUP
+    from stagewise.storage.runner import Scripts
+
+    k, eid = Keys(namespace, 0), "ex-acks"
+    await r.zadd(k.executors(), {eid: time.time()})  # registered: offer.lua answers OK
+    pushed = k.pushed(eid)
+    await r.xgroup_create(pushed, GROUP, "0", mkstream=True)
+    ids = [await r.xadd(pushed, {"t": f"t{i}", "lease": f"old.{i}"}) for i in range(2)]
+    await r.xreadgroup(GROUP, eid, {pushed: ">"})  # delivered to us: pending until acknowledged
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    fetcher = Fetcher(
+        r=r,
+        scripts=Scripts(r),
+        app="demo",
+        executor_id=eid,
+        parts=[k],
+        split=False,
+        slots=asyncio.Semaphore(0),
+        quiet=asyncio.Event(),
+        runner=None,  # type: ignore[arg-type]  # offer starts no run
+        refused=nothing,
+        rejoin=nothing,
+        log=slog.get(role="test"),
+        limits=None,  # type: ignore[arg-type]  # nor asks for permits
+    )
+    fetcher.acks = {0: list(ids)}
+    assert await fetcher.offer(4) == 2  # two of the four free slots held for the offers
+    assert len(await offers(r, namespace)) == 2
+    assert (await r.xpending(pushed, GROUP))["pending"] == 0
+    assert await r.xlen(pushed) == 0
+    assert fetcher.acks == {}
