@@ -10,6 +10,7 @@ themselves; they use what is defined here, which is made from the one definition
               raises (a typo is an error, not a nil that compares unequal to everything)
   TERMINAL    stagewise.status.TERMINAL as a set: TERMINAL[status] is true or nil
   UNINDEXED   stagewise.status.UNINDEXED as a set: statuses without a status index
+  MANY        stagewise.storage.calls.MANY: MANY.claim == {KEYS, ARGV after ARGV[1]} per run
   BUCKETS     stagewise.keys.DURATION_BUCKETS, as the strings the metrics hash fields carry
   LIMIT_WOKEN_GRACE  stagewise.keys.LIMIT_WOKEN_GRACE (flow control)
   LIMIT_KEYS_KEPT    stagewise.keys.LIMIT_KEYS_KEPT (the dashboard's list of limit keys)
@@ -26,6 +27,7 @@ from functools import cache
 
 from stagewise.keys import DURATION_BUCKETS, GROUP, LIMIT_KEYS_KEPT, LIMIT_WOKEN_GRACE, Keys
 from stagewise.status import TERMINAL, UNINDEXED, Status
+from stagewise.storage.calls import MANY
 
 # Lua function name -> (Keys method, names of its Lua parameters)
 KEY_FUNCTIONS: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
@@ -113,6 +115,7 @@ def prelude() -> str:
     terminal = ", ".join(f"{s.value} = true" for s in sorted(TERMINAL))
     unindexed = ", ".join(f"{s.value} = true" for s in sorted(UNINDEXED))
     buckets = ", ".join(f"'{_bucket(b)}'" for b in DURATION_BUCKETS)
+    many = ", ".join(f"{name} = {{{nkeys}, {nargs}}}" for name, (nkeys, nargs) in MANY.items())
     lines = [
         "-- generated from stagewise.keys and stagewise.status (stagewise/storage/prelude.py)",
         "local PREFIX = ARGV[1]",
@@ -122,6 +125,7 @@ def prelude() -> str:
         f"local TERMINAL = {{{terminal}}}",
         f"local UNINDEXED = {{{unindexed}}}",
         f"local BUCKETS = {{{buckets}}}",
+        f"local MANY = {{{many}}}",
         f"local LIMIT_WOKEN_GRACE = {LIMIT_WOKEN_GRACE!r}",
         f"local LIMIT_KEYS_KEPT = {LIMIT_KEYS_KEPT!r}",
         *(key_function(name, method, params) for name, (method, params) in KEY_FUNCTIONS.items()),

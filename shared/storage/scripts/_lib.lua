@@ -209,10 +209,12 @@ local function put(...)
 end
 
 -- The body of a script that takes many runs in one call (claim.lua, commit.lua): KEYS in groups
--- of `nkeys` per run, ARGV[1] shared and then groups of `nargs`; `one(K, A)` decides each run on
+-- of `nkeys` per run, ARGV[1] shared and then groups of `nargs` (`shape`: the script's entry of
+-- MANY, stagewise.storage.calls.MANY, which packs the calls); `one(K, A)` decides each run on
 -- its own, with K and A laid out as for a call of one run.  A run that raises gets {err = ...}
 -- and none of its pending hash writes (W); the writes to shared keys go out once, at the end.
-local function many_runs(nkeys, nargs, one)
+local function many_runs(shape, one)
+  local nkeys, nargs = shape[1], shape[2]
   B.on = true
   local out = {}
   for i = 0, (#ARGV - 1) / nargs - 1 do

@@ -80,4 +80,4 @@ end
 return claim_run(K, A, t, ts)
 end
 
-return many_runs(5, 7, claim_one)
+return many_runs(MANY.claim, claim_one)

@@ -61,4 +61,4 @@ end
 return {verdict, stage}
 end
 
-return many_runs(2, 7, commit_one)
+return many_runs(MANY.commit, commit_one)
