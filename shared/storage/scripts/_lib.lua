@@ -565,6 +565,15 @@ set_status(tkey, id, app, S.QUEUED, S.RUNNING, ts, t)
 return claim_reply(tkey, t, A)
 end
 
+-- Acknowledges and deletes entries of an executor's pushed stream (offer.lua and withdraw.lua:
+-- the ones it has started, and a run a withdrawal hands over): the stream only holds runs not
+-- yet in hand.
+local function ack_pushed(stream, ids)
+  if #ids == 0 then return end
+  redis.call('XACK', stream, GROUP, unpack(ids))
+  redis.call('XDEL', stream, unpack(ids))
+end
+
 -- Push delivery (create.lua; the executor side is stagewise/executor/fetch.py): a new task due
 -- now whose app has an executor with a run slot held free (an offer on Keys.idle, offer.lua) is
 -- claimed here in that executor's name, under the lease it offered, and the claim's reply goes

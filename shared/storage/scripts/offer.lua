@@ -9,10 +9,7 @@
 -- ARGV[1] prefix  ARGV[2] executor id  ARGV[3] lease  ARGV[4..] pushed entry ids to acknowledge
 -- Returns {'OK'} offered | {'DEAD'} not registered (declared dead, or the registry lost): no
 --         offer; the heartbeat finds out and the executor registers again
-if #ARGV >= 4 then
-  redis.call('XACK', KEYS[3], GROUP, unpack(ARGV, 4))
-  redis.call('XDEL', KEYS[3], unpack(ARGV, 4))
-end
+ack_pushed(KEYS[3], {unpack(ARGV, 4)})
 if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return {'DEAD'} end
 -- the group exists before anything can be pushed: MKSTREAM, and BUSYGROUP is fine
 redis.pcall('XGROUP', 'CREATE', KEYS[3], GROUP, '0', 'MKSTREAM')

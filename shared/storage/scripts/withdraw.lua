@@ -10,18 +10,14 @@
 --            hands it back)
 --         {'GONE'}  neither: never landed, or dropped with the executor declared dead (create
 --            drops the offers of an unregistered executor, mark_dead.lua all of its offers)
-if #ARGV >= 4 then
-  redis.call('XACK', KEYS[2], GROUP, unpack(ARGV, 4))
-  redis.call('XDEL', KEYS[2], unpack(ARGV, 4))
-end
+ack_pushed(KEYS[2], {unpack(ARGV, 4)})
 if redis.call('LREM', KEYS[1], 1, ARGV[2] .. ' ' .. ARGV[3]) == 1 then return {'WITHDRAWN'} end
 -- the stream holds only runs not yet in hand, one per outstanding offer: a short scan
 for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
   local f = e[2]
   for i = 1, #f, 2 do
     if f[i] == 'lease' and f[i + 1] == ARGV[3] then
-      redis.call('XACK', KEYS[2], GROUP, e[1])
-      redis.call('XDEL', KEYS[2], e[1])
+      ack_pushed(KEYS[2], {e[1]})
       local out = {'TAKEN', e[1]}
       for j = 1, #f do out[#out + 1] = f[j] end
       return out
