@@ -58,7 +58,8 @@ from prometheus_client.registry import Collector
 import stagewise
 from stagewise import log as slog
 from stagewise.faults import describe, unavailable_reason
-from stagewise.keys import DURATION_BUCKETS, GROUP, Keys, parse_stream_name, split_member
+from stagewise.keys import DURATION_BUCKETS, GROUP, Keys, parse_stream_name
+from stagewise.manager.query import running_count
 from stagewise.manager.store import Store
 from stagewise.status import UNINDEXED, Status
 
@@ -134,7 +135,7 @@ async def gather(store: Store) -> Snapshot:
     running: dict[str, Counter[str]] = {}
     for i, k in enumerate(parts):
         names, eids, entries, overdue, oldest, run = got[6 * i : 6 * i + 6]
-        running[k.prefix] = Counter(split_member(m)[0] for m in run)
+        running[k.prefix] = running_count(run)
         streams += [(k, n) for n in sorted(names)]
         apps += [(k, a) for a in sorted({parse_stream_name(n)[0] for n in names})]
         live += [(k, e) for e in eids]

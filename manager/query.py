@@ -49,12 +49,18 @@ def status_source(k: Keys, status: str, app: str | None = None) -> Source:
     return k.idx_app_status(app, status) if app else k.idx_status(status)
 
 
+def running_count(deadlines: list[str]) -> Counter[str]:
+    """How many tasks of each app are RUNNING, from the members of a partition's deadlines zset
+    (ZRANGE 0 -1): /metrics reads them in its own pipeline, apps.list through running_by_app."""
+    return Counter(split_member(m)[0] for m in deadlines)
+
+
 async def running_by_app(r: Any, parts: list[Keys]) -> list[Counter[str]]:
-    """Per partition, how many tasks of each app are RUNNING (apps.list, /metrics)."""
+    """Per partition, how many tasks of each app are RUNNING (apps.list)."""
     pipe = r.pipeline(transaction=False)
     for k in parts:
         pipe.zrange(k.deadlines(), 0, -1)
-    return [Counter(split_member(m)[0] for m in got) for got in await pipe.execute()]
+    return [running_count(got) for got in await pipe.execute()]
 
 
 @dataclass(frozen=True)
