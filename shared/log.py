@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -112,6 +112,19 @@ def _emit(level: str, context: dict[str, Any], event: str, args: tuple[Any, ...]
         out.flush()
 
 
+def _at(level: str) -> Callable[..., None]:
+    """The Logger method of one level: it returns before building anything when the level is
+    below the configured one (and no test captures)."""
+    n = LEVELS[level]
+
+    def method(self: Logger, event: str, *args: Any, **kw: Any) -> None:
+        if _min_level <= n or _captured is not None:
+            _emit(level, self._context, event, args, kw)
+
+    method.__name__ = level
+    return method
+
+
 class Logger:
     """Fields bound once (``bind``), a method per level; a call below the configured level returns
     before building anything."""
@@ -124,25 +137,11 @@ class Logger:
     def bind(self, **fields: Any) -> Logger:
         return Logger({**self._context, **fields})
 
-    def debug(self, event: str, *args: Any, **kw: Any) -> None:
-        if _min_level <= 10 or _captured is not None:
-            _emit("debug", self._context, event, args, kw)
-
-    def info(self, event: str, *args: Any, **kw: Any) -> None:
-        if _min_level <= 20 or _captured is not None:
-            _emit("info", self._context, event, args, kw)
-
-    def warning(self, event: str, *args: Any, **kw: Any) -> None:
-        if _min_level <= 30 or _captured is not None:
-            _emit("warning", self._context, event, args, kw)
-
-    def error(self, event: str, *args: Any, **kw: Any) -> None:
-        if _min_level <= 40 or _captured is not None:
-            _emit("error", self._context, event, args, kw)
-
-    def critical(self, event: str, *args: Any, **kw: Any) -> None:
-        if _min_level <= 50 or _captured is not None:
-            _emit("critical", self._context, event, args, kw)
+    debug = _at("debug")
+    info = _at("info")
+    warning = _at("warning")
+    error = _at("error")
+    critical = _at("critical")
 
     def exception(self, event: str, *args: Any, **kw: Any) -> None:
         """An error line with the exception being handled (or ``exc_info=``) as ``exception``."""
